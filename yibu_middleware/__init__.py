@@ -1,0 +1,1 @@
+"""yibu-middleware: send unmodified OpenAI/Anthropic apps through the yibu relay gateway."""
