@@ -1,1 +1,43 @@
-"""yibu-middleware: send unmodified OpenAI/Anthropic apps through the yibu relay gateway."""
+"""yibu-middleware: send unmodified OpenAI/Anthropic apps through the yibu relay gateway.
+
+Kept tiny on purpose: the ``.pth`` start-up line imports this package in every
+Python process that has ``YIBU_ENABLED`` set, so the real work is imported only
+when ``install()`` is called.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+__all__ = ["ConfigError", "Settings", "install", "uninstall"]
+
+if TYPE_CHECKING:
+    from .errors import ConfigError
+    from .settings import Settings
+
+
+def install(settings: Any = None) -> None:
+    """Route this process's provider traffic through the gateway (see ``api.install``)."""
+    from .api import install as _install
+
+    _install(settings)
+
+
+def uninstall() -> None:
+    """Restore every patched method exactly (see ``api.uninstall``)."""
+    from .api import uninstall as _uninstall
+
+    _uninstall()
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ConfigError":
+        from .errors import ConfigError
+
+        return ConfigError
+    if name == "Settings":
+        from .settings import Settings
+
+        return Settings
+    raise AttributeError(name)

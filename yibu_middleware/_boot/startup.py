@@ -1,0 +1,34 @@
+"""Called at interpreter start by the ``.pth`` line or by ``yibu run``'s sitecustomize.
+
+If the middleware cannot be installed, the process stops here with one clear message:
+carrying on would send the app's traffic (and its provider keys) straight to the
+provider, which is exactly what the user switched this on to prevent.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def start() -> None:
+    from ..errors import YibuError
+
+    try:
+        from ..api import install
+
+        install()
+    except YibuError as exc:
+        _stop(str(exc))
+    except Exception as exc:  # a bug of ours: still never a silent fallback
+        _stop(f"yibu-middleware failed to start ({type(exc).__name__}: {exc})")
+
+
+def _stop(message: str) -> None:
+    try:
+        from ..core.redact import redact_text
+
+        message = redact_text(message)
+    finally:
+        sys.stderr.write(f"{message}\n")
+        sys.stderr.flush()
+        raise SystemExit(2)

@@ -1,0 +1,60 @@
+"""The in-code way in: ``install()`` and ``uninstall()``; both idempotent."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from . import hooks, runtime
+from .settings import Settings, load_settings, unknown_env_names
+
+log = logging.getLogger("yibu_middleware")
+_lock = threading.Lock()
+_stderr_handler: logging.Handler | None = None
+
+
+def install(settings: Settings | Mapping[str, Any] | None = None) -> None:
+    """Route this process's provider traffic through the gateway.
+
+    ``settings`` may be a :class:`Settings`, a mapping of overrides (highest
+    priority, above the environment and the settings file), or None to read the
+    environment and file alone. Calling it again replaces the settings in use; the
+    hooks are applied once. Raises ConfigError on bad settings.
+    """
+    with _lock:
+        resolved = settings if isinstance(settings, Settings) else load_settings(settings)
+        for name in unknown_env_names():
+            log.warning("yibu-middleware: environment variable %s matches no setting; it is ignored", name)
+        runtime.set_current(runtime.Runtime.from_settings(resolved))
+        _configure_log_output(resolved.log)
+        hooks.activate()
+
+
+def uninstall() -> None:
+    """Put every patched method back exactly as it was; traffic goes where the app sends it."""
+    with _lock:
+        hooks.deactivate()
+        runtime.set_current(None)
+        _configure_log_output("off")
+
+
+def installed() -> bool:
+    return runtime.current() is not None
+
+
+def _configure_log_output(level: str) -> None:
+    """``log`` setting: print our own lines to stderr without touching the app's logging."""
+    global _stderr_handler
+    if _stderr_handler is not None:
+        log.removeHandler(_stderr_handler)
+        _stderr_handler = None
+    if level == "off":
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("yibu: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(level.upper())
+    _stderr_handler = handler

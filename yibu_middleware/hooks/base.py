@@ -1,0 +1,70 @@
+"""A hook: the patches one client library needs, applied and removed symmetrically.
+
+A hook is applied when its module is first imported by the app (post-import hook),
+never by importing the library ourselves. Methods are wrapped in place with wrapt,
+so classes stay the same objects and the SDKs' ``isinstance`` checks keep working;
+``unpatch()`` puts back the very function objects that were there before.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+import wrapt
+
+from ..errors import YibuError
+
+log = logging.getLogger("yibu_middleware")
+
+Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
+
+
+class Hook:
+    """Base class. Subclasses set ``name`` and ``module`` and implement ``patch``."""
+
+    name: str = ""  # shown by `yibu doctor`, e.g. "httpx2"
+    module: str = ""  # the import that triggers patching, e.g. "httpx2"
+    distribution: str = ""  # the installed distribution it belongs to, for version reports
+
+    def __init__(self) -> None:
+        # (owner, attribute, original) for every wrapped method: the idempotency
+        # sentinel and what unpatch() restores.
+        self._originals: list[tuple[type, str, Any]] = []
+
+    @property
+    def patched(self) -> bool:
+        return bool(self._originals)
+
+    def patch(self, module: ModuleType) -> None:
+        raise NotImplementedError
+
+    def apply(self, module: ModuleType) -> None:
+        """Patch once. A failure stops the app's import with a clear error rather than
+        letting its traffic go straight to the provider unnoticed."""
+        if self.patched:
+            return
+        try:
+            self.patch(module)
+        except Exception as exc:
+            self.unpatch()
+            raise YibuError(
+                f"yibu-middleware cannot hook {self.name} ({type(exc).__name__}: {exc}). This version of"
+                f" {self.distribution or self.name} may be unsupported; see the README's supported versions,"
+                " or unset YIBU_ENABLED to run without the middleware."
+            ) from exc
+        log.debug("hooked %s", self.name)
+
+    def unpatch(self) -> None:
+        for owner, attribute, original in reversed(self._originals):
+            setattr(owner, attribute, original)
+        self._originals.clear()
+
+    def wrap(self, owner: type, attribute: str, wrapper: Wrapper) -> None:
+        # KeyError if the library changed shape. Another tool's wrapper (OpenTelemetry,
+        # ddtrace) may already be there: we wrap around it and restore it on unpatch.
+        original = owner.__dict__[attribute]
+        wrapt.wrap_function_wrapper(owner, attribute, wrapper)
+        self._originals.append((owner, attribute, original))

@@ -1,0 +1,402 @@
+"""Settings: what the user configured, where each value came from, and clear errors.
+
+Sources, highest first: arguments to ``install()``, environment variables (``YIBU_``
+prefix, ``__`` between nested fields), the TOML file named by ``YIBU_CONFIG``, else
+``./yibu.toml``, else ``[tool.yibu]`` in ``./pyproject.toml``; then the defaults.
+
+pydantic-settings does the layering and the environment parsing; this module adds
+what it lacks for a library that runs inside someone else's app: every bad value is
+reported with the place it came from and the form expected, secrets masked, and the
+whole report raised as one :class:`~yibu_middleware.errors.ConfigError`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .core.redact import redact_text
+from .errors import ConfigError
+
+ENV_PREFIX = "YIBU_"
+CONFIG_ENV = "YIBU_CONFIG"
+DEFAULT_BASE_URL = "https://api.yibuapi.com/v1"
+
+Provider = Literal["openai", "anthropic"]
+
+
+class RouteSpec(BaseModel):
+    """How requests to one provider host are redirected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    provider: Provider = Field(
+        "openai", description="wire format of the host's API: 'openai' (also for OpenAI-compatible hosts) or 'anthropic'"
+    )
+    strip_prefix: str = Field(
+        "/v1", description="path prefix removed before the rest is joined onto the node URL, e.g. '/v1' or '/openai/v1'"
+    )
+
+
+DEFAULT_ROUTES: dict[str, RouteSpec] = {
+    "api.openai.com": RouteSpec(provider="openai"),
+    "api.anthropic.com": RouteSpec(provider="anthropic"),
+}
+
+
+class RetrySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_attempts: int = Field(
+        3, ge=1, le=10, description="attempts per call, first one included, across all gateway nodes"
+    )
+
+
+class Settings(BaseSettings):
+    """Every setting of yibu-middleware. See the README's configuration reference."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        case_sensitive=False,
+        extra="forbid",
+        validate_default=True,
+    )
+
+    enabled: bool = Field(False, description="turn the middleware on at interpreter start (1/true/yes/on)")
+    api_key: SecretStr | None = Field(
+        None, description="the gateway key sent instead of the provider key; unset: the caller's key passes through"
+    )
+    base_url: str = Field(DEFAULT_BASE_URL, description="the gateway's base URL, used when `nodes` is empty")
+    nodes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="gateway node base URLs; replace base_url. Env: comma-separated; TOML: a list",
+    )
+    routes: Annotated[dict[str, RouteSpec], NoDecode] = Field(
+        default_factory=lambda: dict(DEFAULT_ROUTES),
+        description=(
+            "provider hosts that are redirected, merged onto the defaults: host = 'openai' | 'anthropic' |"
+            " {provider = ..., strip_prefix = ...} | false (to stop redirecting a default host). Env: JSON object"
+        ),
+    )
+    model_aliases: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="rewrite `model` in JSON request bodies: old name = new name. Env: JSON object",
+    )
+    retry: RetrySettings = Field(default_factory=RetrySettings, description="retry and failover")
+    log: Literal["off", "warning", "info", "debug"] = Field(
+        "off",
+        description="print the library's own log lines (one per redirected call at 'info') to stderr;"
+        " 'off' leaves it to the app's logging configuration",
+    )
+
+    _origins: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _TomlFileSource(settings_cls, _active_file))
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        return _http_url(value)
+
+    @field_validator("nodes", mode="before")
+    @classmethod
+    def _split_nodes(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return _json_value(text, "a JSON list of URLs")
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("nodes")
+    @classmethod
+    def _check_nodes(cls, value: list[str]) -> list[str]:
+        urls = [_http_url(url) for url in value]
+        if len(set(urls)) != len(urls):
+            raise ValueError("the same node URL is listed twice")
+        return urls
+
+    @field_validator("routes", mode="before")
+    @classmethod
+    def _merge_routes(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = _json_value(value, 'a JSON object, e.g. {"api.deepseek.com": "openai"}')
+        if not isinstance(value, Mapping):
+            raise ValueError("expected a table of host = provider")
+        merged: dict[str, Any] = dict(DEFAULT_ROUTES)
+        for host, spec in value.items():
+            host = str(host).strip().lower()
+            if spec is False:
+                merged.pop(host, None)
+            elif isinstance(spec, str):
+                merged[host] = {"provider": spec}
+            else:
+                merged[host] = spec
+        return merged
+
+    @field_validator("model_aliases", mode="before")
+    @classmethod
+    def _parse_aliases(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return _json_value(value, 'a JSON object of old = new model names, e.g. {"gpt-4": "gpt-5.2"}')
+        return value
+
+    @property
+    def gateway_nodes(self) -> list[str]:
+        """The node base URLs in use: ``nodes`` when set, else ``base_url`` alone."""
+        return list(self.nodes) or [self.base_url]
+
+    def origin(self, field: str) -> str:
+        """Where a top-level setting's value came from, for ``yibu doctor`` and errors."""
+        return self._origins.get(field, "default")
+
+    def __repr_args__(self) -> Any:
+        # The gateway key is shown masked, never in full, whatever repr() is used for.
+        for name, value in super().__repr_args__():
+            if name == "api_key" and value is not None:
+                value = redact_text(value.get_secret_value(), (value.get_secret_value(),))
+            yield name, value
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected an http(s) URL such as https://api.yibuapi.com/v1")
+    if parts.query or parts.fragment:
+        raise ValueError("a node URL takes no query or fragment")
+    return value.strip().rstrip("/")
+
+
+def _json_value(text: str, expected: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno}); expected {expected}") from None
+
+
+# --- the settings file -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SettingsFile:
+    path: Path
+    section: str | None  # "tool.yibu" for pyproject.toml, None for a whole yibu.toml
+    data: dict[str, Any]
+
+    @property
+    def label(self) -> str:
+        return f"file {self.path} [{self.section}]" if self.section else f"file {self.path}"
+
+
+def find_settings_file(cwd: Path | None = None) -> SettingsFile | None:
+    """Locate and parse the settings file; ``None`` when there is none."""
+    cwd = cwd or Path.cwd()
+    named = os.environ.get(CONFIG_ENV)
+    if named:
+        path = Path(named).expanduser()
+        if not path.is_file():
+            raise ConfigError(
+                f"{CONFIG_ENV}={named}: no such file. Point {CONFIG_ENV} at a TOML settings file, or unset it."
+            )
+        return SettingsFile(path, None, _read_toml(path))
+    own = cwd / "yibu.toml"
+    if own.is_file():
+        return SettingsFile(own, None, _read_toml(own))
+    pyproject = cwd / "pyproject.toml"
+    if pyproject.is_file():
+        section = _read_toml(pyproject).get("tool", {}).get("yibu")
+        if isinstance(section, dict):
+            return SettingsFile(pyproject, "tool.yibu", section)
+    return None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as stream:
+            return tomllib.load(stream)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            f"settings file {path} is not valid TOML: {exc}. Expected lines such as"
+            ' nodes = ["https://api.yibuapi.com/v1"]; see the README\'s configuration reference.'
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"settings file {path} cannot be read: {exc.strerror}") from None
+
+
+# The file found by load_settings() for the Settings() call in progress; pydantic-settings
+# builds sources from the class, so the file travels to _TomlFileSource through here.
+_active_file: SettingsFile | None = None
+
+
+class _TomlFileSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], file: SettingsFile | None) -> None:
+        super().__init__(settings_cls)
+        self._data = dict(file.data) if file else {}
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+def load_settings(overrides: Mapping[str, Any] | None = None, cwd: Path | None = None) -> Settings:
+    """Build the settings from every source; raise one ConfigError listing all problems."""
+    global _active_file
+    overrides = dict(overrides or {})
+    file = find_settings_file(cwd)
+    origins = _origins(overrides, file)
+    _active_file = file
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        raise _config_error(exc, origins, file) from None
+    finally:
+        _active_file = None
+    settings._origins = origins
+    _check_consistency(settings)
+    return settings
+
+
+def _env_names() -> dict[str, str]:
+    """Our environment variables, by lower-cased name without the prefix."""
+    return {
+        name[len(ENV_PREFIX) :].lower(): name
+        for name in os.environ
+        if name.upper().startswith(ENV_PREFIX) and name.upper() != CONFIG_ENV
+    }
+
+
+def _origins(overrides: Mapping[str, Any], file: SettingsFile | None) -> dict[str, str]:
+    env = _env_names()
+    origins: dict[str, str] = {}
+    for field in Settings.model_fields:
+        if field in overrides:
+            origins[field] = "install() argument"
+        elif field in env:
+            origins[field] = f"env {env[field]}"
+        elif nested := sorted(name for key, name in env.items() if key.startswith(field + "__")):
+            origins[field] = "env " + ", ".join(nested)
+        elif file is not None and field in file.data:
+            origins[field] = file.label
+    if file is not None:
+        for unknown in set(file.data) - set(Settings.model_fields):
+            origins[unknown] = file.label
+    return origins
+
+
+def unknown_env_names() -> list[str]:
+    """``YIBU_*`` variables that match no setting (probably a typo), with a suggestion each."""
+    fields = list(Settings.model_fields)
+    report = []
+    for key, name in sorted(_env_names().items()):
+        top = key.split("__", 1)[0]
+        if top not in fields:
+            close = difflib.get_close_matches(top, fields, n=1)
+            hint = f" (did you mean {ENV_PREFIX}{close[0].upper()}?)" if close else ""
+            report.append(f"{name}{hint}")
+    return report
+
+
+def _config_error(exc: ValidationError, origins: Mapping[str, str], file: SettingsFile | None) -> ConfigError:
+    lines = []
+    for error in exc.errors():
+        loc = [str(part) for part in error["loc"]]
+        dotted = ".".join(loc)
+        source = _origin_of(loc, origins, file)
+        if error["type"] == "extra_forbidden":
+            lines.append(f"- unknown setting '{dotted}' (in {source}){_suggest(loc)}")
+            continue
+        message = error["msg"].removeprefix("Value error, ")
+        shown = "" if loc[0] == "api_key" else f" = {_shown(error.get('input'))}"
+        expected = _expected(loc)
+        lines.append(f"- {dotted}{shown} (from {source}): {message}" + (f". [{dotted}: {expected}]" if expected else ""))
+    return ConfigError(
+        "invalid yibu-middleware settings:\n"
+        + "\n".join(lines)
+        + "\nFix the setting(s) above (see the README's configuration reference),"
+        " or unset YIBU_ENABLED to run the app without the middleware."
+    )
+
+
+def _origin_of(loc: list[str], origins: Mapping[str, str], file: SettingsFile | None) -> str:
+    """The most specific source of one (possibly nested) setting."""
+    env_name = ENV_PREFIX + "__".join(loc).upper()
+    if len(loc) > 1 and env_name in {name.upper() for name in os.environ}:
+        return f"env {env_name}"
+    if file is not None and len(loc) > 1:
+        node: Any = file.data
+        for part in loc:
+            if not isinstance(node, dict) or part not in node:
+                break
+            node = node[part]
+        else:
+            return file.label
+    return origins.get(loc[0], "default") if loc else "default"
+
+
+def _suggest(loc: list[str]) -> str:
+    model: type[BaseModel] = Settings
+    for part in loc[:-1]:
+        annotation = model.model_fields[part].annotation if part in model.model_fields else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return ""
+        model = annotation
+    close = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1)
+    return f"; did you mean '{close[0]}'?" if close else f"; known settings: {', '.join(model.model_fields)}"
+
+
+def _expected(loc: list[str]) -> str:
+    model: type[BaseModel] = Settings
+    info: FieldInfo | None = None
+    for part in loc:
+        fields = model.model_fields
+        if part not in fields:
+            break
+        info = fields[part]
+        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+            model = info.annotation
+    return info.description or "" if info else ""
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return redact_text(text)
+
+
+def _check_consistency(settings: Settings) -> None:
+    """Rules that span several settings: a node must never be a redirected host."""
+    for url in settings.gateway_nodes:
+        host = (urlsplit(url).hostname or "").lower()
+        if host in settings.routes:
+            setting = "nodes" if settings.nodes else "base_url"
+            raise ConfigError(
+                f"invalid yibu-middleware settings:\n- {setting} (from {settings.origin(setting)}): {url} is on"
+                f" host {host}, which is itself redirected (routes); requests would loop. Use the gateway's URL."
+            )
