@@ -7,6 +7,7 @@ provider, which is exactly what the user switched this on to prevent.
 
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -24,11 +25,10 @@ def start() -> None:
 
 
 def _stop(message: str) -> None:
-    try:
-        from ..core.redact import redact_text
+    from ..core.redact import redact_text
 
-        message = redact_text(message)
-    finally:
-        sys.stderr.write(f"{message}\n")
-        sys.stderr.flush()
-        raise SystemExit(2)
+    sys.stderr.write(f"{redact_text(message)}\n")
+    sys.stderr.flush()
+    # SystemExit raised while `site` runs becomes a "Fatal Python error" with a long
+    # traceback that buries the message; nothing else has started yet, so leave at once.
+    os._exit(2)

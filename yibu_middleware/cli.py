@@ -1,0 +1,73 @@
+"""The ``yibu`` command: run an app with the middleware on, check a set-up, show a demo."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import ConfigError
+
+BOOT_DIR = Path(__file__).parent / "_boot" / "sitecustomize_dir"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="yibu", description="Send unmodified OpenAI/Anthropic apps through the yibu relay gateway."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run a command with the middleware on: yibu run -- python app.py")
+    run.add_argument("argv", nargs=argparse.REMAINDER, help="the command and its arguments, after --")
+    doctor = commands.add_parser("doctor", help="show settings, hooked client libraries and node health")
+    doctor.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for each node (default 3)")
+    demo = commands.add_parser("demo", help="run an example app against a local three-node gateway simulator")
+    demo.add_argument("--app", default="openai_sync_app", help="example app from integrations/ (default %(default)s)")
+    commands.add_parser("simulate", help="run the gateway simulator (see: yibu simulate --help)", add_help=False)
+
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "simulate":
+        from .simulator.__main__ import main as simulate
+
+        return simulate(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "run":
+        return run_command(args.argv)
+    if args.command == "doctor":
+        from .doctor import doctor as run_doctor
+
+        return run_doctor(timeout=args.timeout)
+    from .demo import demo as run_demo
+
+    return run_demo(args.app)
+
+
+def run_command(argv: list[str]) -> int:
+    """Exec ``argv`` with our sitecustomize first on PYTHONPATH and YIBU_ENABLED=1."""
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        print("yibu run: no command given. Usage: yibu run -- python app.py [args...]", file=sys.stderr)
+        return 2
+    from .settings import load_settings
+
+    try:
+        load_settings()  # bad settings are reported here, before the app starts
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    env = dict(os.environ)
+    env["YIBU_ENABLED"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BOOT_DIR), env.get("PYTHONPATH")]))
+    try:
+        os.execvpe(argv[0], argv, env)
+    except OSError as exc:
+        print(f"yibu run: cannot run {argv[0]!r}: {exc.strerror}", file=sys.stderr)
+        return 127
+    return 0  # not reached: exec replaces this process
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
