@@ -7,7 +7,7 @@ import anthropic
 
 async def classify(client: anthropic.AsyncAnthropic, text: str) -> str:
     message = await client.messages.create(
-        model="claude-sonnet-4-5",
+        model="claude-sonnet-5-5",
         max_tokens=20,
         messages=[{"role": "user", "content": f"Positive or negative? {text}"}],
     )
@@ -19,7 +19,7 @@ async def main() -> None:
     labels = await asyncio.gather(*(classify(client, f"review {n}") for n in range(5)))
     print("labels:", len(labels))
     async with client.messages.stream(
-        model="claude-sonnet-4-5", max_tokens=50, messages=[{"role": "user", "content": "Hello"}]
+        model="claude-sonnet-5-5", max_tokens=50, messages=[{"role": "user", "content": "Hello"}]
     ) as stream:
         print("streamed:", "".join([text async for text in stream.text_stream]))
 

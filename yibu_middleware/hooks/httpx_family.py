@@ -57,6 +57,7 @@ def _sync_wrapper(lib: ModuleType) -> Callable[..., Any]:
             return wrapped(*args, **kwargs)
         call = _Call(lib, runtime, request, prepare_from(lib, runtime, request, route))
         action: Send | Deliver | GiveUp = call.plan.start()
+        response = None
         while isinstance(action, Send):
             try:
                 response = wrapped(call.request_for(action.node))
@@ -80,6 +81,7 @@ def _async_wrapper(lib: ModuleType) -> Callable[..., Any]:
             return await wrapped(*args, **kwargs)
         call = _Call(lib, runtime, request, prepare_from(lib, runtime, request, route))
         action: Send | Deliver | GiveUp = call.plan.start()
+        response = None
         while isinstance(action, Send):
             try:
                 response = await wrapped(call.request_for(action.node))

@@ -1,0 +1,250 @@
+"""The hooks, in process, with the real client libraries against the simulator over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+
+import anthropic
+import httpx
+import httpx2
+import openai
+import pytest
+from openai import DefaultAioHttpClient
+
+import yibu_middleware
+from yibu_middleware.hooks import HOOKS
+from yibu_middleware.simulator import GatewaySimulator
+
+from helpers import ANTHROPIC_KEY, GATEWAY_KEY, OPENAI_KEY, assert_no_provider_key, install_for
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def chat(client: openai.OpenAI, **extra: object) -> openai.types.chat.ChatCompletion:
+    return client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], **extra)
+
+
+def test_openai_default_client_goes_to_gateway_with_gateway_key(gateway: GatewaySimulator) -> None:
+    install_for(gateway)
+    client = openai.OpenAI(api_key=OPENAI_KEY, max_retries=0)
+    reply = chat(client)
+    assert "Hello from yibu simulator" in (reply.choices[0].message.content or "")
+    vectors = client.embeddings.create(model="text-embedding-3-small", input=["a", "b"])
+    assert len(vectors.data) == 2
+    assert len(client.models.list().data) > 0
+    records = gateway.records
+    assert [r.path for r in records] == ["/v1/chat/completions", "/v1/embeddings", "/v1/models"]
+    assert {r.key for r in records} == {GATEWAY_KEY}
+    assert_no_provider_key(gateway)
+
+
+def test_openai_async_concurrent_calls_spread_over_nodes(gateway: GatewaySimulator) -> None:
+    install_for(gateway)
+
+    async def main() -> list[str]:
+        async with openai.AsyncOpenAI(api_key=OPENAI_KEY, max_retries=0) as client:
+            replies = await asyncio.gather(*(client.chat.completions.create(**CHAT) for _ in range(12)))  # type: ignore[call-overload]
+        return [reply.choices[0].message.content for reply in replies]
+
+    assert len(asyncio.run(main())) == 12
+    records = gateway.records
+    assert len(records) == 12 and {r.key for r in records} == {GATEWAY_KEY}
+    assert {r.node for r in records} == {"a", "b", "c"}  # rotation used every node
+
+
+def test_stream_passes_chunk_by_chunk(gateway: GatewaySimulator) -> None:
+    """A stream cut after two events: the two arrive before the error, so nothing is buffered."""
+    install_for(gateway, nodes=[gateway.node("a").base_url])
+    gateway.set_faults("a", cut_stream_after=2)
+    client = openai.OpenAI(api_key=OPENAI_KEY, max_retries=0)
+    received = []
+    with pytest.raises((openai.APIError, httpx2.HTTPError)):
+        for chunk in chat(client, stream=True):
+            received.append(chunk)
+    assert len(received) == 2
+
+
+def test_stream_with_usage(gateway: GatewaySimulator) -> None:
+    install_for(gateway)
+    client = openai.OpenAI(api_key=OPENAI_KEY, max_retries=0)
+    chunks = list(chat(client, stream=True, stream_options={"include_usage": True}))
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.startswith("Hello from yibu simulator")
+
+
+def test_model_alias_rewrites_body(gateway: GatewaySimulator) -> None:
+    install_for(gateway, model_aliases={"gpt-4": "gpt-5.2"})
+    client = openai.OpenAI(api_key=OPENAI_KEY, max_retries=0)
+    reply = client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "é"}])
+    assert reply.model == "gpt-5.2"
+    (record,) = gateway.records
+    assert record.model == "gpt-5.2" and record.body["messages"][0]["content"] == "é"
+
+
+def test_anthropic_sync_and_stream(gateway: GatewaySimulator) -> None:
+    install_for(gateway)
+    client = anthropic.Anthropic(api_key=ANTHROPIC_KEY, max_retries=0)
+    message = client.messages.create(
+        model="claude-sonnet-5-5", max_tokens=50, messages=[{"role": "user", "content": "hi"}]
+    )
+    assert message.content[0].type == "text"
+    with client.messages.stream(
+        model="claude-sonnet-5-5", max_tokens=50, messages=[{"role": "user", "content": "hi"}]
+    ) as stream:
+        assert "Hello" in "".join(stream.text_stream)
+    records = gateway.records
+    assert [r.path for r in records] == ["/v1/messages", "/v1/messages"]
+    assert {r.key for r in records} == {GATEWAY_KEY}
+    assert_no_provider_key(gateway)
+
+
+def test_anthropic_async(gateway: GatewaySimulator) -> None:
+    install_for(gateway)
+
+    async def main() -> str:
+        client = anthropic.AsyncAnthropic(api_key=ANTHROPIC_KEY, max_retries=0)
+        message = await client.messages.create(
+            model="claude-sonnet-5-5", max_tokens=20, messages=[{"role": "user", "content": "hi"}]
+        )
+        return message.content[0].text  # type: ignore[union-attr]
+
+    assert "Hello" in asyncio.run(main())
+    assert [r.key for r in gateway.records] == [GATEWAY_KEY]
+
+
+@pytest.mark.parametrize("library", [httpx, httpx2], ids=["httpx", "httpx2"])
+def test_plain_clients_sync_and_async(gateway: GatewaySimulator, library: object) -> None:
+    install_for(gateway)
+    headers = {"Authorization": f"Bearer {OPENAI_KEY}"}
+    with library.Client() as client:  # type: ignore[attr-defined]
+        response = client.post("https://api.openai.com/v1/chat/completions?trace=1", json=CHAT, headers=headers)
+        assert response.status_code == 200
+
+    async def main() -> int:
+        async with library.AsyncClient() as client:  # type: ignore[attr-defined]
+            response = await client.post("https://api.openai.com/v1/chat/completions", json=CHAT, headers=headers)
+            return int(response.status_code)
+
+    assert asyncio.run(main()) == 200
+    first, second = gateway.records
+    assert first.query == "trace=1" and second.query == ""
+    assert {first.key, second.key} == {GATEWAY_KEY}
+
+
+def test_openai_given_a_legacy_httpx_client(gateway: GatewaySimulator) -> None:
+    install_for(gateway)
+    client = openai.OpenAI(api_key=OPENAI_KEY, http_client=httpx.Client(), max_retries=0)
+    assert chat(client).choices[0].message.content
+    assert [r.key for r in gateway.records] == [GATEWAY_KEY]
+
+
+def test_openai_aiohttp_transport(gateway: GatewaySimulator) -> None:
+    install_for(gateway)
+
+    async def main() -> None:
+        async with openai.AsyncOpenAI(api_key=OPENAI_KEY, http_client=DefaultAioHttpClient(), max_retries=0) as c:
+            await asyncio.gather(*(c.chat.completions.create(**CHAT) for _ in range(3)))  # type: ignore[call-overload]
+            stream = await c.chat.completions.create(**CHAT, stream=True)  # type: ignore[call-overload]
+            assert [chunk async for chunk in stream]
+
+    asyncio.run(main())
+    assert len(gateway.records) == 4  # one request each: handled once, never twice
+    assert {r.key for r in gateway.records} == {GATEWAY_KEY}
+
+
+def test_unrouted_host_passes_untouched(gateway: GatewaySimulator) -> None:
+    install_for(gateway)
+    node = gateway.node("b")
+    with httpx2.Client() as client:
+        response = client.post(
+            f"{node.base_url}/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {GATEWAY_KEY}x"}
+        )
+    assert response.status_code == 401  # sent as the app sent it: the wrong key was not swapped
+    (record,) = gateway.records
+    assert record.node == "b" and record.key == GATEWAY_KEY + "x"
+
+
+def test_without_gateway_key_callers_key_passes(gateway: GatewaySimulator) -> None:
+    install_for(gateway, api_key=None)
+    client = openai.OpenAI(api_key=GATEWAY_KEY, max_retries=0)  # an app that was given a gateway key
+    chat(client)
+    assert [r.key for r in gateway.records] == [GATEWAY_KEY]
+
+
+def test_refused_node_fails_over_at_once(gateway: GatewaySimulator) -> None:
+    gateway.set_faults("a", refuse=True)
+    install_for(gateway)
+    client = openai.OpenAI(api_key=OPENAI_KEY, max_retries=0)
+    for _ in range(6):
+        chat(client)
+    nodes = [r.node for r in gateway.records]
+    assert len(nodes) == 6 and "a" not in nodes and set(nodes) == {"b", "c"}
+
+
+def test_every_node_down_raises_the_sdk_error_naming_each_node(gateway: GatewaySimulator) -> None:
+    for node in gateway.nodes:
+        gateway.set_faults(node.name, refuse=True)
+    install_for(gateway)
+    client = openai.OpenAI(api_key=OPENAI_KEY, max_retries=0)
+    with pytest.raises(openai.APIConnectionError) as caught:
+        chat(client)
+    cause = caught.value.__cause__
+    assert cause is not None and isinstance(cause, httpx2.ConnectError)
+    for node in gateway.nodes:
+        assert f"127.0.0.1:{node.port}" in str(cause)
+    assert OPENAI_KEY not in str(cause) and GATEWAY_KEY not in str(cause)
+
+
+def test_install_is_idempotent_and_uninstall_restores_exactly(gateway: GatewaySimulator) -> None:
+    originals = {
+        (cls, name): cls.__dict__[name]
+        for cls, name in [
+            (httpx.HTTPTransport, "handle_request"),
+            (httpx.AsyncHTTPTransport, "handle_async_request"),
+            (httpx2.HTTPTransport, "handle_request"),
+            (httpx2.AsyncHTTPTransport, "handle_async_request"),
+        ]
+    }
+    install_for(gateway)
+    install_for(gateway)
+    for (cls, name), original in originals.items():
+        wrapper = cls.__dict__[name]
+        assert wrapper is not original and wrapper.__wrapped__ is original  # wrapped once, not twice
+    yibu_middleware.uninstall()
+    yibu_middleware.uninstall()
+    for (cls, name), original in originals.items():
+        assert cls.__dict__[name] is original
+    assert not any(hook.patched for hook in HOOKS)
+
+
+def test_reinstall_after_uninstall_routes_again(gateway: GatewaySimulator) -> None:
+    install_for(gateway)
+    yibu_middleware.uninstall()
+    install_for(gateway)
+    chat(openai.OpenAI(api_key=OPENAI_KEY, max_retries=0))
+    assert [r.key for r in gateway.records] == [GATEWAY_KEY]
+
+
+def test_isinstance_checks_still_hold(gateway: GatewaySimulator) -> None:
+    install_for(gateway)
+    client = openai.OpenAI(api_key=OPENAI_KEY)
+    assert isinstance(client._client, httpx2.Client)
+    assert type(httpx2.HTTPTransport()) is httpx2.HTTPTransport
+
+
+def test_slow_node_is_still_used_but_answers(gateway: GatewaySimulator) -> None:
+    gateway.set_faults("c", latency=0.05)
+    install_for(gateway)
+    client = openai.OpenAI(api_key=OPENAI_KEY, max_retries=0)
+    for _ in range(3):
+        chat(client)
+    assert sorted(r.node for r in gateway.records) == ["a", "b", "c"]
+    assert [r.fault for r in gateway.records if r.node == "c"] == ["latency"]
+
+
+def test_sdk_sees_gateway_errors_as_usual(gateway: GatewaySimulator) -> None:
+    gateway.set_faults("a", status_override=403, status_body={"error": {"message": "no quota", "type": "x", "code": "insufficient_user_quota"}})
+    install_for(gateway, nodes=[gateway.node("a").base_url])
+    with pytest.raises(openai.PermissionDeniedError):
+        chat(openai.OpenAI(api_key=OPENAI_KEY, max_retries=0))
