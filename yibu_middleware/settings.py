@@ -114,6 +114,11 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, _TomlFileSource(settings_cls, _active_file))
 
+    @field_validator("enabled", mode="before")
+    @classmethod
+    def _strip_flag(cls, value: Any) -> Any:
+        return value.strip() if isinstance(value, str) else value
+
     @field_validator("base_url")
     @classmethod
     def _check_base_url(cls, value: str) -> str:

@@ -1,0 +1,138 @@
+"""The three ways in, none touching business code: the .pth line, `yibu run`, install();
+and the command line's doctor and demo. Everything runs in real subprocesses."""
+
+from __future__ import annotations
+
+import os
+import site
+import subprocess
+import sys
+import sysconfig
+import venv
+from pathlib import Path
+
+import pytest
+from helpers import GATEWAY_KEY, INTEGRATIONS, PYTHON, ROOT, app_env
+
+from yibu_middleware.simulator import GatewaySimulator
+
+PROBE = (
+    "import sys, httpx2; hooked = type(httpx2.HTTPTransport.__dict__['handle_request']).__name__ != 'function';"
+    " print('imported' if 'yibu_middleware' in sys.modules else 'not-imported', 'hooked' if hooked else 'plain')"
+)
+YIBU = str(Path(sys.executable).with_name("yibu"))
+SECRET = "sk-very-secret-gateway-key-000000000000000000"
+
+
+def run(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {name: value for name, value in os.environ.items() if not name.startswith("YIBU_")}
+    env.update(extra)
+    return env
+
+
+def test_pth_file_is_installed() -> None:
+    folders = [*site.getsitepackages(), sysconfig.get_paths()["purelib"]]
+    assert any((Path(folder) / "yibu_middleware.pth").is_file() for folder in folders)
+
+
+def test_disabled_imports_nothing_of_ours() -> None:
+    result = run([PYTHON, "-c", PROBE], clean_env())
+    assert result.stdout.split() == ["not-imported", "plain"], result.stderr
+
+
+@pytest.mark.parametrize("value", ["1", "true", "YES", " on "])
+def test_enabled_values_hook_at_start(value: str, tmp_path: Path) -> None:
+    result = run([PYTHON, "-c", PROBE], clean_env(YIBU_ENABLED=value), cwd=tmp_path)
+    assert result.stdout.split() == ["imported", "hooked"], result.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "false", "no", ""])
+def test_other_values_leave_the_app_alone(value: str) -> None:
+    result = run([PYTHON, "-c", PROBE], clean_env(YIBU_ENABLED=value))
+    assert result.stdout.split() == ["not-imported", "plain"]
+
+
+def test_bad_settings_stop_the_app_with_one_clear_message(tmp_path: Path) -> None:
+    env = clean_env(YIBU_ENABLED="1", YIBU_NODES="ftp://gw.example/v1", YIBU_API_KEY=SECRET)
+    result = run([PYTHON, "-c", "print('the app ran')"], env, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "the app ran" not in result.stdout
+    assert "nodes" in result.stderr and "env YIBU_NODES" in result.stderr and "http(s) URL" in result.stderr
+    assert "Traceback" not in result.stderr and SECRET not in result.stderr
+
+
+def test_bad_settings_file_stops_the_app(tmp_path: Path) -> None:
+    (tmp_path / "yibu.toml").write_text('nodes = ["https://gw.example/v1"]\nretries = 3\n')
+    result = run([PYTHON, "-c", "print('the app ran')"], clean_env(YIBU_ENABLED="1"), cwd=tmp_path)
+    assert result.returncode == 2 and "the app ran" not in result.stdout
+    assert "unknown setting 'retries'" in result.stderr and "yibu.toml" in result.stderr
+
+
+def test_yibu_run_runs_the_users_sitecustomize_too(tmp_path: Path) -> None:
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "sitecustomize.py").write_text("import os\nos.environ['USER_SITECUSTOMIZE'] = 'ran'\n")
+    probe = PROBE + "; import os; print(os.environ.get('USER_SITECUSTOMIZE'))"
+    result = run([YIBU, "run", "--", PYTHON, "-c", probe], clean_env(PYTHONPATH=str(own)), cwd=tmp_path)
+    assert result.stdout.split() == ["imported", "hooked", "ran"], result.stderr
+
+
+def test_yibu_run_works_where_pth_files_are_not_read(tmp_path: Path, gateway: GatewaySimulator) -> None:
+    """A bare venv without our package: only yibu run's sitecustomize can switch us on there."""
+    bare = tmp_path / "bare"
+    venv.create(bare, with_pip=False)
+    bare_python = bare / "bin" / "python"
+    # Our package and its dependencies reach that interpreter through PYTHONPATH, whose
+    # folders Python never scans for .pth files.
+    deps = os.pathsep.join([str(ROOT), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
+    env = app_env(gateway, PYTHONPATH=deps)
+    env.pop("YIBU_ENABLED")
+    control = run([str(bare_python), "-c", PROBE], env, cwd=tmp_path)
+    assert control.stdout.split() == ["not-imported", "plain"], control.stderr
+    result = run([YIBU, "run", "--", str(bare_python), str(INTEGRATIONS / "httpx_app.py")], env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert gateway.records and {record.key for record in gateway.records} == {GATEWAY_KEY}
+
+
+def test_yibu_run_reports_bad_settings_before_starting(tmp_path: Path) -> None:
+    result = run([YIBU, "run", "--", PYTHON, "-c", "print('ran')"], clean_env(YIBU_BASE_URL="gw.example"), cwd=tmp_path)
+    assert result.returncode == 2 and "ran" not in result.stdout and "base_url" in result.stderr
+
+
+def test_yibu_run_without_a_command() -> None:
+    result = run([YIBU, "run"], clean_env())
+    assert result.returncode == 2 and "no command given" in result.stderr
+
+
+def test_doctor_shows_sources_hooks_and_nodes(tmp_path: Path, gateway: GatewaySimulator) -> None:
+    gateway.set_faults("c", refuse=True)
+    env = app_env(gateway, YIBU_API_KEY=SECRET)
+    result = run([YIBU, "doctor"], env, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert SECRET not in out and "...0000" in out
+    assert "env YIBU_NODES" in out and "env YIBU_API_KEY" in out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    assert "hooked" in lines["httpx2"] and "hooked" in lines["httpx"]
+    for node in gateway.nodes:
+        line = next(line for line in out.splitlines() if line.strip().startswith(node.base_url))
+        assert ("unreachable" in line) == (node.name == "c")
+    assert "key rejected" in out  # the simulator accepts only GATEWAY_KEY, not SECRET
+
+
+def test_doctor_reports_bad_settings(tmp_path: Path) -> None:
+    result = run([YIBU, "doctor"], clean_env(YIBU_MODEL_ALIASES="gpt-4=gpt-5"), cwd=tmp_path)
+    assert result.returncode == 2 and "model_aliases" in result.stdout and "JSON" in result.stdout
+
+
+def test_demo(tmp_path: Path) -> None:
+    result = run([YIBU, "demo"], clean_env(), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "failover from: down" in out
+    assert "provider key reached the gateway: never" in out
+    assert "gateway key" in out and "PROVIDER KEY" not in out
