@@ -38,9 +38,9 @@ def test_route_table_matches_only_listed_hosts() -> None:
 
 
 def test_node_url_keeps_base_path_and_query() -> None:
-    node = Node.from_url("https://eu.gw.example:8443/v1")
+    node = Node("https://eu.gw.example:8443/v1")
     assert node.url_for("/chat/completions", "api-version=2") == "https://eu.gw.example:8443/v1/chat/completions?api-version=2"
-    assert Node.from_url("http://10.0.0.1/v1").url_for("/models", "") == "http://10.0.0.1:80/v1/models"
+    assert Node("http://10.0.0.1/v1").url_for("/models", "") == "http://10.0.0.1:80/v1/models"
 
 
 def test_credentials_are_swapped_in_every_credential_header() -> None:
@@ -99,7 +99,7 @@ def test_prepare_builds_the_gateway_request() -> None:
 
 
 def pool(count: int) -> NodePool:
-    return NodePool.from_urls([f"http://127.0.0.1:{9000 + n}/v1" for n in range(count)])
+    return NodePool([f"http://127.0.0.1:{9000 + n}/v1" for n in range(count)])
 
 
 def test_rotation_spreads_over_every_node() -> None:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from dataclasses import dataclass, field
-
 from .core.nodes import NodePool
 from .core.redact import redact_text
 from .core.routes import Route, RouteTable
@@ -20,17 +18,27 @@ from .settings import Settings
 log = logging.getLogger("yibu_middleware")
 
 
-@dataclass(slots=True)
 class Runtime:
-    settings: Settings
-    routes: RouteTable
-    pool: NodePool
-    gateway_key: bytes | None
-    aliases: dict[str, str]
-    max_attempts: int
-    # Provider keys swapped out at run time: kept only so they can be masked by value.
-    swapped_keys: set[str] = field(default_factory=set)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    __slots__ = ("_lock", "aliases", "gateway_key", "max_attempts", "pool", "routes", "settings", "swapped_keys")
+
+    def __init__(
+        self,
+        settings: Settings,
+        routes: RouteTable,
+        pool: NodePool,
+        gateway_key: bytes | None,
+        aliases: dict[str, str],
+        max_attempts: int,
+    ) -> None:
+        self.settings = settings
+        self.routes = routes
+        self.pool = pool
+        self.gateway_key = gateway_key
+        self.aliases = aliases
+        self.max_attempts = max_attempts
+        # Provider keys swapped out at run time: kept only so they can be masked by value.
+        self.swapped_keys: set[str] = set()
+        self._lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
@@ -41,7 +49,7 @@ class Runtime:
         return cls(
             settings=settings,
             routes=RouteTable(routes),
-            pool=NodePool.from_urls(settings.gateway_nodes),
+            pool=NodePool(settings.gateway_nodes),
             gateway_key=key,
             aliases=dict(settings.model_aliases),
             max_attempts=settings.retry.max_attempts,

@@ -12,14 +12,11 @@ whole report raised as one :class:`~yibu_middleware.errors.ConfigError`.
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
-import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_validator
@@ -80,28 +77,30 @@ class Settings(BaseSettings):
     )
     base_url: str = Field(DEFAULT_BASE_URL, description="the gateway's base URL, used when `nodes` is empty")
     nodes: Annotated[list[str], NoDecode] = Field(
-        default_factory=list,
+        [],
         description="gateway node base URLs; replace base_url. Env: comma-separated; TOML: a list",
     )
     routes: Annotated[dict[str, RouteSpec], NoDecode] = Field(
-        default_factory=lambda: dict(DEFAULT_ROUTES),
+        DEFAULT_ROUTES,
         description=(
             "provider hosts that are redirected, merged onto the defaults: host = 'openai' | 'anthropic' |"
             " {provider = ..., strip_prefix = ...} | false (to stop redirecting a default host). Env: JSON object"
         ),
     )
     model_aliases: Annotated[dict[str, str], NoDecode] = Field(
-        default_factory=dict,
+        {},
         description="rewrite `model` in JSON request bodies: old name = new name. Env: JSON object",
     )
-    retry: RetrySettings = Field(default_factory=RetrySettings, description="retry and failover")
+    retry: RetrySettings = Field(RetrySettings(), description="retry and failover")
     log: Literal["off", "warning", "info", "debug"] = Field(
         "off",
         description="print the library's own log lines (one per redirected call at 'info') to stderr;"
         " 'off' leaves it to the app's logging configuration",
     )
 
-    _origins: dict[str, str] = PrivateAttr(default_factory=dict)
+    # Plain defaults, not default_factory=list/dict: pydantic copies mutable defaults
+    # anyway, and inspecting a builtin factory's signature costs ~5 ms at start-up.
+    _origins: dict[str, str] = PrivateAttr({})
 
     @classmethod
     def settings_customise_sources(
@@ -203,8 +202,7 @@ def _json_value(text: str, expected: str) -> Any:
 # --- the settings file -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SettingsFile:
+class SettingsFile(NamedTuple):
     path: Path
     section: str | None  # "tool.yibu" for pyproject.toml, None for a whole yibu.toml
     data: dict[str, Any]
@@ -237,6 +235,8 @@ def find_settings_file(cwd: Path | None = None) -> SettingsFile | None:
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    import tomllib  # only when there is a file: start-up is budgeted
+
     try:
         with path.open("rb") as stream:
             return tomllib.load(stream)
@@ -321,6 +321,8 @@ def unknown_env_names() -> list[str]:
     for key, name in sorted(_env_names().items()):
         top = key.split("__", 1)[0]
         if top not in fields:
+            import difflib  # rarely needed: kept off the start-up path
+
             close = difflib.get_close_matches(top, fields, n=1)
             hint = f" (did you mean {ENV_PREFIX}{close[0].upper()}?)" if close else ""
             report.append(f"{name}{hint}")
@@ -365,6 +367,8 @@ def _origin_of(loc: list[str], origins: Mapping[str, str], file: SettingsFile | 
 
 
 def _suggest(loc: list[str]) -> str:
+    import difflib
+
     model: type[BaseModel] = Settings
     for part in loc[:-1]:
         annotation = model.model_fields[part].annotation if part in model.model_fields else None

@@ -3,6 +3,9 @@
 No I/O and no clocks of its own: callers report what happened and ask for a node.
 Selection here is plain rotation; the pool is the seam where latency-aware choice,
 pinning and ejection plug in without any adapter changing.
+
+Plain classes with ``__slots__`` rather than dataclasses: these are built at
+interpreter start, whose cost is budgeted.
 """
 
 from __future__ import annotations
@@ -10,29 +13,24 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 
-@dataclass(eq=False, slots=True)
 class Node:
-    """One gateway node, parsed once from its base URL."""
+    """One gateway node, parsed once from its base URL. Identity is the node itself."""
 
-    base_url: str
-    scheme: str
-    host: str
-    port: int
-    base_path: str  # e.g. "/v1", no trailing slash
-    # Counters for ``yibu doctor`` and the demo; updated under the pool's lock.
-    sent: int = 0
-    failed: int = 0
+    __slots__ = ("base_path", "base_url", "failed", "host", "port", "scheme", "sent")
 
-    @classmethod
-    def from_url(cls, base_url: str) -> Node:
+    def __init__(self, base_url: str) -> None:
         parts = urlsplit(base_url)
-        scheme = parts.scheme
-        port = parts.port or (443 if scheme == "https" else 80)
-        return cls(base_url, scheme, (parts.hostname or "").lower(), port, parts.path.rstrip("/"))
+        self.base_url = base_url
+        self.scheme = parts.scheme
+        self.host = (parts.hostname or "").lower()
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.base_path = parts.path.rstrip("/")  # e.g. "/v1"
+        # Counters for `yibu doctor` and the demo; updated under the pool's lock.
+        self.sent = 0
+        self.failed = 0
 
     @property
     def label(self) -> str:
@@ -42,18 +40,19 @@ class Node:
         url = f"{self.scheme}://{self.label}{self.base_path}{gateway_path}"
         return f"{url}?{query}" if query else url
 
+    def __repr__(self) -> str:
+        return f"Node({self.base_url!r})"
 
-@dataclass(slots=True)
+
 class NodePool:
-    nodes: Sequence[Node]
-    _turn: itertools.count[int] = field(default_factory=itertools.count)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    __slots__ = ("_lock", "_turn", "nodes")
 
-    @classmethod
-    def from_urls(cls, urls: Sequence[str]) -> NodePool:
+    def __init__(self, urls: Sequence[str]) -> None:
         if not urls:
             raise ValueError("a node pool needs at least one node")
-        return cls([Node.from_url(url) for url in urls])
+        self.nodes = [Node(url) for url in urls]
+        self._turn = itertools.count()
+        self._lock = threading.Lock()
 
     def choose(self, exclude: Collection[Node] = ()) -> Node | None:
         """The next node in rotation that is not in ``exclude``; None when all are."""

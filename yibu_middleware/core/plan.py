@@ -19,7 +19,7 @@ else is handed to the caller unchanged.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .nodes import Node, NodePool
 
@@ -34,31 +34,31 @@ class Failure(enum.Enum):
         return self is not Failure.OTHER
 
 
-@dataclass(frozen=True, slots=True)
-class Send:
+class Send(NamedTuple):
     node: Node
 
 
-@dataclass(frozen=True, slots=True)
-class Deliver:
+class Deliver(NamedTuple):
     node: Node
 
 
-@dataclass(frozen=True, slots=True)
-class GiveUp:
+class GiveUp(NamedTuple):
     reason: str
 
 
 Action = Send | Deliver | GiveUp
 
 
-@dataclass(slots=True)
-class Step:
+class Step(NamedTuple):
+    """One attempt of a call and how it ended: "200", "connection refused or failed: ...", ..."""
+
     node: Node
-    outcome: str  # "200", "connection refused or failed: <detail>", ...
+    outcome: str
 
 
 class CallPlan:
+    __slots__ = ("_max_attempts", "_pool", "_replayable", "steps")
+
     def __init__(self, pool: NodePool, max_attempts: int, replayable: bool) -> None:
         self._pool = pool
         self._max_attempts = max_attempts

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .routes import Route, gateway_path
 
@@ -20,8 +20,7 @@ CREDENTIAL_HEADERS = frozenset({b"authorization", b"x-api-key", b"api-key"})
 _RECOMPUTED = frozenset({b"host", b"content-length"})
 
 
-@dataclass(slots=True)
-class GatewayRequest:
+class GatewayRequest(NamedTuple):
     """What is sent to a node on every attempt of one call (the node varies)."""
 
     route: Route
@@ -30,9 +29,9 @@ class GatewayRequest:
     query: str
     headers: RawHeaders
     body: bytes | None  # None: a streamed body the library did not read
-    model: str | None = None  # as sent, after aliasing
-    requested_model: str | None = None  # as the app asked
-    swapped_keys: list[str] = field(default_factory=list)  # provider keys taken out
+    model: str | None  # as sent, after aliasing
+    requested_model: str | None  # as the app asked
+    swapped_keys: list[str]  # provider keys taken out
 
 
 def prepare(

@@ -8,11 +8,10 @@ single dict lookup; a request to any other host leaves after it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class Route:
+class Route(NamedTuple):
     host: str
     provider: str  # "openai" or "anthropic": the wire format of errors we build for it
     strip_prefix: str  # e.g. "/v1": removed before the path is joined onto a node URL

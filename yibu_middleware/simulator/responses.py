@@ -1,0 +1,243 @@
+"""Response bodies of the simulated gateway, in the OpenAI and Anthropic wire formats.
+
+Pure functions of the request (no I/O), so the server stays a thin HTTP layer and the shapes can be
+checked against the real SDKs in one place.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import struct
+import time
+import uuid
+from typing import Any
+
+MODELS: tuple[tuple[str, str], ...] = (
+    ("gpt-5.2", "openai"),
+    ("gpt-4o-mini", "openai"),
+    ("claude-sonnet-4-5", "anthropic"),
+    ("text-embedding-3-small", "openai"),
+)
+EMBEDDING_DIMENSIONS = 8
+_FINGERPRINT = "fp_yibu_sim"
+
+# HTTP status -> (OpenAI error type, OpenAI code, Anthropic error type, message).
+_ERRORS: dict[int, tuple[str, str | None, str, str]] = {
+    400: ("invalid_request_error", None, "invalid_request_error", "Invalid request."),
+    401: ("invalid_request_error", "invalid_api_key", "authentication_error", "Incorrect API key provided."),
+    403: ("insufficient_quota", "insufficient_quota", "permission_error", "Permission denied."),
+    404: ("invalid_request_error", None, "not_found_error", "Not found."),
+    405: ("invalid_request_error", None, "invalid_request_error", "Method not allowed."),
+    413: ("invalid_request_error", None, "request_too_large", "Request too large."),
+    429: ("requests", "rate_limit_exceeded", "rate_limit_error", "Rate limit reached (simulated)."),
+    500: ("server_error", None, "api_error", "Internal server error (simulated)."),
+    503: ("server_error", None, "overloaded_error", "The server is overloaded (simulated)."),
+    529: ("server_error", None, "overloaded_error", "The server is overloaded (simulated)."),
+}
+
+
+def dumps(obj: Any) -> bytes:
+    """Compact JSON, as the real APIs send it."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def new_id(prefix: str) -> str:
+    return prefix + uuid.uuid4().hex[:24]
+
+
+def reply_text(node: str) -> str:
+    """The deterministic assistant reply; it names the node so tests can see where a request went."""
+    return f"Hello from yibu simulator node '{node}'."
+
+
+def reply_words(node: str) -> list[str]:
+    """The reply split into stream pieces whose concatenation is the exact reply text."""
+    words = reply_text(node).split(" ")
+    return [words[0], *(" " + w for w in words[1:])]
+
+
+def error_body(status: int, anthropic: bool, message: str | None = None) -> dict[str, Any]:
+    """Error JSON in the format the client's SDK parses (Anthropic on /v1/messages, else OpenAI)."""
+    oa_type, oa_code, an_type, default = _ERRORS.get(
+        status, ("server_error" if status >= 500 else "invalid_request_error", None, "api_error", "Error.")
+    )
+    text = message or default
+    if anthropic:
+        return {"type": "error", "error": {"type": an_type, "message": text}}
+    return {"error": {"message": text, "type": oa_type, "param": None, "code": oa_code}}
+
+
+def _text_of(content: Any) -> str:
+    """Text of a message content: a string or a list of parts (OpenAI/Anthropic) with ``text`` fields."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(_text_of(part.get("text", "")) for part in content if isinstance(part, dict))
+    return ""
+
+
+def count_words(messages: Any, extra: Any = None) -> int:
+    """Rough token count: whitespace-separated words of every message's content (plus e.g. a system)."""
+    total = len(_text_of(extra).split())
+    if isinstance(messages, list):
+        for message in messages:
+            if isinstance(message, dict):
+                total += len(_text_of(message.get("content")).split())
+    return total
+
+
+# ---- OpenAI chat completions ---------------------------------------------------------------------------
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def chat_completion(node: str, model: str, body: dict[str, Any]) -> dict[str, Any]:
+    prompt = count_words(body.get("messages"))
+    completion = len(reply_words(node))
+    return {
+        "id": new_id("chatcmpl-"),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": _FINGERPRINT,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": reply_text(node), "refusal": None},
+            "logprobs": None,
+            "finish_reason": "stop",
+        }],
+        "usage": _usage(prompt, completion),
+    }
+
+
+def chat_stream_events(node: str, model: str, body: dict[str, Any]) -> list[bytes]:
+    """SSE events of a streamed chat completion: one chunk per word, optional usage chunk, ``[DONE]``."""
+    chat_id, created = new_id("chatcmpl-"), int(time.time())
+    options = body.get("stream_options")
+    include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+    words = reply_words(node)
+    events: list[bytes] = []
+    for i, word in enumerate(words):
+        delta: dict[str, Any] = {"role": "assistant", "content": word} if i == 0 else {"content": word}
+        chunk: dict[str, Any] = {
+            "id": chat_id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "system_fingerprint": _FINGERPRINT,
+            "choices": [{
+                "index": 0, "delta": delta, "logprobs": None,
+                "finish_reason": "stop" if i == len(words) - 1 else None,
+            }],
+        }
+        if include_usage:
+            chunk["usage"] = None
+        events.append(b"data: " + dumps(chunk) + b"\n\n")
+    if include_usage:
+        prompt = count_words(body.get("messages"))
+        usage = _usage(prompt, len(words))
+        chunk = {
+            "id": chat_id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "system_fingerprint": _FINGERPRINT, "choices": [], "usage": usage,
+        }
+        events.append(b"data: " + dumps(chunk) + b"\n\n")
+    events.append(b"data: [DONE]\n\n")
+    return events
+
+
+# ---- OpenAI embeddings / models ------------------------------------------------------------------------
+
+def _vector(text: str, dimensions: int) -> list[float]:
+    """Deterministic pseudo-embedding in [-1, 1], float32-exact so base64 and float answers agree."""
+    out: list[float] = []
+    counter = 0
+    while len(out) < dimensions:
+        digest = hashlib.sha256(f"{counter}:{text}".encode()).digest()
+        for i in range(0, len(digest), 2):
+            value = int.from_bytes(digest[i:i + 2], "little") / 32767.5 - 1.0
+            out.append(struct.unpack("<f", struct.pack("<f", value))[0])
+        counter += 1
+    return out[:dimensions]
+
+
+def embeddings(model: str, body: dict[str, Any]) -> dict[str, Any] | None:
+    """Embeddings response, or None if ``input`` is not a string or list (the caller answers 400)."""
+    raw = body.get("input")
+    if isinstance(raw, str):
+        inputs: list[Any] = [raw]
+    elif isinstance(raw, list) and raw:
+        # A list of token ids (ints) is one input; a list of strings / token lists is many.
+        inputs = [raw] if all(isinstance(x, int) for x in raw) else raw
+    else:
+        return None
+    dims = body.get("dimensions")
+    dimensions = dims if isinstance(dims, int) and not isinstance(dims, bool) and 0 < dims <= 4096 \
+        else EMBEDDING_DIMENSIONS
+    as_base64 = body.get("encoding_format") == "base64"
+    data: list[dict[str, Any]] = []
+    tokens = 0
+    for index, item in enumerate(inputs):
+        text = item if isinstance(item, str) else json.dumps(item)
+        tokens += len(item) if isinstance(item, list) else len(text.split())
+        vector = _vector(text, dimensions)
+        embedding: Any = (
+            base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode() if as_base64 else vector
+        )
+        data.append({"object": "embedding", "index": index, "embedding": embedding})
+    return {"object": "list", "data": data, "model": model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+def model_entry(model_id: str, owner: str) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": 1_700_000_000, "owned_by": owner}
+
+
+def models_list() -> dict[str, Any]:
+    return {"object": "list", "data": [model_entry(m, o) for m, o in MODELS]}
+
+
+# ---- Anthropic messages --------------------------------------------------------------------------------
+
+def anthropic_message(node: str, model: str, body: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": new_id("msg_"),
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": reply_text(node)}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": count_words(body.get("messages"), body.get("system")),
+                  "output_tokens": len(reply_words(node))},
+    }
+
+
+def _sse(event: str, data: dict[str, Any]) -> bytes:
+    return b"event: " + event.encode() + b"\ndata: " + dumps(data) + b"\n\n"
+
+
+def anthropic_stream_events(node: str, model: str, body: dict[str, Any]) -> list[bytes]:
+    """The Anthropic Messages streaming sequence, one ``content_block_delta`` per word."""
+    words = reply_words(node)
+    start = anthropic_message(node, model, body)
+    start.update(content=[], stop_reason=None)
+    start["usage"] = {"input_tokens": start["usage"]["input_tokens"], "output_tokens": 1}
+    events = [
+        _sse("message_start", {"type": "message_start", "message": start}),
+        _sse("content_block_start",
+             {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        _sse("ping", {"type": "ping"}),
+    ]
+    events.extend(
+        _sse("content_block_delta",
+             {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": word}})
+        for word in words
+    )
+    events += [
+        _sse("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        _sse("message_delta", {"type": "message_delta",
+                               "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                               "usage": {"output_tokens": len(words)}}),
+        _sse("message_stop", {"type": "message_stop"}),
+    ]
+    return events
