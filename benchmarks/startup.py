@@ -50,7 +50,11 @@ def timed_start(code: str, env: dict[str, str], cwd: str) -> tuple[float, float]
 def instructions(code: str, env: dict[str, str], cwd: str) -> int:
     result = subprocess.run(
         ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-c", code],
-        env={**env, "PYTHONHASHSEED": "0"}, cwd=cwd, capture_output=True, text=True, check=True,
+        env={**env, "PYTHONHASHSEED": "0"},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     found = re.search(r"Collected : (\d+)", result.stderr)
     if not found:
@@ -72,12 +76,25 @@ def main() -> None:
         if not name.startswith("YIBU_") and name != "PYTHONDONTWRITEBYTECODE"
     }
     # Local, never contacted: start-up reads settings but sends nothing.
-    enabled = {**base, "YIBU_ENABLED": "1", "YIBU_NODES": "http://127.0.0.1:9/v1", "YIBU_API_KEY": "sk-bench-0000"}
+    enabled = {
+        **base,
+        "YIBU_ENABLED": "1",
+        "YIBU_NODES": "http://127.0.0.1:9/v1",
+        "YIBU_API_KEY": "sk-bench-0000",
+    }
 
     with tempfile.TemporaryDirectory() as cwd:
         ours = subprocess.run(
-            [sys.executable, "-c", "import sys; print(sorted(m for m in sys.modules if m.startswith('yibu')))"],
-            env=base, cwd=cwd, capture_output=True, text=True, check=True,
+            [
+                sys.executable,
+                "-c",
+                "import sys; print(sorted(m for m in sys.modules if m.startswith('yibu')))",
+            ],
+            env=base,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
         print(f"disabled: our modules imported at start: {ours}")
 

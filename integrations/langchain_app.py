@@ -4,9 +4,7 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_openai import ChatOpenAI
 
-prompt = ChatPromptTemplate.from_messages(
-    [("system", "Translate the user's text to French."), ("user", "{text}")]
-)
+prompt = ChatPromptTemplate.from_messages([("system", "Translate the user's text to French."), ("user", "{text}")])
 chain = prompt | ChatOpenAI(model="gpt-4o-mini", temperature=0) | StrOutputParser()
 
 print("translation:", chain.invoke({"text": "Good morning"}))

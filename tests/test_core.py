@@ -39,7 +39,10 @@ def test_route_table_matches_only_listed_hosts() -> None:
 
 def test_node_url_keeps_base_path_and_query() -> None:
     node = Node("https://eu.gw.example:8443/v1")
-    assert node.url_for("/chat/completions", "api-version=2") == "https://eu.gw.example:8443/v1/chat/completions?api-version=2"
+    assert (
+        node.url_for("/chat/completions", "api-version=2")
+        == "https://eu.gw.example:8443/v1/chat/completions?api-version=2"
+    )
     assert Node("http://10.0.0.1/v1").url_for("/models", "") == "http://10.0.0.1:80/v1/models"
 
 
@@ -77,7 +80,8 @@ def test_alias_rewrites_model_and_nothing_else() -> None:
 
 
 @pytest.mark.parametrize(
-    "body", [None, b"", b"not json", b'["model"]', b'{"model": 3}', b'{"input": "no model here"}', b'{"model": "x"']
+    "body",
+    [None, b"", b"not json", b'["model"]', b'{"model": 3}', b'{"input": "no model here"}', b'{"model": "x"'],
 )
 def test_alias_leaves_other_bodies_alone(body: bytes | None) -> None:
     assert apply_alias(body, {"x": "y"})[2] is body
@@ -90,10 +94,21 @@ def test_alias_not_applied_when_model_unlisted() -> None:
 
 def test_prepare_builds_the_gateway_request() -> None:
     call = prepare(
-        OPENAI, "POST", "/v1/chat/completions", "x=1", [(b"authorization", b"Bearer sk-p")],
-        b'{"model":"gpt-4"}', b"sk-gw", {"gpt-4": "gpt-5.2"},
+        OPENAI,
+        "POST",
+        "/v1/chat/completions",
+        "x=1",
+        [(b"authorization", b"Bearer sk-p")],
+        b'{"model":"gpt-4"}',
+        b"sk-gw",
+        {"gpt-4": "gpt-5.2"},
     )
-    assert (call.path, call.query, call.model, call.requested_model) == ("/chat/completions", "x=1", "gpt-5.2", "gpt-4")
+    assert (call.path, call.query, call.model, call.requested_model) == (
+        "/chat/completions",
+        "x=1",
+        "gpt-5.2",
+        "gpt-4",
+    )
     assert call.headers == [(b"authorization", b"Bearer sk-gw")]
     assert call.swapped_keys == ["sk-p"]
 

@@ -9,13 +9,12 @@ import httpx
 import httpx2
 import openai
 import pytest
+from helpers import ANTHROPIC_KEY, GATEWAY_KEY, OPENAI_KEY, assert_no_provider_key, install_for
 from openai import DefaultAioHttpClient
 
 import yibu_middleware
 from yibu_middleware.hooks import HOOKS
 from yibu_middleware.simulator import GatewaySimulator
-
-from helpers import ANTHROPIC_KEY, GATEWAY_KEY, OPENAI_KEY, assert_no_provider_key, install_for
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -158,7 +157,9 @@ def test_unrouted_host_passes_untouched(gateway: GatewaySimulator) -> None:
     node = gateway.node("b")
     with httpx2.Client() as client:
         response = client.post(
-            f"{node.base_url}/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {GATEWAY_KEY}x"}
+            f"{node.base_url}/chat/completions",
+            json=CHAT,
+            headers={"Authorization": f"Bearer {GATEWAY_KEY}x"},
         )
     assert response.status_code == 401  # sent as the app sent it: the wrong key was not swapped
     (record,) = gateway.records
@@ -244,7 +245,11 @@ def test_slow_node_is_still_used_but_answers(gateway: GatewaySimulator) -> None:
 
 
 def test_sdk_sees_gateway_errors_as_usual(gateway: GatewaySimulator) -> None:
-    gateway.set_faults("a", status_override=403, status_body={"error": {"message": "no quota", "type": "x", "code": "insufficient_user_quota"}})
+    gateway.set_faults(
+        "a",
+        status_override=403,
+        status_body={"error": {"message": "no quota", "type": "x", "code": "insufficient_user_quota"}},
+    )
     install_for(gateway, nodes=[gateway.node("a").base_url])
     with pytest.raises(openai.PermissionDeniedError):
         chat(openai.OpenAI(api_key=OPENAI_KEY, max_retries=0))

@@ -29,7 +29,11 @@ APPS = {
 
 def run_app(app: str, simulator: GatewaySimulator, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [PYTHON, str(INTEGRATIONS / app)], env=app_env(simulator, **env), capture_output=True, text=True, timeout=120
+        [PYTHON, str(INTEGRATIONS / app)],
+        env=app_env(simulator, **env),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

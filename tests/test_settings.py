@@ -61,7 +61,9 @@ def test_yibu_toml_in_cwd(tmp_path: Path) -> None:
 
 
 def test_pyproject_tool_yibu(tmp_path: Path) -> None:
-    (tmp_path / "pyproject.toml").write_text('[project]\nname = "app"\n[tool.yibu]\nbase_url = "https://pp.example/v1"\n')
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nname = "app"\n[tool.yibu]\nbase_url = "https://pp.example/v1"\n'
+    )
     settings = load_settings()
     assert settings.base_url == "https://pp.example/v1"
     assert settings.origin("base_url").endswith("pyproject.toml [tool.yibu]")

@@ -74,6 +74,7 @@ def only_record(sim: GatewaySimulator) -> Record:
 
 # ---- endpoints via the SDKs ------------------------------------------------------------------------------
 
+
 def test_openai_chat_plain(sim: GatewaySimulator) -> None:
     raw = oa(sim).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)
     completion = raw.parse()
@@ -89,7 +90,11 @@ def test_openai_chat_plain(sim: GatewaySimulator) -> None:
 
     record = only_record(sim)
     assert (record.node, record.method, record.path, record.query) == (
-        "healthy", "POST", "/v1/chat/completions", "")
+        "healthy",
+        "POST",
+        "/v1/chat/completions",
+        "",
+    )
     assert (record.model, record.key, record.key_header) == ("gpt-4o-mini", KEY, "authorization")
     assert record.stream is False and record.status == 200 and record.fault is None
     assert record.body["messages"] == MESSAGES
@@ -99,11 +104,13 @@ def test_openai_chat_plain(sim: GatewaySimulator) -> None:
 
 def test_openai_chat_stream_with_usage(sim: GatewaySimulator) -> None:
     stream = oa(sim, "second").chat.completions.create(
-        model="gpt-5.2", messages=MESSAGES, stream=True, stream_options={"include_usage": True})
+        model="gpt-5.2", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+    )
     chunks = list(stream)
     content_chunks = [c for c in chunks if c.choices]
-    assert "".join(c.choices[0].delta.content or "" for c in content_chunks) == \
-        "Hello from yibu simulator node 'second'."
+    assert (
+        "".join(c.choices[0].delta.content or "" for c in content_chunks) == "Hello from yibu simulator node 'second'."
+    )
     assert len(content_chunks) == 6  # one per word
     assert content_chunks[0].choices[0].delta.role == "assistant"
     assert content_chunks[-1].choices[0].finish_reason == "stop"
@@ -131,8 +138,11 @@ def test_openai_embeddings_base64_default_and_float(sim: GatewaySimulator) -> No
 
 
 def test_embeddings_base64_wire_format(sim: GatewaySimulator) -> None:
-    response = httpx.post(sim.node("healthy").base_url + "/embeddings", headers={"x-api-key": KEY},
-                          json={"model": "m", "input": "x", "encoding_format": "base64", "dimensions": 4})
+    response = httpx.post(
+        sim.node("healthy").base_url + "/embeddings",
+        headers={"x-api-key": KEY},
+        json={"model": "m", "input": "x", "encoding_format": "base64", "dimensions": 4},
+    )
     encoded = response.json()["data"][0]["embedding"]
     assert isinstance(encoded, str)
     assert len(struct.unpack("<4f", base64.b64decode(encoded))) == 4
@@ -149,8 +159,7 @@ def test_openai_models(sim: GatewaySimulator) -> None:
 
 
 def test_anthropic_messages_plain(sim: GatewaySimulator) -> None:
-    raw = an(sim).messages.with_raw_response.create(model=CLAUDE, max_tokens=50, messages=MESSAGES,
-                                                    system="be brief")
+    raw = an(sim).messages.with_raw_response.create(model=CLAUDE, max_tokens=50, messages=MESSAGES, system="be brief")
     message = raw.parse()
     assert message.id.startswith("msg_")
     assert message.model == CLAUDE and message.role == "assistant"
@@ -180,8 +189,15 @@ def test_anthropic_stream_event_sequence(sim: GatewaySimulator) -> None:
         assert response.headers["content-type"].startswith("text/event-stream")
         assert response.headers["transfer-encoding"] == "chunked"
         names = [line.split(": ", 1)[1] for line in response.iter_lines() if line.startswith("event: ")]
-    assert names == ["message_start", "content_block_start", "ping", *["content_block_delta"] * 6,
-                     "content_block_stop", "message_delta", "message_stop"]
+    assert names == [
+        "message_start",
+        "content_block_start",
+        "ping",
+        *["content_block_delta"] * 6,
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
     assert only_record(sim).key_header == "x-api-key"
 
 
@@ -191,18 +207,21 @@ async def test_async_openai(sim: GatewaySimulator) -> None:
         completion = await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
         assert completion.choices[0].message.content == "Hello from yibu simulator node 'healthy'."
         stream = await client.chat.completions.create(
-            model="gpt-4o-mini", messages=MESSAGES, stream=True, stream_options={"include_usage": True})
+            model="gpt-4o-mini", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+        )
         text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
         assert text == "Hello from yibu simulator node 'healthy'."
         embedding = await client.embeddings.create(model="text-embedding-3-small", input="hi")
         assert len(embedding.data[0].embedding) == 8
-        results = await asyncio.gather(*(
-            client.chat.completions.create(model=f"m{i}", messages=MESSAGES) for i in range(200)))
+        results = await asyncio.gather(
+            *(client.chat.completions.create(model=f"m{i}", messages=MESSAGES) for i in range(200))
+        )
     assert sorted(r.model for r in results) == sorted(f"m{i}" for i in range(200))
     assert len(sim.records) == 203 and all(r.status == 200 for r in sim.records)
 
 
 # ---- raw HTTP: keep-alive and request body framing -------------------------------------------------------
+
 
 def _read_response(sock: socket.socket, buffer: bytes = b"") -> tuple[int, dict[str, str], bytes, bytes]:
     """Read one Content-Length response; returns status, headers, body and the leftover bytes."""
@@ -225,17 +244,24 @@ def test_keep_alive_and_chunked_request_body(sim: GatewaySimulator) -> None:
     body = json.dumps({"model": "gpt-4o-mini", "messages": MESSAGES}).encode()
     port = sim.node("healthy").port
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(b"POST /v1/chat/completions?x=1 HTTP/1.1\r\nHost: t\r\napi-key: " + KEY.encode()
-                     + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        sock.sendall(
+            b"POST /v1/chat/completions?x=1 HTTP/1.1\r\nHost: t\r\napi-key: "
+            + KEY.encode()
+            + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+            + body
+        )
         status, headers, payload, rest = _read_response(sock)
         assert status == 200 and headers["connection"] == "keep-alive"
         assert json.loads(payload)["model"] == "gpt-4o-mini"
         # Same socket, second request, body in two chunks.
         half = len(body) // 2
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer " + KEY.encode()
-                     + b"\r\nTransfer-Encoding: chunked\r\n\r\n"
-                     + b"%x\r\n%b\r\n" % (half, body[:half])
-                     + b"%x\r\n%b\r\n0\r\n\r\n" % (len(body) - half, body[half:]))
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer "
+            + KEY.encode()
+            + b"\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"%x\r\n%b\r\n" % (half, body[:half])
+            + b"%x\r\n%b\r\n0\r\n\r\n" % (len(body) - half, body[half:])
+        )
         status, _, payload, _ = _read_response(sock, rest)
         assert status == 200
         assert json.loads(payload)["choices"][0]["message"]["content"].endswith("'healthy'.")
@@ -271,6 +297,7 @@ def test_keep_alive_after_streamed_response(sim: GatewaySimulator) -> None:
 
 # ---- auth and errors -------------------------------------------------------------------------------------
 
+
 def test_wrong_or_missing_key_is_401_in_provider_format(sim: GatewaySimulator) -> None:
     with pytest.raises(openai.AuthenticationError) as oa_error:
         oa(sim, key="sk-wrong").chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
@@ -278,8 +305,10 @@ def test_wrong_or_missing_key_is_401_in_provider_format(sim: GatewaySimulator) -
     assert oa_error.value.code == "invalid_api_key"
     with pytest.raises(anthropic.AuthenticationError) as an_error:
         an(sim, key="sk-wrong").messages.create(model=CLAUDE, max_tokens=5, messages=MESSAGES)
-    assert an_error.value.body == {"type": "error", "error": {
-        "type": "authentication_error", "message": "Incorrect API key provided."}}
+    assert an_error.value.body == {
+        "type": "error",
+        "error": {"type": "authentication_error", "message": "Incorrect API key provided."},
+    }
     missing = httpx.get(sim.node("healthy").base_url + "/models")
     assert missing.status_code == 401 and missing.json()["error"]["type"] == "invalid_request_error"
     assert [(r.status, r.key) for r in sim.records] == [(401, "sk-wrong"), (401, "sk-wrong"), (401, None)]
@@ -343,8 +372,14 @@ def test_direct_fault_mutation_applies_to_next_request(sim: GatewaySimulator) ->
 
 
 def test_status_override(sim: GatewaySimulator) -> None:
-    quota = {"error": {"message": "quota exhausted", "type": "insufficient_quota", "param": None,
-                       "code": "insufficient_quota"}}
+    quota = {
+        "error": {
+            "message": "quota exhausted",
+            "type": "insufficient_quota",
+            "param": None,
+            "code": "insufficient_quota",
+        }
+    }
     sim.set_faults("healthy", status_override=403, status_body=quota)
     with pytest.raises(openai.PermissionDeniedError) as error:
         oa(sim, key="even-a-wrong-key").chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
@@ -361,8 +396,10 @@ def test_unknown_path_and_method(sim: GatewaySimulator) -> None:
     base = sim.node("healthy").base_url
     missing = httpx.post(base + "/nothing", headers=headers, json={})
     assert missing.status_code == 404 and "error" in missing.json()
-    assert httpx.post(base.removesuffix("/v1") + "/chat/completions", headers=headers,
-                      json={"model": "m"}).status_code == 404  # only under /v1
+    assert (
+        httpx.post(base.removesuffix("/v1") + "/chat/completions", headers=headers, json={"model": "m"}).status_code
+        == 404
+    )  # only under /v1
     assert httpx.get(base + "/chat/completions", headers=headers).status_code == 405
     bad = httpx.post(base + "/chat/completions", headers=headers, content=b"{not json")
     assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
@@ -380,6 +417,7 @@ def test_latency(sim: GatewaySimulator) -> None:
 
 
 # ---- connection faults ------------------------------------------------------------------------------------
+
 
 def test_refuse_then_reopen_on_same_port(sim: GatewaySimulator) -> None:
     node = sim.node("healthy")
@@ -407,8 +445,10 @@ def test_node_added_refused_has_a_port() -> None:
     with GatewaySimulator() as s:
         down = s.add_node("down", NodeFaults(refuse=True))
         assert down.refusing and down.port > 0
-        with pytest.raises(openai.APIConnectionError), \
-                openai.OpenAI(base_url=down.base_url, api_key=KEY, max_retries=0) as client:
+        with (
+            pytest.raises(openai.APIConnectionError),
+            openai.OpenAI(base_url=down.base_url, api_key=KEY, max_retries=0) as client,
+        ):
             client.models.list()
         s.set_faults("down", refuse=False)
         assert httpx.get(down.base_url + "/models").status_code == 200
@@ -440,6 +480,7 @@ def test_cut_stream_anthropic_raises(sim: GatewaySimulator) -> None:
 
 
 # ---- lifecycle, API misuse ---------------------------------------------------------------------------------
+
 
 def test_lifecycle_and_api_misuse() -> None:
     s = GatewaySimulator()
@@ -477,6 +518,7 @@ def test_pytest_plugin_fixture(gateway_simulator: GatewaySimulator) -> None:  # 
 
 # ---- command line -----------------------------------------------------------------------------------------
 
+
 def _cli_env() -> dict[str, str]:
     paths = [str(ROOT), os.environ.get("PYTHONPATH", "")]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
@@ -485,7 +527,11 @@ def _cli_env() -> dict[str, str]:
 def test_cli_rejects_unknown_field() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "yibu_middleware.simulator", "--node", "a:latncy=1"],
-        capture_output=True, text=True, timeout=30, env=_cli_env(), cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=_cli_env(),
+        cwd=ROOT,
     )
     assert result.returncode == 2
     assert "unknown fault field 'latncy'" in result.stderr
@@ -495,16 +541,33 @@ def test_cli_rejects_unknown_field() -> None:
 def test_cli_rejects_bad_value() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "yibu_middleware.simulator", "--node", "a:error_rate=lots"],
-        capture_output=True, text=True, timeout=30, env=_cli_env(), cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=_cli_env(),
+        cwd=ROOT,
     )
     assert result.returncode == 2 and "error_rate" in result.stderr
 
 
 def test_cli_runs_logs_without_key_and_stops_on_sigterm() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "yibu_middleware.simulator", "--node", "healthy",
-         "--node", "down:refuse,latency=0.1", "--key", KEY],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_cli_env(), cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "yibu_middleware.simulator",
+            "--node",
+            "healthy",
+            "--node",
+            "down:refuse,latency=0.1",
+            "--key",
+            KEY,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_cli_env(),
+        cwd=ROOT,
     )
     try:
         assert proc.stdout is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import sys
@@ -67,7 +68,10 @@ def _setting_rows(settings: Settings) -> list[tuple[str, str]]:
         ("api_key", mask(key.get_secret_value()) if key else "(not set: callers' keys pass through)"),
         ("base_url", settings.base_url),
         ("nodes", ", ".join(settings.nodes) or "(not set: base_url is the only node)"),
-        ("routes", ", ".join(f"{host}={spec.provider}" for host, spec in settings.routes.items()) or "(none)"),
+        (
+            "routes",
+            ", ".join(f"{host}={spec.provider}" for host, spec in settings.routes.items()) or "(none)",
+        ),
         ("model_aliases", ", ".join(f"{a}->{b}" for a, b in settings.model_aliases.items()) or "(none)"),
         ("retry.max_attempts", str(settings.retry.max_attempts)),
         ("log", settings.log),
@@ -83,10 +87,9 @@ def _check_hooks(settings: Settings) -> dict[str, bool]:
     try:
         for hook in hooks.HOOKS:
             if _version(hook.distribution) is not None:
-                try:
+                # The SDKs' aiohttp transports need aiohttp, an optional extra.
+                with contextlib.suppress(ImportError):
                     importlib.import_module(hook.module)
-                except ImportError:
-                    pass  # the SDKs' aiohttp transports need aiohttp, an optional extra
         return {hook.name: hook.patched for hook in hooks.HOOKS}
     finally:
         api.uninstall()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+
 from .core.nodes import NodePool
 from .core.redact import redact_text
 from .core.routes import Route, RouteTable
@@ -19,7 +20,16 @@ log = logging.getLogger("yibu_middleware")
 
 
 class Runtime:
-    __slots__ = ("_lock", "aliases", "gateway_key", "max_attempts", "pool", "routes", "settings", "swapped_keys")
+    __slots__ = (
+        "_lock",
+        "aliases",
+        "gateway_key",
+        "max_attempts",
+        "pool",
+        "routes",
+        "settings",
+        "swapped_keys",
+    )
 
     def __init__(
         self,
@@ -42,9 +52,7 @@ class Runtime:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
-        routes = {
-            host: Route(host, spec.provider, spec.strip_prefix) for host, spec in settings.routes.items()
-        }
+        routes = {host: Route(host, spec.provider, spec.strip_prefix) for host, spec in settings.routes.items()}
         key = settings.api_key.get_secret_value().encode() if settings.api_key else None
         return cls(
             settings=settings,

@@ -39,10 +39,12 @@ class RouteSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     provider: Provider = Field(
-        "openai", description="wire format of the host's API: 'openai' (also for OpenAI-compatible hosts) or 'anthropic'"
+        "openai",
+        description="wire format of the host's API: 'openai' (also for OpenAI-compatible hosts) or 'anthropic'",
     )
     strip_prefix: str = Field(
-        "/v1", description="path prefix removed before the rest is joined onto the node URL, e.g. '/v1' or '/openai/v1'"
+        "/v1",
+        description="path prefix removed before the rest is joined onto the node URL, e.g. '/v1' or '/openai/v1'",
     )
 
 
@@ -73,7 +75,8 @@ class Settings(BaseSettings):
 
     enabled: bool = Field(False, description="turn the middleware on at interpreter start (1/true/yes/on)")
     api_key: SecretStr | None = Field(
-        None, description="the gateway key sent instead of the provider key; unset: the caller's key passes through"
+        None,
+        description="the gateway key sent instead of the provider key; unset: the caller's key passes through",
     )
     base_url: str = Field(DEFAULT_BASE_URL, description="the gateway's base URL, used when `nodes` is empty")
     nodes: Annotated[list[str], NoDecode] = Field(
@@ -341,7 +344,9 @@ def _config_error(exc: ValidationError, origins: Mapping[str, str], file: Settin
         message = error["msg"].removeprefix("Value error, ")
         shown = "" if loc[0] == "api_key" else f" = {_shown(error.get('input'))}"
         expected = _expected(loc)
-        lines.append(f"- {dotted}{shown} (from {source}): {message}" + (f". [{dotted}: {expected}]" if expected else ""))
+        lines.append(
+            f"- {dotted}{shown} (from {source}): {message}" + (f". [{dotted}: {expected}]" if expected else "")
+        )
     return ConfigError(
         "invalid yibu-middleware settings:\n"
         + "\n".join(lines)

@@ -11,14 +11,12 @@ import re
 
 # Key shapes, most specific first. A later issue extends this list (see the shared
 # notes on secret formats); every masking path in the library goes through here.
-_KEY_SHAPES = (
-    r"""
+_KEY_SHAPES = r"""
     sk-[A-Za-z0-9_\-]{16,}            # OpenAI, Anthropic, relay-gateway and other sk- keys
     | AIza[0-9A-Za-z_\-]{35}          # Google
     | hf_[A-Za-z]{34}                 # Hugging Face
     | eyJ[\w-]+\.eyJ[\w-]+\.[\w-]+    # JWT
     """
-)
 _PREFIX = r"^(sk-ant-|sk-proj-|sk-|AIza|hf_|eyJ)"
 
 

@@ -83,7 +83,7 @@ def apply_alias(body: bytes | None, aliases: Mapping[str, str]) -> tuple[str | N
     Returns (model as asked, model as sent, body to send). The body is parsed only
     when it can hold a model name; it is re-encoded only when the model changes.
     """
-    if not body or b'"model"' not in body or not body.lstrip()[:1] == b"{":
+    if not body or b'"model"' not in body or body.lstrip()[:1] != b"{":
         return None, None, body
     try:
         document = json.loads(body)

@@ -25,11 +25,13 @@ HOOKS: list[Hook] = [
     HttpxFamilyHook("httpx2", "httpx2", _HTTPX_CLASSES, library="httpx2", distribution="httpx2"),
     # openai's DefaultAioHttpClient and anthropic's equivalent: httpx2 clients whose
     # transport sends over aiohttp instead of HTTPTransport.
+    HttpxFamilyHook("openai-aiohttp", "openai._vendor.httpx_aiohttp.transport", _AIOHTTP_CLASSES, "httpx2", "openai"),
     HttpxFamilyHook(
-        "openai-aiohttp", "openai._vendor.httpx_aiohttp.transport", _AIOHTTP_CLASSES, "httpx2", "openai"
-    ),
-    HttpxFamilyHook(
-        "anthropic-aiohttp", "anthropic._vendor.httpx_aiohttp.transport", _AIOHTTP_CLASSES, "httpx2", "anthropic"
+        "anthropic-aiohttp",
+        "anthropic._vendor.httpx_aiohttp.transport",
+        _AIOHTTP_CLASSES,
+        "httpx2",
+        "anthropic",
     ),
 ]
 

@@ -132,11 +132,18 @@ class _Call:
         url = node.url_for(gateway.path, gateway.query)
         if gateway.body is None:
             return type(self.original)(
-                gateway.method, url, headers=gateway.headers, stream=self.original.stream,
+                gateway.method,
+                url,
+                headers=gateway.headers,
+                stream=self.original.stream,
                 extensions=self.original.extensions,
             )
         return type(self.original)(
-            gateway.method, url, headers=gateway.headers, content=gateway.body, extensions=self.original.extensions
+            gateway.method,
+            url,
+            headers=gateway.headers,
+            content=gateway.body,
+            extensions=self.original.extensions,
         )
 
     def failed(self, action: Send, exc: Exception) -> Send | GiveUp:
@@ -166,16 +173,17 @@ class _Call:
                     f" (failover from: {failovers})" if failovers else "",
                 )
             return response
-        error = self.last_error
+        error: Any = self.last_error
         assert error is not None  # GiveUp only ever follows a failed attempt
         message = self.runtime.redact(
-            f"yibu-middleware: {where} failed on every gateway node tried ({self.plan.summary()});"
-            f" giving up: {action.reason}"
+            f"yibu-middleware: {where} got no answer from the gateway ({self.plan.summary()}); {action.reason}"
         )
         log.warning("%s", message)
         if len(self.plan.steps) == 1 and not isinstance(error, self.lib.ConnectError):
             error.add_note(message)  # one attempt that may have been sent: the error as it came
             raise error
+        # The same exception type the client would have raised, so the SDK maps it to its
+        # usual error (APIConnectionError, APITimeoutError), with every node's story in it.
         try:
             replacement = type(error)(message, request=self.original)
         except TypeError:

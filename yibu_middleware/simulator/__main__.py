@@ -58,9 +58,7 @@ def parse_node_spec(spec: str) -> tuple[str, NodeFaults]:
         field, sep, raw = item.partition("=")
         field = field.strip()
         if field not in _PARSERS:
-            raise SpecError(
-                f"--node {spec!r}: unknown fault field {field!r}; valid fields: {', '.join(_PARSERS)}"
-            )
+            raise SpecError(f"--node {spec!r}: unknown fault field {field!r}; valid fields: {', '.join(_PARSERS)}")
         if not sep:
             if field != "refuse":
                 raise SpecError(f"--node {spec!r}: field {field!r} needs a value ({field}=...)")
@@ -83,12 +81,27 @@ def _build_parser() -> argparse.ArgumentParser:
         epilog=f"Fault fields: {', '.join(_PARSERS)} (refuse may be given bare). "
         "Example: --node healthy --node slow:latency=0.5 --node down:refuse --node flaky:error_rate=0.3",
     )
-    parser.add_argument("--node", action="append", default=[], metavar="NAME[:FIELD=VALUE,...]",
-                        help="add a node (repeatable); default: one node named 'default'")
-    parser.add_argument("--key", action="append", default=None, metavar="KEY",
-                        help="accepted gateway key (repeatable); default: accept any key")
-    parser.add_argument("--port-base", type=int, default=0, metavar="PORT",
-                        help="bind the nodes to PORT, PORT+1, ...; default: free ports")
+    parser.add_argument(
+        "--node",
+        action="append",
+        default=[],
+        metavar="NAME[:FIELD=VALUE,...]",
+        help="add a node (repeatable); default: one node named 'default'",
+    )
+    parser.add_argument(
+        "--key",
+        action="append",
+        default=None,
+        metavar="KEY",
+        help="accepted gateway key (repeatable); default: accept any key",
+    )
+    parser.add_argument(
+        "--port-base",
+        type=int,
+        default=0,
+        metavar="PORT",
+        help="bind the nodes to PORT, PORT+1, ...; default: free ports",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("-q", "--quiet", action="store_true", help="do not log requests")
     return parser
@@ -101,8 +114,10 @@ def _log_line(sim: GatewaySimulator, record: Record) -> str:
         key = "accepted"
     else:
         key = "rejected"
-    return (f"{record.node} {record.method} {record.path} model={record.model or '-'} status={record.status}"
-            f" fault={record.fault or '-'} key={key} {record.elapsed * 1000:.1f}ms")
+    return (
+        f"{record.node} {record.method} {record.path} model={record.model or '-'} status={record.status}"
+        f" fault={record.fault or '-'} key={key} {record.elapsed * 1000:.1f}ms"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -141,8 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for node in sim.nodes:
             print(f"{node.name:<{width}}  {node.base_url}  {node.faults.describe()}", flush=True)
         keys = "any key" if sim.accepted_keys is None else f"{len(sim.accepted_keys)} key(s)"
-        print(f"yibu gateway simulator running ({keys} accepted); Ctrl-C to stop",
-              file=sys.stderr, flush=True)
+        print(f"yibu gateway simulator running ({keys} accepted); Ctrl-C to stop", file=sys.stderr, flush=True)
         while not stop.wait(0.5):
             pass
     except KeyboardInterrupt:

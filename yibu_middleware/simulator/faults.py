@@ -40,8 +40,7 @@ class NodeFaults:
         """Raise ValueError on values that would make the node misbehave in confusing ways."""
         for name in ("latency", "retry_after"):
             value = getattr(self, name)
-            if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) \
-                    or value < 0:
+            if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         for name in ("error_rate", "rate_limit_rate"):
             value = getattr(self, name)
@@ -52,12 +51,14 @@ class NodeFaults:
         if not isinstance(self.refuse, bool):
             raise ValueError(f"refuse must be a bool, got {self.refuse!r}")
         if self.cut_stream_after is not None and (
-            not isinstance(self.cut_stream_after, int) or isinstance(self.cut_stream_after, bool)
+            not isinstance(self.cut_stream_after, int)
+            or isinstance(self.cut_stream_after, bool)
             or self.cut_stream_after < 0
         ):
             raise ValueError(f"cut_stream_after must be None or an int >= 0, got {self.cut_stream_after!r}")
         if self.status_override is not None and (
-            not isinstance(self.status_override, int) or isinstance(self.status_override, bool)
+            not isinstance(self.status_override, int)
+            or isinstance(self.status_override, bool)
             or not 100 <= self.status_override <= 599
         ):
             raise ValueError(f"status_override must be None or an HTTP status, got {self.status_override!r}")

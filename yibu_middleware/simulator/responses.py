@@ -90,6 +90,7 @@ def count_words(messages: Any, extra: Any = None) -> int:
 
 # ---- OpenAI chat completions ---------------------------------------------------------------------------
 
+
 def _usage(prompt: int, completion: int) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
@@ -103,12 +104,14 @@ def chat_completion(node: str, model: str, body: dict[str, Any]) -> dict[str, An
         "created": int(time.time()),
         "model": model,
         "system_fingerprint": _FINGERPRINT,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": reply_text(node), "refusal": None},
-            "logprobs": None,
-            "finish_reason": "stop",
-        }],
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": reply_text(node), "refusal": None},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
         "usage": _usage(prompt, completion),
     }
 
@@ -123,12 +126,19 @@ def chat_stream_events(node: str, model: str, body: dict[str, Any]) -> list[byte
     for i, word in enumerate(words):
         delta: dict[str, Any] = {"role": "assistant", "content": word} if i == 0 else {"content": word}
         chunk: dict[str, Any] = {
-            "id": chat_id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "id": chat_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
             "system_fingerprint": _FINGERPRINT,
-            "choices": [{
-                "index": 0, "delta": delta, "logprobs": None,
-                "finish_reason": "stop" if i == len(words) - 1 else None,
-            }],
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": delta,
+                    "logprobs": None,
+                    "finish_reason": "stop" if i == len(words) - 1 else None,
+                }
+            ],
         }
         if include_usage:
             chunk["usage"] = None
@@ -137,8 +147,13 @@ def chat_stream_events(node: str, model: str, body: dict[str, Any]) -> list[byte
         prompt = count_words(body.get("messages"))
         usage = _usage(prompt, len(words))
         chunk = {
-            "id": chat_id, "object": "chat.completion.chunk", "created": created, "model": model,
-            "system_fingerprint": _FINGERPRINT, "choices": [], "usage": usage,
+            "id": chat_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "system_fingerprint": _FINGERPRINT,
+            "choices": [],
+            "usage": usage,
         }
         events.append(b"data: " + dumps(chunk) + b"\n\n")
     events.append(b"data: [DONE]\n\n")
@@ -147,6 +162,7 @@ def chat_stream_events(node: str, model: str, body: dict[str, Any]) -> list[byte
 
 # ---- OpenAI embeddings / models ------------------------------------------------------------------------
 
+
 def _vector(text: str, dimensions: int) -> list[float]:
     """Deterministic pseudo-embedding in [-1, 1], float32-exact so base64 and float answers agree."""
     out: list[float] = []
@@ -154,7 +170,7 @@ def _vector(text: str, dimensions: int) -> list[float]:
     while len(out) < dimensions:
         digest = hashlib.sha256(f"{counter}:{text}".encode()).digest()
         for i in range(0, len(digest), 2):
-            value = int.from_bytes(digest[i:i + 2], "little") / 32767.5 - 1.0
+            value = int.from_bytes(digest[i : i + 2], "little") / 32767.5 - 1.0
             out.append(struct.unpack("<f", struct.pack("<f", value))[0])
         counter += 1
     return out[:dimensions]
@@ -171,8 +187,9 @@ def embeddings(model: str, body: dict[str, Any]) -> dict[str, Any] | None:
     else:
         return None
     dims = body.get("dimensions")
-    dimensions = dims if isinstance(dims, int) and not isinstance(dims, bool) and 0 < dims <= 4096 \
-        else EMBEDDING_DIMENSIONS
+    dimensions = (
+        dims if isinstance(dims, int) and not isinstance(dims, bool) and 0 < dims <= 4096 else EMBEDDING_DIMENSIONS
+    )
     as_base64 = body.get("encoding_format") == "base64"
     data: list[dict[str, Any]] = []
     tokens = 0
@@ -180,12 +197,14 @@ def embeddings(model: str, body: dict[str, Any]) -> dict[str, Any] | None:
         text = item if isinstance(item, str) else json.dumps(item)
         tokens += len(item) if isinstance(item, list) else len(text.split())
         vector = _vector(text, dimensions)
-        embedding: Any = (
-            base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode() if as_base64 else vector
-        )
+        embedding: Any = base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode() if as_base64 else vector
         data.append({"object": "embedding", "index": index, "embedding": embedding})
-    return {"object": "list", "data": data, "model": model,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    return {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
 
 
 def model_entry(model_id: str, owner: str) -> dict[str, Any]:
@@ -198,6 +217,7 @@ def models_list() -> dict[str, Any]:
 
 # ---- Anthropic messages --------------------------------------------------------------------------------
 
+
 def anthropic_message(node: str, model: str, body: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": new_id("msg_"),
@@ -207,8 +227,10 @@ def anthropic_message(node: str, model: str, body: dict[str, Any]) -> dict[str, 
         "content": [{"type": "text", "text": reply_text(node)}],
         "stop_reason": "end_turn",
         "stop_sequence": None,
-        "usage": {"input_tokens": count_words(body.get("messages"), body.get("system")),
-                  "output_tokens": len(reply_words(node))},
+        "usage": {
+            "input_tokens": count_words(body.get("messages"), body.get("system")),
+            "output_tokens": len(reply_words(node)),
+        },
     }
 
 
@@ -224,20 +246,29 @@ def anthropic_stream_events(node: str, model: str, body: dict[str, Any]) -> list
     start["usage"] = {"input_tokens": start["usage"]["input_tokens"], "output_tokens": 1}
     events = [
         _sse("message_start", {"type": "message_start", "message": start}),
-        _sse("content_block_start",
-             {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        _sse(
+            "content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        ),
         _sse("ping", {"type": "ping"}),
     ]
     events.extend(
-        _sse("content_block_delta",
-             {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": word}})
+        _sse(
+            "content_block_delta",
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": word}},
+        )
         for word in words
     )
     events += [
         _sse("content_block_stop", {"type": "content_block_stop", "index": 0}),
-        _sse("message_delta", {"type": "message_delta",
-                               "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                               "usage": {"output_tokens": len(words)}}),
+        _sse(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": len(words)},
+            },
+        ),
         _sse("message_stop", {"type": "message_stop"}),
     ]
     return events

@@ -174,9 +174,7 @@ class GatewaySimulator:
     ) -> None:
         if isinstance(accepted_keys, str):  # a lone key, not an iterable of one-letter keys
             accepted_keys = (accepted_keys,)
-        self.accepted_keys: frozenset[str] | None = (
-            None if accepted_keys is None else frozenset(accepted_keys)
-        )
+        self.accepted_keys: frozenset[str] | None = None if accepted_keys is None else frozenset(accepted_keys)
         self.host = host
         self.on_record = on_record
         self._nodes: dict[str, SimNode] = {}
@@ -375,7 +373,9 @@ class GatewaySimulator:
                 node._port = sock.getsockname()[1]
                 try:
                     node._server = await asyncio.start_server(
-                        lambda r, w: self._serve_connection(node, r, w), sock=sock, backlog=_BACKLOG,
+                        lambda r, w: self._serve_connection(node, r, w),
+                        sock=sock,
+                        backlog=_BACKLOG,
                         limit=256 * 1024,
                     )
                 except BaseException:
@@ -459,9 +459,16 @@ class GatewaySimulator:
         model = fields.get("model") if isinstance(fields.get("model"), str) else None
         key, key_header = _credential(req.headers)
         ctx = _Ctx(
-            node=node, req=req, path=path, query=query,
+            node=node,
+            req=req,
+            path=path,
+            query=query,
             anthropic=path == "/v1/messages" or path.startswith("/v1/messages/"),
-            key=key, key_header=key_header, body=body, model=model, stream=fields.get("stream") is True,
+            key=key,
+            key_header=key_header,
+            body=body,
+            model=model,
+            stream=fields.get("stream") is True,
         )
         faults = node.faults
         draw = node._rng.random()  # one draw per request keeps a seeded run reproducible
@@ -472,8 +479,9 @@ class GatewaySimulator:
 
         if faults.status_override is not None:
             status = faults.status_override
-            payload = faults.status_body if faults.status_body is not None \
-                else responses.error_body(status, ctx.anthropic)
+            payload = (
+                faults.status_body if faults.status_body is not None else responses.error_body(status, ctx.anthropic)
+            )
             return await self._send_json(ctx, writer, status, payload, "status_override")
         if self.accepted_keys is not None and key not in self.accepted_keys:
             message = "Incorrect API key provided." if key else "Missing API key."
@@ -547,10 +555,22 @@ class GatewaySimulator:
         always finds the record already there."""
         req = ctx.req
         record = Record(
-            node=ctx.node.name, method=req.method, path=ctx.path, query=ctx.query, model=ctx.model,
-            key=ctx.key, key_header=ctx.key_header, headers=req.headers, body=ctx.body, stream=ctx.stream,
-            status=status, fault=fault, started=req.started, elapsed=time.monotonic() - req.started,
-            request_id=ctx.request_id, connection=req.connection,
+            node=ctx.node.name,
+            method=req.method,
+            path=ctx.path,
+            query=ctx.query,
+            model=ctx.model,
+            key=ctx.key,
+            key_header=ctx.key_header,
+            headers=req.headers,
+            body=ctx.body,
+            stream=ctx.stream,
+            status=status,
+            fault=fault,
+            started=req.started,
+            elapsed=time.monotonic() - req.started,
+            request_id=ctx.request_id,
+            connection=req.connection,
         )
         with self._records_lock:
             self._records.append((next(self._seq), record))
@@ -561,8 +581,11 @@ class GatewaySimulator:
                 log.exception("gateway simulator: on_record callback failed")
 
     def _head(self, ctx: _Ctx, status: int, extra: Sequence[tuple[str, str]]) -> bytes:
-        lines = [f"HTTP/1.1 {status} {_reason(status)}", *(f"{k}: {v}" for k, v in extra),
-                 f"x-request-id: {ctx.request_id}"]
+        lines = [
+            f"HTTP/1.1 {status} {_reason(status)}",
+            *(f"{k}: {v}" for k, v in extra),
+            f"x-request-id: {ctx.request_id}",
+        ]
         if ctx.anthropic:
             lines.append(f"request-id: {ctx.request_id}")
         lines.append(f"x-yibu-sim-node: {ctx.node.name}")
@@ -570,20 +593,31 @@ class GatewaySimulator:
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
     async def _send_json(
-        self, ctx: _Ctx, writer: asyncio.StreamWriter, status: int, payload: Any, fault: str | None,
+        self,
+        ctx: _Ctx,
+        writer: asyncio.StreamWriter,
+        status: int,
+        payload: Any,
+        fault: str | None,
         headers: Sequence[tuple[str, str]] = (),
     ) -> bool:
         data = responses.dumps(payload)
-        head = self._head(ctx, status, [("content-type", "application/json"),
-                                        ("content-length", str(len(data))), *headers])
+        head = self._head(
+            ctx, status, [("content-type", "application/json"), ("content-length", str(len(data))), *headers]
+        )
         self._record(ctx, status, fault)
         writer.write(head + data)
         await writer.drain()
         return ctx.req.keep_alive
 
     async def _send_error(
-        self, ctx: _Ctx, writer: asyncio.StreamWriter, status: int, fault: str | None,
-        message: str | None = None, headers: Sequence[tuple[str, str]] = (),
+        self,
+        ctx: _Ctx,
+        writer: asyncio.StreamWriter,
+        status: int,
+        fault: str | None,
+        message: str | None = None,
+        headers: Sequence[tuple[str, str]] = (),
     ) -> bool:
         payload = responses.error_body(status, ctx.anthropic, message)
         return await self._send_json(ctx, writer, status, payload, fault, headers)
@@ -724,7 +758,8 @@ async def _send_raw_error(writer: asyncio.StreamWriter, status: int, message: st
     data = responses.dumps(responses.error_body(status, False, message))
     writer.write(
         f"HTTP/1.1 {status} {_reason(status)}\r\ncontent-type: application/json\r\n"
-        f"content-length: {len(data)}\r\nconnection: close\r\n\r\n".encode("latin-1") + data
+        f"content-length: {len(data)}\r\nconnection: close\r\n\r\n".encode("latin-1")
+        + data
     )
     with contextlib.suppress(ConnectionError):
         await writer.drain()
