@@ -136,3 +136,13 @@ def test_demo(tmp_path: Path) -> None:
     assert "failover from: down" in out
     assert "provider key reached the gateway: never" in out
     assert "gateway key" in out and "PROVIDER KEY" not in out
+
+
+def test_the_installed_package_is_under_test() -> None:
+    """scripts/test runs the suite against an install; say which kind, and check it is one."""
+    import yibu_middleware
+
+    location = Path(yibu_middleware.__file__).resolve()
+    in_checkout = location.is_relative_to(ROOT)
+    editable = any(Path(folder, "_editable_impl_yibu_middleware.pth").is_file() for folder in site.getsitepackages())
+    assert editable or not in_checkout, "a regular install must be imported from site-packages, not the checkout"
