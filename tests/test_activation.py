@@ -143,6 +143,6 @@ def test_the_installed_package_is_under_test() -> None:
     import yibu_middleware
 
     location = Path(yibu_middleware.__file__).resolve()
-    in_checkout = location.is_relative_to(ROOT)
+    in_checkout = location.is_relative_to(ROOT / "yibu_middleware")
     editable = any(Path(folder, "_editable_impl_yibu_middleware.pth").is_file() for folder in site.getsitepackages())
     assert editable or not in_checkout, "a regular install must be imported from site-packages, not the checkout"
