@@ -253,3 +253,18 @@ def test_sdk_sees_gateway_errors_as_usual(gateway: GatewaySimulator) -> None:
     install_for(gateway, nodes=[gateway.node("a").base_url])
     with pytest.raises(openai.PermissionDeniedError):
         chat(openai.OpenAI(api_key=OPENAI_KEY, max_retries=0))
+
+
+def test_x_api_key_and_azure_api_key_are_swapped_too(gateway: GatewaySimulator) -> None:
+    install_for(gateway)
+    with httpx2.Client() as client:
+        client.post(
+            "https://api.anthropic.com/v1/messages",
+            json={"model": "claude-sonnet-5-5", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]},
+            headers={"x-api-key": ANTHROPIC_KEY, "anthropic-version": "2023-06-01"},
+        ).raise_for_status()
+        client.post(
+            "https://api.openai.com/v1/chat/completions", json=CHAT, headers={"api-key": OPENAI_KEY}
+        ).raise_for_status()
+    assert [(r.key_header, r.key) for r in gateway.records] == [("x-api-key", GATEWAY_KEY), ("api-key", GATEWAY_KEY)]
+    assert_no_provider_key(gateway)
