@@ -52,6 +52,7 @@ def _configure_log_output(level: str) -> None:
         log.removeHandler(_stderr_handler)
         _stderr_handler = None
     if level == "off":
+        log.setLevel(logging.NOTSET)
         return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("yibu: %(message)s"))

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, Valid
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
-from .core.redact import redact_text
+from .core.redact import mask, redact_text
 from .errors import ConfigError
 
 ENV_PREFIX = "YIBU_"
@@ -182,7 +182,7 @@ class Settings(BaseSettings):
         # The gateway key is shown masked, never in full, whatever repr() is used for.
         for name, value in super().__repr_args__():
             if name == "api_key" and value is not None:
-                value = redact_text(value.get_secret_value(), (value.get_secret_value(),))
+                value = mask(value.get_secret_value())
             yield name, value
 
 
