@@ -133,7 +133,7 @@ def test_demo(tmp_path: Path) -> None:
     result = run([YIBU, "demo"], clean_env(), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    assert "failover from: down" in out
+    assert "(tried: down: connection failed" in out
     assert "provider key reached the gateway: never" in out
     assert "gateway key" in out and "PROVIDER KEY" not in out
 

@@ -6,9 +6,8 @@ import json
 
 import pytest
 
-from yibu_middleware.core.nodes import Node, NodePool
-from yibu_middleware.core.plan import CallPlan, Deliver, Failure, GiveUp, Send
-from yibu_middleware.core.request import apply_alias, prepare, swap_credentials
+from yibu_middleware.core.nodes import Node
+from yibu_middleware.core.request import prepare, read_body, swap_credentials
 from yibu_middleware.core.routes import Route, RouteTable, gateway_path
 
 OPENAI = Route("api.openai.com", "openai", "/v1")
@@ -73,7 +72,8 @@ def test_without_gateway_key_the_callers_key_passes() -> None:
 
 def test_alias_rewrites_model_and_nothing_else() -> None:
     body = json.dumps({"model": "gpt-4", "messages": [{"role": "user", "content": "héllo"}], "stream": True}).encode()
-    asked, sent, new = apply_alias(body, {"gpt-4": "gpt-5.2"})
+    asked, sent, new, stream = read_body(body, {"gpt-4": "gpt-5.2"})
+    assert stream is True
     assert (asked, sent) == ("gpt-4", "gpt-5.2")
     assert new is not None
     assert json.loads(new) == {**json.loads(body), "model": "gpt-5.2"}
@@ -84,12 +84,12 @@ def test_alias_rewrites_model_and_nothing_else() -> None:
     [None, b"", b"not json", b'["model"]', b'{"model": 3}', b'{"input": "no model here"}', b'{"model": "x"'],
 )
 def test_alias_leaves_other_bodies_alone(body: bytes | None) -> None:
-    assert apply_alias(body, {"x": "y"})[2] is body
+    assert read_body(body, {"x": "y"})[2] is body
 
 
 def test_alias_not_applied_when_model_unlisted() -> None:
     body = b'{"model": "gpt-4o"}'
-    assert apply_alias(body, {"gpt-4": "gpt-5.2"}) == ("gpt-4o", "gpt-4o", body)
+    assert read_body(body, {"gpt-4": "gpt-5.2"}) == ("gpt-4o", "gpt-4o", body, False)
 
 
 def test_prepare_builds_the_gateway_request() -> None:
@@ -111,65 +111,3 @@ def test_prepare_builds_the_gateway_request() -> None:
     )
     assert call.headers == [(b"authorization", b"Bearer sk-gw")]
     assert call.swapped_keys == ["sk-p"]
-
-
-def pool(count: int) -> NodePool:
-    return NodePool([f"http://127.0.0.1:{9000 + n}/v1" for n in range(count)])
-
-
-def test_rotation_spreads_over_every_node() -> None:
-    nodes = pool(3)
-    chosen = [nodes.choose() for _ in range(9)]
-    assert all(chosen.count(node) == 3 for node in nodes.nodes)
-
-
-def test_choose_skips_excluded_nodes() -> None:
-    nodes = pool(3)
-    assert nodes.choose(exclude=nodes.nodes) is None
-    for _ in range(5):
-        assert nodes.choose(exclude=nodes.nodes[:2]) is nodes.nodes[2]
-
-
-def test_refused_connection_fails_over_to_an_untried_node() -> None:
-    plan = CallPlan(pool(3), max_attempts=3, replayable=True)
-    first = plan.start()
-    assert isinstance(first, Send)
-    second = plan.on_error(first.node, Failure.CONNECT, "refused")
-    assert isinstance(second, Send) and second.node is not first.node
-    assert plan.on_response(second.node, 200) == Deliver(second.node)
-    assert [step.node for step in plan.failovers] == [first.node]
-
-
-def test_every_node_refusing_gives_up_with_each_node_named() -> None:
-    nodes = pool(2)
-    plan = CallPlan(nodes, max_attempts=5, replayable=True)
-    action = plan.start()
-    while isinstance(action, Send):
-        action = plan.on_error(action.node, Failure.CONNECT, "refused")
-    assert isinstance(action, GiveUp) and "every gateway node" in action.reason
-    assert all(node.label in plan.summary() for node in nodes.nodes)
-
-
-def test_max_attempts_caps_failover() -> None:
-    plan = CallPlan(pool(5), max_attempts=2, replayable=True)
-    action = plan.start()
-    assert isinstance(action, Send)
-    action = plan.on_error(action.node, Failure.CONNECT_TIMEOUT, "")
-    assert isinstance(action, Send)
-    action = plan.on_error(action.node, Failure.CONNECT, "")
-    assert isinstance(action, GiveUp) and "max_attempts (2)" in action.reason
-
-
-def test_failure_after_sending_is_not_replayed() -> None:
-    plan = CallPlan(pool(3), max_attempts=3, replayable=True)
-    action = plan.start()
-    assert isinstance(action, Send)
-    assert isinstance(plan.on_error(action.node, Failure.OTHER, "read timeout"), GiveUp)
-
-
-def test_one_shot_body_is_not_replayed_and_says_why() -> None:
-    plan = CallPlan(pool(3), max_attempts=3, replayable=False)
-    action = plan.start()
-    assert isinstance(action, Send)
-    result = plan.on_error(action.node, Failure.CONNECT, "")
-    assert isinstance(result, GiveUp) and "cannot be sent again" in result.reason

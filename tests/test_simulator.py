@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import os
+import random
 import signal
 import socket
 import struct
@@ -111,8 +112,10 @@ def test_openai_chat_stream_with_usage(sim: GatewaySimulator) -> None:
     assert (
         "".join(c.choices[0].delta.content or "" for c in content_chunks) == "Hello from yibu simulator node 'second'."
     )
-    assert len(content_chunks) == 6  # one per word
+    assert len(content_chunks) == 7  # the role-only chunk, then one per word
     assert content_chunks[0].choices[0].delta.role == "assistant"
+    assert content_chunks[0].choices[0].delta.content == ""
+    assert all(c.choices[0].delta.role is None for c in content_chunks[1:])
     assert content_chunks[-1].choices[0].finish_reason == "stop"
     assert all(c.choices[0].finish_reason is None for c in content_chunks[:-1])
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
@@ -455,13 +458,13 @@ def test_node_added_refused_has_a_port() -> None:
 
 
 def test_cut_stream_openai_raises(sim: GatewaySimulator) -> None:
-    sim.set_faults("healthy", cut_stream_after=2)
+    sim.set_faults("healthy", cut_stream_after=3)  # the role-only chunk, then two words
     stream = oa(sim).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
     received: list[str] = []
     with pytest.raises((openai.APIConnectionError, httpx.RemoteProtocolError)):
         for chunk in stream:
             received.append(chunk.choices[0].delta.content or "")
-    assert received == ["Hello", " from"]
+    assert received == ["", "Hello", " from"]
     record = only_record(sim)
     assert record.fault == "cut_stream" and record.stream is True
 
@@ -477,6 +480,227 @@ def test_cut_stream_anthropic_raises(sim: GatewaySimulator) -> None:
     assert pieces == ["Hello"]
     # Non-streaming requests are not cut.
     assert oa(sim).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES).choices
+
+
+CHAT_ERROR = {
+    "error": {"message": "The server had an error while processing your request.", "type": "server_error", "code": None}
+}
+ANTHROPIC_ERROR = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+
+
+def _sse_lines(client: httpx2.Client, url: str, body: dict[str, Any]) -> list[str]:
+    """POST a streaming request and read the whole SSE body raw; any transport error propagates."""
+    with client.stream("POST", url, json=body) as response:
+        assert response.status_code == 200
+        assert response.headers["transfer-encoding"] == "chunked"
+        return list(response.iter_lines())
+
+
+def _data(lines: list[str]) -> list[str]:
+    return [line.removeprefix("data: ") for line in lines if line.startswith("data: ")]
+
+
+def test_stream_error_chat_raw_ends_cleanly_and_keeps_the_connection(sim: GatewaySimulator) -> None:
+    sim.set_faults("healthy", stream_error_after=1)
+    url = sim.node("healthy").base_url + "/chat/completions"
+    body = {"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True}
+    with httpx2.Client(headers={"authorization": f"Bearer {KEY}"}) as client:
+        data = _data(_sse_lines(client, url, body))  # no exception: the chunked body was terminated
+        assert len(data) == 2
+        assert json.loads(data[0])["choices"][0]["delta"] == {"role": "assistant", "content": "", "refusal": None}
+        assert json.loads(data[1]) == CHAT_ERROR
+        assert "[DONE]" not in data
+        assert client.post(url, json={**body, "stream": False}).status_code == 200
+    first, second = sim.records
+    assert (first.status, first.fault, first.stream) == (200, "stream_error", True)
+    assert second.fault is None and second.connection == first.connection  # the connection stayed usable
+
+
+def test_stream_error_sdks_raise(sim: GatewaySimulator) -> None:
+    sim.set_faults("healthy", stream_error_after=2)  # role chunk, "Hello", error
+    received: list[str] = []
+    with pytest.raises(openai.APIError) as oa_error:
+        for chunk in oa(sim).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True):
+            received.append(chunk.choices[0].delta.content or "")
+    assert received == ["", "Hello"]
+    # A plain APIError (no status: the 200 was already sent), carrying the in-band error object.
+    assert not isinstance(oa_error.value, openai.APIStatusError)
+    assert oa_error.value.body == CHAT_ERROR["error"]
+    assert oa_error.value.message == "The server had an error while processing your request."
+
+    sim.set_faults("healthy", stream_error_after=4)  # message_start, content_block_start, ping, one delta
+    pieces: list[str] = []
+    messages = an(sim).messages
+    with (
+        pytest.raises(anthropic.APIStatusError) as an_error,
+        messages.stream(model=CLAUDE, max_tokens=5, messages=MESSAGES) as stream,
+    ):
+        pieces.extend(stream.text_stream)
+    assert pieces == ["Hello"]
+    # anthropic maps by HTTP status, which is the stream's 200: not an OverloadedError subclass.
+    assert an_error.value.status_code == 200
+    assert an_error.value.body == ANTHROPIC_ERROR
+    assert [r.fault for r in sim.records] == ["stream_error", "stream_error"]
+
+
+def test_stream_error_messages_raw(sim: GatewaySimulator) -> None:
+    sim.set_faults("healthy", stream_error_after=1)
+    url = sim.node("healthy").base_url + "/messages"
+    body = {"model": CLAUDE, "max_tokens": 5, "messages": MESSAGES, "stream": True}
+    with httpx2.Client(headers={"x-api-key": KEY}) as client:
+        lines = _sse_lines(client, url, body)
+    assert [line for line in lines if line.startswith("event: ")] == ["event: message_start", "event: error"]
+    assert json.loads(_data(lines)[-1]) == ANTHROPIC_ERROR
+    assert only_record(sim).fault == "stream_error"
+
+
+def test_truncate_stream_ends_cleanly_without_the_final_event(sim: GatewaySimulator) -> None:
+    sim.set_faults("healthy", truncate_stream_after=3)
+    base = sim.node("healthy").base_url
+    chat = {"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True}
+    messages = {"model": CLAUDE, "max_tokens": 5, "messages": MESSAGES, "stream": True}
+    with httpx2.Client(headers={"authorization": f"Bearer {KEY}"}) as client:
+        chat_lines = _sse_lines(client, base + "/chat/completions", chat)
+        message_lines = _sse_lines(client, base + "/messages", messages)
+        # Larger than the stream: still never the final event.
+        sim.set_faults("healthy", truncate_stream_after=1000)
+        long_lines = _sse_lines(client, base + "/chat/completions", chat)
+    data = _data(chat_lines)
+    assert len(data) == 3 and "[DONE]" not in data
+    assert "".join(json.loads(d)["choices"][0]["delta"]["content"] for d in data) == "Hello from"
+    assert [line for line in message_lines if line.startswith("event: ")] == [
+        "event: message_start",
+        "event: content_block_start",
+        "event: ping",
+    ]
+    assert not any("message_stop" in line for line in message_lines)
+    assert "[DONE]" not in _data(long_lines) and len(_data(long_lines)) == 7
+    assert [r.fault for r in sim.records] == ["truncate_stream"] * 3
+    assert len({r.connection for r in sim.records}) == 1  # each body ended cleanly: one kept-alive connection
+
+
+def test_truncate_stream_is_silent_for_the_sdks(sim: GatewaySimulator) -> None:
+    sim.set_faults("healthy", truncate_stream_after=3)
+    stream = oa(sim).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+    assert [c.choices[0].delta.content for c in stream] == ["", "Hello", " from"]  # no exception
+    with an(sim).messages.stream(model=CLAUDE, max_tokens=5, messages=MESSAGES) as an_stream:
+        assert list(an_stream.text_stream) == []
+        assert an_stream.get_final_message().stop_reason is None
+
+
+def _raw_stream_request(port: int, path: str, body: dict[str, Any]) -> socket.socket:
+    data = json.dumps(body).encode()
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {KEY}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+        + data
+    )
+    return sock
+
+
+def _recv_until_close(sock: socket.socket) -> bytes:
+    received = b""
+    while data := sock.recv(65536):
+        received += data
+    return received
+
+
+@pytest.mark.parametrize("after", [0, 2])
+def test_stall_stream_read_timeout_while_others_are_served(sim: GatewaySimulator, after: int) -> None:
+    sim.set_faults("healthy", stall_stream_after=after)
+    base = sim.node("healthy").base_url
+    chat = {"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True}
+    received: list[str] = []
+    timeout = httpx2.Timeout(10.0, read=0.5)
+    with httpx2.Client(headers={"authorization": f"Bearer {KEY}"}, timeout=timeout) as client:
+        started = time.monotonic()
+        with pytest.raises(httpx2.ReadTimeout), client.stream("POST", base + "/chat/completions", json=chat) as resp:
+            assert resp.status_code == 200  # the headers came; then the body stalls
+            received.extend(line for line in resp.iter_lines() if line)
+        assert time.monotonic() - started < 5
+    assert len(received) == after
+    assert "[DONE]" not in received
+
+    # A stall held open (the client does not hang up) blocks neither its node nor the other one.
+    port = sim.node("healthy").port
+    with _raw_stream_request(port, "/v1/chat/completions", chat) as stalled:
+        assert stalled.recv(65536).startswith(b"HTTP/1.1 200 ")
+        assert oa(sim).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES).choices
+        assert oa(sim, "second").models.list().data
+        sim.set_faults("healthy", stall_stream_after=None)
+        assert "".join(
+            c.choices[0].delta.content or ""
+            for c in oa(sim).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+        ).endswith("'healthy'.")
+        started = time.monotonic()
+        sim.stop()
+        assert time.monotonic() - started < 5
+        stalled.settimeout(5)
+        _recv_until_close(stalled)  # the simulator closed the stalled connection (else socket.timeout)
+    assert [r.fault for r in sim.records][:2] == ["stall_stream", "stall_stream"]
+
+
+def test_stall_stream_gives_up_after_stall_max(sim: GatewaySimulator) -> None:
+    sim.set_faults("healthy", stall_stream_after=1, stall_max=0.3)
+    chat = {"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True}
+    with _raw_stream_request(sim.node("healthy").port, "/v1/chat/completions", chat) as sock:
+        started = time.monotonic()
+        received = _recv_until_close(sock)
+        assert 0.2 < time.monotonic() - started < 5
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head
+    assert body.count(b"data: ") == 1 and b'"role":"assistant"' in body
+    assert not body.endswith(b"0\r\n\r\n")  # closed, not ended: the body is incomplete
+    record = only_record(sim)
+    assert (record.status, record.fault) == (200, "stall_stream")
+
+
+def test_stall_stream_sdks_time_out(sim: GatewaySimulator) -> None:
+    sim.set_faults("healthy", stall_stream_after=2)
+    node = sim.node("healthy")
+    with openai.OpenAI(base_url=node.base_url, api_key=KEY, max_retries=0, timeout=openai.Timeout(10, read=0.5)) as c:
+        received: list[str] = []
+        with pytest.raises(openai.APITimeoutError):
+            for chunk in c.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True):
+                received.append(chunk.choices[0].delta.content or "")
+        assert received == ["", "Hello"]
+    timeout = anthropic.Timeout(10, read=0.5)
+    # anthropic 2.x lets httpx2's ReadTimeout through unwrapped mid-stream.
+    with (
+        anthropic.Anthropic(base_url=node.origin, api_key=KEY, max_retries=0, timeout=timeout) as a,
+        pytest.raises((anthropic.APITimeoutError, httpx2.ReadTimeout)),
+        a.messages.stream(model=CLAUDE, max_tokens=5, messages=MESSAGES) as stream,
+    ):
+        list(stream.text_stream)
+
+
+def test_stream_faults_leave_plain_responses_alone(sim: GatewaySimulator) -> None:
+    sim.set_faults("healthy", stream_error_after=0, truncate_stream_after=0, stall_stream_after=0)
+    assert oa(sim).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES).choices
+    assert an(sim).messages.create(model=CLAUDE, max_tokens=5, messages=MESSAGES).content
+    assert [r.fault for r in sim.records] == [None, None]
+    # Several set: stall wins over error and truncate (order: cut, stall, error, truncate).
+    assert sim.node("healthy").faults.stream_fault() == ("stall_stream_after", 0)
+    with pytest.raises(ValueError, match="stall_stream_after"):
+        sim.set_faults("healthy", stall_stream_after=-1)
+    with pytest.raises(ValueError, match="stall_max"):
+        sim.set_faults("healthy", stall_max=float("inf"))
+
+
+def test_latency_jitter_is_drawn_from_the_seeded_generator() -> None:
+    rng = random.Random(7)  # the node's draws per request: error/rate-limit, then the jitter
+    expected = [0.01 + (rng.random(), rng.uniform(0.0, 0.3))[1] for _ in range(5)]
+    assert max(expected) - min(expected) > 0.05  # the seed gives visibly different waits
+    with GatewaySimulator() as s:
+        node = s.add_node("jittery", NodeFaults(latency=0.01, latency_jitter=0.3, seed=7))
+        with httpx.Client() as client:
+            for _ in range(5):
+                assert client.get(node.base_url + "/models").status_code == 200
+        records = s.records
+    assert {r.fault for r in records} == {"latency"}
+    for record, wait in zip(records, expected, strict=True):
+        assert wait <= record.elapsed < wait + 1.0
 
 
 # ---- lifecycle, API misuse ---------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ def install(settings: Settings | Mapping[str, Any] | None = None) -> None:
         resolved = settings if isinstance(settings, Settings) else load_settings(settings)
         for name in unknown_env_names():
             log.warning("yibu-middleware: environment variable %s matches no setting; it is ignored", name)
-        runtime.set_current(runtime.Runtime.from_settings(resolved))
+        runtime.set_current(runtime.Runtime(resolved))
         _configure_log_output(resolved.log)
         hooks.activate()
 

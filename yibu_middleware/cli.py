@@ -23,7 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     doctor = commands.add_parser("doctor", help="show settings, hooked client libraries and node health")
     doctor.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for each node (default 3)")
     demo = commands.add_parser("demo", help="run an example app against a local three-node gateway simulator")
-    demo.add_argument("--app", default="openai_sync_app", help="example app from integrations/ (default %(default)s)")
+    demo.add_argument("--app", default="openai_async_app", help="example app from integrations/ (default %(default)s)")
     commands.add_parser("simulate", help="run the gateway simulator (see: yibu simulate --help)", add_help=False)
 
     args, rest = parser.parse_known_args(argv)

@@ -36,7 +36,7 @@ def find_app(name: str) -> Path:
     raise SystemExit(f"yibu demo: no example app named {name!r} (looked in demo_apps/ and integrations/)")
 
 
-def demo(app_name: str = "openai_sync_app") -> int:
+def demo(app_name: str = "openai_async_app") -> int:
     app = find_app(app_name)
     simulator = GatewaySimulator(accepted_keys={GATEWAY_KEY})
     simulator.add_node("down", NodeFaults(refuse=True))
@@ -61,14 +61,14 @@ def demo(app_name: str = "openai_sync_app") -> int:
     print("\nEach call, as the middleware routed it:")
     for line in calls:
         print(f"  {_named(line, names)}")
-    print("\nWhat the gateway received:")
-    print(f"  {'node':<8} {'path':<22} {'model':<24} {'credential':<14} {'status':<6} time")
-    for record in records:
-        print(
-            f"  {record.node:<8} {record.path:<22} {record.model or '-':<24} {_credential(record):<14}"
-            f" {record.status:<6} {record.elapsed * 1000:.0f} ms"
-        )
-    failovers = sum(1 for line in calls if "failover from" in line)
+    print("\nWhat the gateway received, per node:")
+    for name in notes:
+        mine = [record for record in records if record.node == name]
+        credentials = sorted({_credential(record) for record in mine}) or ["-"]
+        paths = sorted({record.path for record in mine}) or ["-"]
+        summary = f"credential: {', '.join(credentials):<14} paths: {', '.join(paths)}"
+        print(f"  {name:<8} {len(mine):>3} requests  {summary}")
+    failovers = sum(1 for line in calls if "(tried: " in line)
     leaked = any(_carries_provider_key(record) for record in records)
     print(
         f"\n{len(calls)} calls, {failovers} failed over, {len(records)} requests reached the gateway;"

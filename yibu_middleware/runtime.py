@@ -1,8 +1,10 @@
 """The per-process state of an installed middleware: settings turned into ready objects.
 
 Built once by ``install()``; the hooks read it on every request through
-``current()``. A forked child starts with fresh node counters (gunicorn and
-multiprocessing workers must not inherit a parent's view of the nodes).
+``current()``. No thread starts at import or install: the optional health checker
+starts with the first redirected call. A forked child (gunicorn and multiprocessing
+workers) starts clean: fresh node statistics, budget and locks, and no inherited
+checker thread.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import os
 import threading
 
 from .core.nodes import NodePool
+from .core.plan import RetryPolicy
 from .core.redact import redact_text
+from .core.retry import RetryBudget
 from .core.routes import Route, RouteTable
 from .settings import Settings
 
@@ -21,50 +25,44 @@ log = logging.getLogger("yibu_middleware")
 
 class Runtime:
     __slots__ = (
+        "_checker",
         "_lock",
         "aliases",
+        "budget",
         "gateway_key",
-        "max_attempts",
+        "policy",
         "pool",
         "routes",
         "settings",
         "swapped_keys",
     )
 
-    def __init__(
-        self,
-        settings: Settings,
-        routes: RouteTable,
-        pool: NodePool,
-        gateway_key: bytes | None,
-        aliases: dict[str, str],
-        max_attempts: int,
-    ) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.routes = routes
-        self.pool = pool
-        self.gateway_key = gateway_key
-        self.aliases = aliases
-        self.max_attempts = max_attempts
+        self.routes = RouteTable(
+            {host: Route(host, spec.provider, spec.strip_prefix) for host, spec in settings.routes.items()}
+        )
+        ejection = settings.ejection
+        self.pool = NodePool(
+            settings.gateway_nodes,
+            weights=settings.node_weights,
+            pin=settings.pin,
+            eject_after=ejection.consecutive_failures,
+            eject_base=ejection.base_seconds,
+            eject_max=ejection.max_seconds,
+        )
+        retry = settings.retry
+        self.policy = RetryPolicy(retry.max_attempts, retry.backoff_base, retry.backoff_max, retry.max_retry_after)
+        self.budget = RetryBudget(retry.budget_ratio, retry.budget_floor)
+        self.gateway_key = settings.api_key.get_secret_value().encode() if settings.api_key else None
+        self.aliases = dict(settings.model_aliases)
         # Provider keys swapped out at run time: kept only so they can be masked by value.
         self.swapped_keys: set[str] = set()
         self._lock = threading.Lock()
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Runtime:
-        routes = {host: Route(host, spec.provider, spec.strip_prefix) for host, spec in settings.routes.items()}
-        key = settings.api_key.get_secret_value().encode() if settings.api_key else None
-        return cls(
-            settings=settings,
-            routes=RouteTable(routes),
-            pool=NodePool(settings.gateway_nodes),
-            gateway_key=key,
-            aliases=dict(settings.model_aliases),
-            max_attempts=settings.retry.max_attempts,
-        )
+        self._checker: threading.Thread | None = None
 
     def remember_swapped(self, keys: list[str]) -> None:
-        if keys:
+        if keys and not self.swapped_keys.issuperset(keys):
             with self._lock:
                 self.swapped_keys.update(keys)
 
@@ -75,9 +73,24 @@ class Runtime:
     def redact(self, text: str) -> str:
         return redact_text(text, self.known_secrets())
 
+    def ensure_health_checker(self) -> None:
+        """Start the active health checker on first use, if it is switched on."""
+        if self._checker is not None or not self.settings.health_check.interval:
+            return
+        with self._lock:
+            if self._checker is None:
+                from .health import start_checker
+
+                self._checker = start_checker(self)
+
+    def stop(self) -> None:
+        self._checker = None  # the checker thread sees it is no longer current and ends
+
     def reset_after_fork(self) -> None:
         self.pool.reset()
+        self.budget.reset()
         self._lock = threading.Lock()
+        self._checker = None  # threads do not survive fork; a new one starts on first use
 
 
 _current: Runtime | None = None
@@ -89,6 +102,8 @@ def current() -> Runtime | None:
 
 def set_current(runtime: Runtime | None) -> None:
     global _current
+    if _current is not None:
+        _current.stop()
     _current = runtime
 
 

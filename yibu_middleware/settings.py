@@ -57,8 +57,45 @@ DEFAULT_ROUTES: dict[str, RouteSpec] = {
 class RetrySettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    max_attempts: int = Field(
-        3, ge=1, le=10, description="attempts per call, first one included, across all gateway nodes"
+    max_attempts: int = Field(3, ge=1, le=10, description="attempts per call, the first included, across all nodes")
+    backoff_base: float = Field(
+        0.1, gt=0, description="seconds; a retry waits only when every node was tried: full jitter up to base*2^n"
+    )
+    backoff_max: float = Field(2.0, gt=0, description="seconds; the longest such wait")
+    max_retry_after: float = Field(
+        20.0, ge=0, description="seconds; a 429 asking to wait longer is handed back to the caller instead"
+    )
+    budget_ratio: float = Field(
+        0.2, ge=0, le=1, description="retries may be at most this share of the requests of the last 10 s"
+    )
+    budget_floor: int = Field(10, ge=0, description="...or this many retries per 10 s, whichever is more")
+
+
+class EjectionSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    consecutive_failures: int = Field(5, ge=1, description="failures in a row that take a node out")
+    base_seconds: float = Field(30.0, gt=0, description="first time out; grows with each ejection (+-20 % jitter)")
+    max_seconds: float = Field(300.0, gt=0, description="the longest time out")
+
+
+class HealthCheckSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    interval: float = Field(
+        0.0, ge=0, description="seconds between active checks of ejected nodes (GET <node>/models); 0: off"
+    )
+    timeout: float = Field(2.0, gt=0, description="seconds a check may take")
+
+
+class StreamSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    first_token_timeout: float | None = Field(
+        None,
+        gt=0,
+        description="seconds a stream may take to its first content (also the longest silence between"
+        " two chunks) before it is retried on another node; unset: no limit",
     )
 
 
@@ -94,7 +131,16 @@ class Settings(BaseSettings):
         {},
         description="rewrite `model` in JSON request bodies: old name = new name. Env: JSON object",
     )
-    retry: RetrySettings = Field(RetrySettings(), description="retry and failover")
+    node_weights: Annotated[dict[str, float], NoDecode] = Field(
+        {}, description="relative share of traffic per node URL (default 1). Env: JSON object"
+    )
+    pin: str | None = Field(
+        None, description="a node URL that takes all traffic while it is healthy; the others are its fallback"
+    )
+    retry: RetrySettings = Field(RetrySettings(), description="retries and failover")
+    ejection: EjectionSettings = Field(EjectionSettings(), description="passive outlier ejection")
+    health_check: HealthCheckSettings = Field(HealthCheckSettings(), description="active health checks")
+    stream: StreamSettings = Field(StreamSettings(), description="streamed responses")
     log: Literal["off", "warning", "info", "debug"] = Field(
         "off",
         description="print the library's own log lines (one per redirected call at 'info') to stderr;"
@@ -161,6 +207,25 @@ class Settings(BaseSettings):
             else:
                 merged[host] = spec
         return merged
+
+    @field_validator("node_weights", mode="before")
+    @classmethod
+    def _parse_weights(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return _json_value(value, 'a JSON object of node URL = weight, e.g. {"https://a/v1": 2}')
+        return value
+
+    @field_validator("node_weights")
+    @classmethod
+    def _check_weights(cls, value: dict[str, float]) -> dict[str, float]:
+        if any(weight <= 0 for weight in value.values()):
+            raise ValueError("weights must be greater than 0")
+        return {_http_url(url): weight for url, weight in value.items()}
+
+    @field_validator("pin")
+    @classmethod
+    def _check_pin(cls, value: str | None) -> str | None:
+        return _http_url(value) if value else None
 
     @field_validator("model_aliases", mode="before")
     @classmethod
@@ -405,7 +470,16 @@ def _shown(value: Any) -> str:
 
 
 def _check_consistency(settings: Settings) -> None:
-    """Rules that span several settings: a node must never be a redirected host."""
+    """Rules that span several settings: a node must never be a redirected host; a pinned
+    or weighted node must be one of the nodes."""
+    nodes = settings.gateway_nodes
+    for setting, urls in (("pin", [settings.pin] if settings.pin else []), ("node_weights", settings.node_weights)):
+        for url in urls:
+            if url not in nodes:
+                raise ConfigError(
+                    f"invalid yibu-middleware settings:\n- {setting} (from {settings.origin(setting)}): {url} is not"
+                    f" one of the gateway nodes ({', '.join(nodes)}). Use a URL exactly as listed in nodes."
+                )
     for url in settings.gateway_nodes:
         host = (urlsplit(url).hostname or "").lower()
         if host in settings.routes:

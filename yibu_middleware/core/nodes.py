@@ -1,8 +1,26 @@
 """The pool of gateway nodes and the choice of the next one to try.
 
-No I/O and no clocks of its own: callers report what happened and ask for a node.
-Selection here is plain rotation; the pool is the seam where latency-aware choice,
-pinning and ejection plug in without any adapter changing.
+No I/O: callers tell the pool when an attempt starts and how it ended, and ask it
+for a node; the clock and the random source are injected, so every decision can be
+replayed in a test.
+
+Choice: power of two choices over peak-EWMA latency (Finagle, Linkerd, tower).
+Each node keeps a latency estimate that jumps at once to any slower sample and
+decays towards faster ones (and towards zero while idle) with time constant
+``tau``; its cost is ``estimate * (in_flight + 1) / weight``. Two healthy nodes are
+drawn at random and the cheaper one wins, so a slow node gets less traffic without
+every caller herding onto the single fastest one. A failed attempt counts as a
+slow sample (``failure_penalty``), so a node that errors is avoided the same way.
+
+Health: passive outlier ejection as in Envoy. ``eject_after`` consecutive failures
+take a node out for ``eject_base * times_ejected`` seconds (at most ``eject_max``),
+with +-20 % jitter so that many processes do not bring it back in step. After
+that, one trial request is let through: success reinstates the node, failure
+ejects it again for longer. When every candidate is out, the pool still answers
+with one of them ("panic mode"): trying a bad node beats failing every call.
+
+A pinned node (the gateway's "manual node switch") takes all traffic while it is
+healthy; the others are only its fallback.
 
 Plain classes with ``__slots__`` rather than dataclasses: these are built at
 interpreter start, whose cost is budgeted.
@@ -10,26 +28,59 @@ interpreter start, whose cost is budgeted.
 
 from __future__ import annotations
 
-import itertools
+import math
+import random
 import threading
-from collections.abc import Collection, Sequence
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
 from urllib.parse import urlsplit
+
+Clock = Callable[[], float]
+
+DEFAULT_ESTIMATE = 0.05  # seconds: the start for a node when no node has a sample yet
+FAILURE_PENALTY = 1.0  # seconds: a failed attempt weighs like a sample this slow
 
 
 class Node:
-    """One gateway node, parsed once from its base URL. Identity is the node itself."""
+    """One gateway node and what the pool has learnt about it. Identity is the node."""
 
-    __slots__ = ("base_path", "base_url", "failed", "host", "port", "scheme", "sent")
+    __slots__ = (
+        "base_path",
+        "base_url",
+        "ejected_until",
+        "estimate",
+        "failed",
+        "failures_in_row",
+        "host",
+        "in_flight",
+        "port",
+        "scheme",
+        "sent",
+        "stamp",
+        "times_ejected",
+        "trial_in_flight",
+        "weight",
+    )
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, weight: float = 1.0) -> None:
         parts = urlsplit(base_url)
         self.base_url = base_url
         self.scheme = parts.scheme
         self.host = (parts.hostname or "").lower()
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
         self.base_path = parts.path.rstrip("/")  # e.g. "/v1"
-        # Counters for `yibu doctor` and the demo; updated under the pool's lock.
-        self.sent = 0
+        self.weight = weight
+        self.reset()
+
+    def reset(self) -> None:
+        self.estimate: float | None = None  # seconds; None until the first sample
+        self.stamp = 0.0  # clock reading of the last sample
+        self.in_flight = 0
+        self.failures_in_row = 0
+        self.times_ejected = 0
+        self.ejected_until = 0.0
+        self.trial_in_flight = False
+        self.sent = 0  # counters for `yibu doctor`, the demo and the benchmarks
         self.failed = 0
 
     @property
@@ -45,34 +96,155 @@ class Node:
 
 
 class NodePool:
-    __slots__ = ("_lock", "_turn", "nodes")
+    __slots__ = (
+        "_clock",
+        "_lock",
+        "_random",
+        "eject_after",
+        "eject_base",
+        "eject_max",
+        "nodes",
+        "pinned",
+        "tau",
+    )
 
-    def __init__(self, urls: Sequence[str]) -> None:
+    def __init__(
+        self,
+        urls: Sequence[str],
+        *,
+        weights: Mapping[str, float] | None = None,
+        pin: str | None = None,
+        tau: float = 10.0,
+        eject_after: int = 5,
+        eject_base: float = 30.0,
+        eject_max: float = 300.0,
+        clock: Clock = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
         if not urls:
             raise ValueError("a node pool needs at least one node")
-        self.nodes = [Node(url) for url in urls]
-        self._turn = itertools.count()
+        weights = weights or {}
+        self.nodes = [Node(url, weights.get(url, 1.0)) for url in urls]
+        self.pinned = next((node for node in self.nodes if node.base_url == pin), None)
+        self.tau = tau
+        self.eject_after = eject_after
+        self.eject_base = eject_base
+        self.eject_max = eject_max
+        self._clock = clock
+        self._random = rng or random.Random()
         self._lock = threading.Lock()
 
-    def choose(self, exclude: Collection[Node] = ()) -> Node | None:
-        """The next node in rotation that is not in ``exclude``; None when all are."""
-        count = len(self.nodes)
-        start = next(self._turn)  # itertools.count is atomic under the GIL
-        for offset in range(count):
-            node = self.nodes[(start + offset) % count]
-            if node not in exclude:
-                return node
-        return None
+    # --- choosing ---------------------------------------------------------------------------
 
-    def report(self, node: Node, ok: bool) -> None:
+    def choose(self, exclude: Collection[Node] = ()) -> Node | None:
+        """The node for the next attempt, never one in ``exclude``; None when all are.
+
+        The caller must follow with ``started(node)`` and then ``finished(...)``."""
         with self._lock:
-            node.sent += 1
-            if not ok:
-                node.failed += 1
+            now = self._clock()
+            candidates = [node for node in self.nodes if node not in exclude]
+            if not candidates:
+                return None
+            healthy = [node for node in candidates if self._admits(node, now)]
+            pinned = self.pinned
+            if pinned is not None and pinned in healthy:
+                return self._take(pinned, now)
+            if pinned is not None and len(healthy) > 1:
+                healthy.remove(pinned)  # a pinned node's fallbacks are the others
+            pool = healthy or candidates  # panic mode: every candidate is out
+            if len(pool) == 1:
+                return self._take(pool[0], now)
+            first, second = self._random.sample(pool, 2)
+            chosen = first if self._cost(first, now) <= self._cost(second, now) else second
+            return self._take(chosen, now)
+
+    def _admits(self, node: Node, now: float) -> bool:
+        if node.ejected_until == 0.0:
+            return True
+        # Ejected: only a single trial request once the ejection time is over.
+        return now >= node.ejected_until and not node.trial_in_flight
+
+    def _take(self, node: Node, now: float) -> Node:
+        if node.ejected_until and now >= node.ejected_until:
+            node.trial_in_flight = True
+        node.in_flight += 1
+        node.sent += 1
+        return node
+
+    def _cost(self, node: Node, now: float) -> float:
+        return self._decayed(node, now) * (node.in_flight + 1) / node.weight
+
+    def _decayed(self, node: Node, now: float) -> float:
+        if node.estimate is None:
+            known = [n.estimate for n in self.nodes if n.estimate is not None]
+            # A new node starts at the pool's mean: neither flooded nor starved.
+            return sum(known) / len(known) if known else DEFAULT_ESTIMATE
+        return node.estimate * math.exp(-max(now - node.stamp, 0.0) / self.tau)
+
+    # --- learning ---------------------------------------------------------------------------
+
+    def finished(self, node: Node, seconds: float | None, ok: bool | None) -> None:
+        """An attempt on ``node`` ended after ``seconds``.
+
+        ``ok``: True for an answer (any status the node is not to blame for), False for a
+        failure of the node (refused, reset, timeout, 5xx), None for neither (a 429, or an
+        attempt abandoned by the caller): it only frees the in-flight slot."""
+        with self._lock:
+            now = self._clock()
+            node.in_flight = max(node.in_flight - 1, 0)
+            was_trial = node.trial_in_flight
+            node.trial_in_flight = False
+            if ok is None:
+                return
+            sample = seconds if ok and seconds is not None else max(FAILURE_PENALTY, seconds or 0.0)
+            self._observe(node, sample, now)
+            if ok:
+                node.failures_in_row = 0
+                node.ejected_until = 0.0
+                return
+            node.failed += 1
+            node.failures_in_row += 1
+            if was_trial or node.failures_in_row >= self.eject_after:
+                self._eject(node, now)
+
+    def _observe(self, node: Node, sample: float, now: float) -> None:
+        if node.estimate is None:
+            node.estimate = sample
+        else:
+            decay = math.exp(-max(now - node.stamp, 0.0) / self.tau)
+            blended = node.estimate * decay + sample * (1.0 - decay)
+            node.estimate = max(sample, blended)  # the "peak": slower samples count at once
+        node.stamp = now
+
+    def _eject(self, node: Node, now: float) -> None:
+        node.times_ejected += 1
+        span = min(self.eject_base * node.times_ejected, self.eject_max)
+        node.ejected_until = now + span * self._random.uniform(0.8, 1.2)
+        node.failures_in_row = 0
+
+    def blame(self, node: Node) -> None:
+        """A failure found after the attempt ended (a stream cut mid-way)."""
+        with self._lock:
+            now = self._clock()
+            self._observe(node, FAILURE_PENALTY, now)
+            node.failed += 1
+            node.failures_in_row += 1
+            if node.failures_in_row >= self.eject_after:
+                self._eject(node, now)
+
+    def reinstate(self, node: Node) -> None:
+        """An active health check saw the node answer: let it back at once."""
+        with self._lock:
+            node.ejected_until = 0.0
+            node.failures_in_row = 0
+
+    def ejected(self) -> list[Node]:
+        now = self._clock()
+        return [node for node in self.nodes if node.ejected_until and now < node.ejected_until]
 
     def reset(self) -> None:
         """Forget per-process state; called in a forked child."""
-        self._turn = itertools.count()
         self._lock = threading.Lock()
+        self._random = random.Random()
         for node in self.nodes:
-            node.sent = node.failed = 0
+            node.reset()

@@ -1,98 +1,198 @@
-"""One call's attempts: which node to send to next, and when to give up.
+"""One call's attempts: which node next, after how long, and when to stop.
 
-Plain code with no I/O, shared by every adapter, sync and async. An adapter's
-driver asks the plan for an action, performs it, and reports what happened:
+Plain code with no I/O, shared by every adapter, sync and async. A driver asks
+for an action, performs it and reports what happened:
 
     action = plan.start()
     while isinstance(action, Send):
-        try:   response = send(action.node)
-        except <transport error> as exc:
-               action = plan.on_error(action.node, classify(exc)); continue
-        action = plan.on_response(action.node, response.status_code)
-    # Deliver -> hand the response back; GiveUp -> raise with plan.summary()
+        sleep(action.delay); try the node within plan.timeout_left()
+        transport error          -> action = plan.failed(node, kind, detail)
+        response                 -> action = plan.answered(node, status, headers, body)
+        stream, before content   -> action = plan.failed(node, Kind.NODE_FAILED, detail)
+    Deliver -> hand the response back (``final``: it is a failure the SDK must not retry)
+    GiveUp  -> answer with an error of our own (no node gave a response to hand back)
 
-Failover rule: a failure that happened before any byte of the request left (refused
-connection, connect timeout) is safe to replay on another node at once. Anything
-else is handed to the caller unchanged.
+The rules (each from the shared notes on resilience):
+- a connection that failed before anything was sent is retried on another node at once,
+  and costs no retry budget (it cost the gateway nothing);
+- 5xx, 529 and read timeouts go to another node; only when no untried node is left is
+  there a wait, with full jitter;
+- 429 goes to another node at once, or waits its ``retry-after`` when none is left; a
+  ``retry-after`` longer than ``max_retry_after`` is handed back to the caller;
+- 4xx and gateway quota/permission errors are never retried;
+- every retry must fit in the call's deadline, ``max_attempts`` and the process-wide
+  retry budget; a one-shot request body is never sent twice.
 """
 
 from __future__ import annotations
 
-import enum
+import random
+import time
+from collections.abc import Mapping
 from typing import NamedTuple
 
-from .nodes import Node, NodePool
+from .nodes import Clock, Node, NodePool
+from .retry import Kind, RetryBudget, classify_status, full_jitter, retry_after
 
 
-class Failure(enum.Enum):
-    CONNECT = "connection refused or failed"  # nothing was sent
-    CONNECT_TIMEOUT = "connect timeout"  # nothing was sent
-    OTHER = "failed"  # may have been sent: not replayed
-
-    @property
-    def nothing_sent(self) -> bool:
-        return self is not Failure.OTHER
+class RetryPolicy(NamedTuple):
+    max_attempts: int = 3
+    backoff_base: float = 0.1
+    backoff_max: float = 2.0
+    max_retry_after: float = 20.0
 
 
 class Send(NamedTuple):
     node: Node
+    delay: float  # seconds to wait before sending
+    why: str  # "" for the first attempt, else why this is a retry
 
 
 class Deliver(NamedTuple):
     node: Node
+    final: bool  # a failed answer handed back: the caller's SDK must not retry it
 
 
 class GiveUp(NamedTuple):
+    kind: Kind  # of the last failure
     reason: str
 
 
-Action = Send | Deliver | GiveUp
-
-
 class Step(NamedTuple):
-    """One attempt of a call and how it ended: "200", "connection refused or failed: ...", ..."""
+    """One attempt and how it ended: "200", "503", "connection failed: ...", ..."""
 
     node: Node
     outcome: str
+    waited: float
 
 
 class CallPlan:
-    __slots__ = ("_max_attempts", "_pool", "_replayable", "steps")
+    __slots__ = (
+        "_budget",
+        "_clock",
+        "_deadline",
+        "_pending_wait",
+        "_policy",
+        "_pool",
+        "_replayable",
+        "_rng",
+        "_started",
+        "steps",
+    )
 
-    def __init__(self, pool: NodePool, max_attempts: int, replayable: bool) -> None:
+    def __init__(
+        self,
+        pool: NodePool,
+        budget: RetryBudget,
+        policy: RetryPolicy,
+        *,
+        replayable: bool,
+        timeout: float | None,
+        clock: Clock = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
         self._pool = pool
-        self._max_attempts = max_attempts
+        self._budget = budget
+        self._policy = policy
         self._replayable = replayable
+        self._clock = clock
+        self._rng = rng or random.Random()
+        now = clock()
+        self._deadline = None if timeout is None else now + timeout
+        self._started = now  # when the current attempt was sent
+        self._pending_wait = 0.0
         self.steps: list[Step] = []
+        budget.record_request()
+
+    # --- actions ------------------------------------------------------------------------------
 
     def start(self) -> Send | GiveUp:
         node = self._pool.choose()
-        return Send(node) if node is not None else GiveUp("no gateway node configured")
+        if node is None:
+            return GiveUp(Kind.NOT_SENT, "no gateway node is configured")
+        return self._send(node, 0.0, "")
 
-    def on_response(self, node: Node, status: int) -> Deliver:
-        self._pool.report(node, ok=status < 500)
-        self.steps.append(Step(node, str(status)))
-        return Deliver(node)
+    def timeout_left(self) -> float | None:
+        """Seconds left in the call's deadline (for the attempt's own timeouts)."""
+        return None if self._deadline is None else max(self._deadline - self._clock(), 0.0)
 
-    def on_error(self, node: Node, failure: Failure, detail: str) -> Send | GiveUp:
-        self._pool.report(node, ok=False)
-        self.steps.append(Step(node, f"{failure.value}: {detail}" if detail else failure.value))
-        if not failure.nothing_sent:
-            return GiveUp("the request may have reached the node, so it is not replayed")
-        if not self._replayable:
-            return GiveUp("the request body is a one-shot stream that cannot be sent again")
-        if len(self.steps) >= self._max_attempts:
-            return GiveUp(f"retry.max_attempts ({self._max_attempts}) reached")
-        tried = {step.node for step in self.steps}
-        following = self._pool.choose(exclude=tried)
-        if following is None:
-            return GiveUp("every gateway node was tried")
-        return Send(following)
+    def failed(self, node: Node, kind: Kind, detail: str) -> Send | GiveUp:
+        """The attempt raised, or its stream failed before the first content."""
+        self._finish(node, ok=False if kind is not Kind.RATE_LIMITED else None)
+        self.steps.append(Step(node, f"{kind.value}: {detail}" if detail else kind.value, self._pending_wait))
+        following = self._next(kind, None)
+        return following if isinstance(following, Send) else GiveUp(kind, following)
+
+    def answered(self, node: Node, status: int, headers: Mapping[str, str], body: bytes | None) -> Send | Deliver:
+        """The node answered with ``status`` (``body`` read only for error statuses)."""
+        kind = classify_status(status, body)
+        self._finish(node, ok=None if kind is Kind.RATE_LIMITED else kind is not Kind.NODE_FAILED)
+        self.steps.append(Step(node, str(status), self._pending_wait))
+        if kind is None:
+            return Deliver(node, final=False)
+        if kind is Kind.FINAL:
+            return Deliver(node, final=True)
+        following = self._next(kind, retry_after(headers) if kind is Kind.RATE_LIMITED else None)
+        return following if isinstance(following, Send) else Deliver(node, final=True)
+
+    def stream_cut(self, node: Node) -> None:
+        """A stream broke after its first content: too late to retry, but the node is to blame."""
+        self._pool.blame(node)
+
+    # --- reporting ----------------------------------------------------------------------------
 
     @property
-    def failovers(self) -> list[Step]:
-        """The attempts that failed before the one that answered."""
-        return self.steps[:-1] if self.steps else []
+    def retried(self) -> bool:
+        return len(self.steps) > 1
 
     def summary(self) -> str:
-        return "; ".join(f"{step.node.label}: {step.outcome}" for step in self.steps)
+        parts = []
+        for step in self.steps:
+            waited = f" after waiting {step.waited:.2f} s" if step.waited else ""
+            parts.append(f"{step.node.label}: {step.outcome}{waited}")
+        return "; ".join(parts)
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _send(self, node: Node, delay: float, why: str) -> Send:
+        self._pending_wait = delay
+        self._started = self._clock() + delay
+        return Send(node, delay, why)
+
+    def _finish(self, node: Node, ok: bool | None) -> None:
+        self._pool.finished(node, self._clock() - self._started, ok)
+
+    def _next(self, kind: Kind, wait_hint: float | None) -> Send | str:
+        """The retry for a failure of ``kind``, or why there is none."""
+        policy = self._policy
+        if kind is Kind.FINAL:
+            return "the request was refused; retrying cannot help"
+        if not self._replayable:
+            return "not retried: the request body is a one-shot stream that cannot be sent again"
+        if len(self.steps) >= policy.max_attempts:
+            return f"retry.max_attempts ({policy.max_attempts}) reached"
+        if wait_hint is not None and wait_hint > policy.max_retry_after:
+            return (
+                f"the gateway asked to wait {wait_hint:.0f} s,"
+                f" over retry.max_retry_after ({policy.max_retry_after:.0f} s)"
+            )
+        tried = {step.node for step in self.steps}
+        node = self._pool.choose(exclude=tried)
+        delay = 0.0
+        if node is None:  # every node was tried: the same ones again, after a pause
+            node = self._pool.choose()
+            if node is None:
+                return "no gateway node is configured"
+            delay = (
+                wait_hint
+                if wait_hint is not None
+                else full_jitter(len(self.steps) - 1, policy.backoff_base, policy.backoff_max, self._rng)
+            )
+        left = self.timeout_left()
+        if left is not None and delay >= left:
+            self._pool.finished(node, None, None)
+            return "the call's deadline would pass before the next attempt"
+        if kind is not Kind.NOT_SENT and not self._budget.try_spend():
+            self._pool.finished(node, None, None)
+            return "the retry budget is spent (too many recent retries; see retry.budget_ratio)"
+        return self._send(node, delay, kind.value)

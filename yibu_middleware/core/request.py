@@ -32,6 +32,7 @@ class GatewayRequest(NamedTuple):
     model: str | None  # as sent, after aliasing
     requested_model: str | None  # as the app asked
     swapped_keys: list[str]  # provider keys taken out
+    stream: bool  # the body asks for a streamed answer
 
 
 def prepare(
@@ -45,9 +46,9 @@ def prepare(
     aliases: Mapping[str, str],
 ) -> GatewayRequest:
     new_headers, swapped = swap_credentials(headers, gateway_key)
-    requested, sent, new_body = apply_alias(body, aliases)
+    requested, sent, new_body, stream = read_body(body, aliases)
     return GatewayRequest(
-        route, method, gateway_path(route, path), query, new_headers, new_body, sent, requested, swapped
+        route, method, gateway_path(route, path), query, new_headers, new_body, sent, requested, swapped, stream
     )
 
 
@@ -77,23 +78,27 @@ def swap_credentials(headers: Iterable[tuple[bytes, bytes]], gateway_key: bytes 
     return out, swapped
 
 
-def apply_alias(body: bytes | None, aliases: Mapping[str, str]) -> tuple[str | None, str | None, bytes | None]:
-    """Read ``model`` from a JSON body and rewrite it per ``aliases``.
+def read_body(body: bytes | None, aliases: Mapping[str, str]) -> tuple[str | None, str | None, bytes | None, bool]:
+    """Parse a JSON body once: its ``model`` (rewritten per ``aliases``) and ``stream`` flag.
 
-    Returns (model as asked, model as sent, body to send). The body is parsed only
-    when it can hold a model name; it is re-encoded only when the model changes.
+    Returns (model as asked, model as sent, body to send, streamed). The body is
+    parsed only when it can hold a model name, and re-encoded only when the model
+    changes; anything that is not a JSON object is forwarded untouched.
     """
     if not body or b'"model"' not in body or body.lstrip()[:1] != b"{":
-        return None, None, body
+        return None, None, body, False
     try:
         document = json.loads(body)
     except ValueError:
-        return None, None, body  # not JSON after all: forwarded as it is
-    model = document.get("model") if isinstance(document, dict) else None
+        return None, None, body, False
+    if not isinstance(document, dict):
+        return None, None, body, False
+    stream = document.get("stream") is True
+    model = document.get("model")
     if not isinstance(model, str):
-        return None, None, body
+        return None, None, body, stream
     target = aliases.get(model)
     if target is None or target == model:
-        return model, model, body
+        return model, model, body, stream
     document["model"] = target
-    return model, target, json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+    return model, target, json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode(), stream

@@ -2,29 +2,33 @@
 
 The hook sits on the transport's ``handle_request`` / ``handle_async_request``, below
 the client's auth, redirects and the SDK's own retry loop, so one call of the SDK is
-one call here. The sync and async wrappers are the same loop, once with ``await``;
-every decision is made by the core (routes, request, plan).
+one call here. The sync and async loops below are the same loop, once with
+``await``; the decisions are the core's, the translation is ``HttpxCall``'s.
 
 A request whose host is not routed leaves after one dict lookup. A request we send
 on to a node is not routed either (its host is the node's), so a transport stacked
 on another hooked transport never handles a call twice.
+
+Streams: an event stream is read up to its first content before the response is
+handed back (the commit point; see ``core/sse.py``). What was read is replayed to
+the caller, then the rest passes through chunk by chunk, watched for a cut or a
+missing final event, either of which reaches the caller as an error.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
-import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from types import ModuleType
 from typing import Any
 
-from ..core.plan import CallPlan, Deliver, Failure, GiveUp, Send
-from ..core.request import GatewayRequest, prepare
-from ..runtime import Runtime, current
+from ..core.plan import Deliver, GiveUp, Send
+from ..core.sse import StreamWatch
+from ..runtime import current
 from .base import Hook
-
-log = logging.getLogger("yibu_middleware.calls")
+from .httpx_call import HttpxCall, stream_error
 
 
 class HttpxFamilyHook(Hook):
@@ -49,149 +53,187 @@ class HttpxFamilyHook(Hook):
 
 
 def _sync_wrapper(lib: ModuleType) -> Callable[..., Any]:
+    # The client checks that a transport's response stream is its own SyncByteStream.
+    stream_class = type("WatchedStream", (_WatchedStream, lib.SyncByteStream), {})
+
     def handle_request(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: Any) -> Any:
         runtime = current()
         request = args[0] if args else kwargs["request"]
-        route = runtime.routes.match(request.url.host) if runtime else None
+        route = runtime.routes.match(request.url.host) if runtime is not None else None
         if route is None or runtime is None:
             return wrapped(*args, **kwargs)
-        call = _Call(lib, runtime, request, prepare_from(lib, runtime, request, route))
+        call = HttpxCall(lib, runtime, request, route)
         action: Send | Deliver | GiveUp = call.plan.start()
-        response = None
+        response: Any = None
         while isinstance(action, Send):
+            attempt = action
+            if attempt.delay:
+                time.sleep(attempt.delay)
+            response = None
             try:
-                response = wrapped(call.request_for(action.node))
+                response = wrapped(call.request_for(attempt))
+                if call.wants_body(response):
+                    response.read()
+                elif call.watches_stream(response):
+                    failure = _commit_sync(call, attempt, response, stream_class)
+                    if failure is not None:
+                        action = failure
+                        continue
             except lib.TransportError as exc:
-                action = call.failed(action, exc)
+                if response is not None:
+                    response.close()
+                action = call.transport_failed(attempt, exc)
                 continue
-            action = call.plan.on_response(action.node, response.status_code)
-        return call.finish(action, response)
+            action = call.answered(attempt, response)
+            if isinstance(action, Send):
+                response.close()
+        return call.deliver(action, response) if isinstance(action, Deliver) else call.give_up(action)
 
     return handle_request
 
 
 def _async_wrapper(lib: ModuleType) -> Callable[..., Any]:
+    stream_class = type("AsyncWatchedStream", (_AsyncWatchedStream, lib.AsyncByteStream), {})
+
     async def handle_async_request(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: Any
     ) -> Any:
         runtime = current()
         request = args[0] if args else kwargs["request"]
-        route = runtime.routes.match(request.url.host) if runtime else None
+        route = runtime.routes.match(request.url.host) if runtime is not None else None
         if route is None or runtime is None:
             return await wrapped(*args, **kwargs)
-        call = _Call(lib, runtime, request, prepare_from(lib, runtime, request, route))
+        call = HttpxCall(lib, runtime, request, route)
         action: Send | Deliver | GiveUp = call.plan.start()
-        response = None
+        response: Any = None
         while isinstance(action, Send):
+            attempt = action
+            if attempt.delay:
+                await asyncio.sleep(attempt.delay)
+            response = None
             try:
-                response = await wrapped(call.request_for(action.node))
+                response = await wrapped(call.request_for(attempt))
+                if call.wants_body(response):
+                    await response.aread()
+                elif call.watches_stream(response):
+                    failure = await _commit_async(call, attempt, response, stream_class)
+                    if failure is not None:
+                        action = failure
+                        continue
             except lib.TransportError as exc:
-                action = call.failed(action, exc)
+                if response is not None:
+                    await response.aclose()
+                action = call.transport_failed(attempt, exc)
                 continue
-            action = call.plan.on_response(action.node, response.status_code)
-        return call.finish(action, response)
+            action = call.answered(attempt, response)
+            if isinstance(action, Send):
+                await response.aclose()
+        return call.deliver(action, response) if isinstance(action, Deliver) else call.give_up(action)
 
     return handle_async_request
 
 
-def prepare_from(lib: ModuleType, runtime: Runtime, request: Any, route: Any) -> GatewayRequest:
-    try:
-        body: bytes | None = request.content
-    except lib.RequestNotRead:
-        body = None  # a streamed body: forwarded as it is, and never replayed
-    url = request.url
-    return prepare(
-        route,
-        request.method,
-        url.path,
-        url.query.decode("ascii"),
-        request.headers.raw,
-        body,
-        runtime.gateway_key,
-        runtime.aliases,
-    )
+# --- streams: read to the commit point, then pass the rest through, watched ---------------------
 
 
-class _Call:
-    """The state one call carries between attempts; shared by the sync and async loops."""
+def _commit_sync(call: HttpxCall, action: Send, response: Any, stream_class: type) -> Send | GiveUp | None:
+    """Read to the first content. None: committed, ``response.stream`` replaced; else the retry."""
+    watch = StreamWatch()
+    read: list[bytes] = []
+    chunks = iter(response.stream)
+    started = time.monotonic()
+    for chunk in chunks:  # a transport error here propagates to the loop: a failed attempt
+        read.append(chunk)
+        watch.feed(chunk)
+        if watch.committed or watch.error:
+            break
+        if call.first_token_overdue(started):
+            response.close()
+            return call.stream_failed(action, "no content within stream.first_token_timeout", timed_out=True)
+    if watch.error or not watch.committed:
+        response.close()
+        return call.stream_failed(action, watch.error or "the stream ended with no content")
+    response.stream = stream_class(call, action, response.stream, read, chunks, watch)
+    return None
 
-    __slots__ = ("gateway", "last_error", "lib", "original", "plan", "runtime", "started")
 
-    def __init__(self, lib: ModuleType, runtime: Runtime, original: Any, gateway: GatewayRequest) -> None:
-        self.lib = lib
-        self.runtime = runtime
-        self.original = original
-        self.gateway = gateway
-        self.plan = CallPlan(runtime.pool, runtime.max_attempts, replayable=gateway.body is not None)
-        self.last_error: Exception | None = None
-        self.started = time.perf_counter()
-        runtime.remember_swapped(gateway.swapped_keys)
+async def _commit_async(call: HttpxCall, action: Send, response: Any, stream_class: type) -> Send | GiveUp | None:
+    """The async twin of ``_commit_sync``."""
+    watch = StreamWatch()
+    read: list[bytes] = []
+    chunks = aiter(response.stream)
+    started = time.monotonic()
+    async for chunk in chunks:
+        read.append(chunk)
+        watch.feed(chunk)
+        if watch.committed or watch.error:
+            break
+        if call.first_token_overdue(started):
+            await response.aclose()
+            return call.stream_failed(action, "no content within stream.first_token_timeout", timed_out=True)
+    if watch.error or not watch.committed:
+        await response.aclose()
+        return call.stream_failed(action, watch.error or "the stream ended with no content")
+    response.stream = stream_class(call, action, response.stream, read, chunks, watch)
+    return None
 
-    def request_for(self, node: Any) -> Any:
-        gateway = self.gateway
-        url = node.url_for(gateway.path, gateway.query)
-        if gateway.body is None:
-            return type(self.original)(
-                gateway.method,
-                url,
-                headers=gateway.headers,
-                stream=self.original.stream,
-                extensions=self.original.extensions,
-            )
-        return type(self.original)(
-            gateway.method,
-            url,
-            headers=gateway.headers,
-            content=gateway.body,
-            extensions=self.original.extensions,
-        )
 
-    def failed(self, action: Send, exc: Exception) -> Send | GiveUp:
-        self.last_error = exc
-        if isinstance(exc, self.lib.ConnectTimeout):
-            failure = Failure.CONNECT_TIMEOUT
-        elif isinstance(exc, self.lib.ConnectError):
-            failure = Failure.CONNECT
-        else:
-            failure = Failure.OTHER
-        return self.plan.on_error(action.node, failure, self.runtime.redact(str(exc)))
+class _WatchedStream:
+    """The committed stream: what was read, then the rest as it comes, never silently cut.
 
-    def finish(self, action: Deliver | GiveUp, response: Any) -> Any:
-        elapsed_ms = (time.perf_counter() - self.started) * 1000
-        gateway = self.gateway
-        where = f"{self.original.method} {gateway.route.host}{self.original.url.path}"
-        if isinstance(action, Deliver):
-            if log.isEnabledFor(logging.INFO):
-                failovers = "; ".join(f"{s.node.label} {s.outcome}" for s in self.plan.failovers)
-                log.info(
-                    "%s model=%s -> %s %s in %.1f ms%s",
-                    where,
-                    _model_note(gateway),
-                    action.node.label,
-                    response.status_code,
-                    elapsed_ms,
-                    f" (failover from: {failovers})" if failovers else "",
-                )
-            return response
-        error: Any = self.last_error
-        assert error is not None  # GiveUp only ever follows a failed attempt
-        message = self.runtime.redact(
-            f"yibu-middleware: {where} got no answer from the gateway ({self.plan.summary()}); {action.reason}"
-        )
-        log.warning("%s", message)
-        if len(self.plan.steps) == 1 and not isinstance(error, self.lib.ConnectError):
-            error.add_note(message)  # one attempt that may have been sent: the error as it came
-            raise error
-        # The same exception type the client would have raised, so the SDK maps it to its
-        # usual error (APIConnectionError, APITimeoutError), with every node's story in it.
+    Mixed with the library's SyncByteStream in ``_sync_wrapper``."""
+
+    def __init__(
+        self, call: HttpxCall, action: Send, inner: Any, read: list[bytes], rest: Iterator[bytes], watch: StreamWatch
+    ) -> None:
+        self._call, self._node, self._inner = call, action.node, inner
+        self._read, self._rest, self._watch = read, rest, watch
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._read
+        self._read = []
         try:
-            replacement = type(error)(message, request=self.original)
-        except TypeError:
-            replacement = self.lib.ConnectError(message, request=self.original)
-        raise replacement from error
+            for chunk in self._rest:
+                self._watch.feed(chunk)
+                yield chunk
+        except self._call.lib.TransportError as exc:
+            raise self._broken(str(exc) or type(exc).__name__) from exc
+        if self._watch.truncated():
+            raise self._broken("it ended before its final event")
+
+    def _broken(self, detail: str) -> Exception:
+        self._call.plan.stream_cut(self._node)
+        return stream_error(self._call.lib, self._call, self._node.label, detail)
+
+    def close(self) -> None:
+        self._inner.close()
 
 
-def _model_note(gateway: GatewayRequest) -> str:
-    if gateway.requested_model != gateway.model:
-        return f"{gateway.requested_model}->{gateway.model}"
-    return str(gateway.model)
+class _AsyncWatchedStream(_WatchedStream):
+    def __init__(
+        self,
+        call: HttpxCall,
+        action: Send,
+        inner: Any,
+        read: list[bytes],
+        rest: AsyncIterator[bytes],
+        watch: StreamWatch,
+    ) -> None:
+        super().__init__(call, action, inner, read, iter(()), watch)
+        self._arest = rest
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self._read:
+            yield chunk
+        self._read = []
+        try:
+            async for chunk in self._arest:
+                self._watch.feed(chunk)
+                yield chunk
+        except self._call.lib.TransportError as exc:
+            raise self._broken(str(exc) or type(exc).__name__) from exc
+        if self._watch.truncated():
+            raise self._broken("it ended before its final event")
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()

@@ -12,6 +12,10 @@ from typing import Any
 class NodeFaults:
     """Faults one simulated node injects; all off by default.
 
+    The stream faults (``*_stream_after`` and ``stream_error_after``) apply only to streaming responses
+    (``"stream": true`` on chat completions and messages). Counts are SSE events written; for chat the first
+    one is the role-only chunk. If several are set, the first of cut, stall, error, truncate applies.
+
     Mutable on purpose: tests flip fields while the simulator runs (plain field reads per request, so a
     change applies to the next request). ``refuse`` is the exception: it changes sockets, so switch it with
     ``GatewaySimulator.set_faults`` (a direct assignment is noticed at the next connection attempt only).
@@ -19,6 +23,9 @@ class NodeFaults:
 
     latency: float = 0.0
     """Seconds to wait before sending the response headers."""
+    latency_jitter: float = 0.0
+    """Extra wait drawn uniformly from [0, latency_jitter] per request (from the node's seeded generator, so a
+    seeded run stays reproducible; the draw is only made when this is > 0)."""
     error_rate: float = 0.0
     """Fraction of requests answered 503 in the provider's error format."""
     rate_limit_rate: float = 0.0
@@ -29,6 +36,18 @@ class NodeFaults:
     """Refuse TCP connections (the port stays reserved, so it can be re-opened)."""
     cut_stream_after: int | None = None
     """For streaming responses: send this many SSE events, then drop the connection mid-body."""
+    stream_error_after: int | None = None
+    """For streaming responses: send this many SSE events (at most all but the last), then the provider's
+    in-band error event (Anthropic ``event: error`` / OpenAI-compatible ``data: {"error": ...}``, no
+    ``[DONE]``), then end the body cleanly. Models a gateway whose upstream failed after the 200 was sent."""
+    truncate_stream_after: int | None = None
+    """For streaming responses: send this many SSE events (at most all but the last), then end the body
+    cleanly without the final event (``data: [DONE]`` / ``message_stop``): a silently truncated stream."""
+    stall_stream_after: int | None = None
+    """For streaming responses: send the headers and this many SSE events (at most all but the last; 0 =
+    headers only), then nothing until the client closes the connection or ``stall_max`` seconds pass."""
+    stall_max: float = 30.0
+    """Seconds a stalled stream is held open before the simulator closes the connection itself."""
     status_override: int | None = None
     """Answer every request with this status (and ``status_body`` if given), even before the key check."""
     status_body: dict[str, Any] | None = None
@@ -38,7 +57,7 @@ class NodeFaults:
 
     def validate(self) -> None:
         """Raise ValueError on values that would make the node misbehave in confusing ways."""
-        for name in ("latency", "retry_after"):
+        for name in ("latency", "latency_jitter", "retry_after", "stall_max"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -50,12 +69,10 @@ class NodeFaults:
             raise ValueError("error_rate + rate_limit_rate must not exceed 1")
         if not isinstance(self.refuse, bool):
             raise ValueError(f"refuse must be a bool, got {self.refuse!r}")
-        if self.cut_stream_after is not None and (
-            not isinstance(self.cut_stream_after, int)
-            or isinstance(self.cut_stream_after, bool)
-            or self.cut_stream_after < 0
-        ):
-            raise ValueError(f"cut_stream_after must be None or an int >= 0, got {self.cut_stream_after!r}")
+        for name in STREAM_FAULTS:
+            count = getattr(self, name)
+            if count is not None and (not isinstance(count, int) or isinstance(count, bool) or count < 0):
+                raise ValueError(f"{name} must be None or an int >= 0, got {count!r}")
         if self.status_override is not None and (
             not isinstance(self.status_override, int)
             or isinstance(self.status_override, bool)
@@ -66,6 +83,14 @@ class NodeFaults:
             raise ValueError("status_body must be None or a dict")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
+
+    def stream_fault(self) -> tuple[str, int] | None:
+        """The stream fault that applies (field name, event count), by ``STREAM_FAULTS`` precedence."""
+        for name in STREAM_FAULTS:
+            count = getattr(self, name)
+            if count is not None:
+                return name, count
+        return None
 
     def describe(self) -> str:
         """Short human summary of the non-default fields, e.g. ``latency=0.5 refuse`` (``-`` if none)."""
@@ -82,5 +107,13 @@ class NodeFaults:
                 parts.append(f"{field.name}={value}")
         return " ".join(parts) or "-"
 
+
+STREAM_FAULTS: tuple[str, ...] = (
+    "cut_stream_after",
+    "stall_stream_after",
+    "stream_error_after",
+    "truncate_stream_after",
+)
+"""The stream-fault fields, in the order of precedence when several are set."""
 
 FAULT_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(NodeFaults))

@@ -117,14 +117,18 @@ def chat_completion(node: str, model: str, body: dict[str, Any]) -> dict[str, An
 
 
 def chat_stream_events(node: str, model: str, body: dict[str, Any]) -> list[bytes]:
-    """SSE events of a streamed chat completion: one chunk per word, optional usage chunk, ``[DONE]``."""
+    """SSE events of a streamed chat completion: a role-only chunk (empty content, as OpenAI sends it), one
+    chunk per word, optional usage chunk, ``[DONE]``."""
     chat_id, created = new_id("chatcmpl-"), int(time.time())
     options = body.get("stream_options")
     include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
     words = reply_words(node)
     events: list[bytes] = []
-    for i, word in enumerate(words):
-        delta: dict[str, Any] = {"role": "assistant", "content": word} if i == 0 else {"content": word}
+    deltas: list[dict[str, Any]] = [
+        {"role": "assistant", "content": "", "refusal": None},
+        *({"content": word} for word in words),
+    ]
+    for i, delta in enumerate(deltas):
         chunk: dict[str, Any] = {
             "id": chat_id,
             "object": "chat.completion.chunk",
@@ -136,7 +140,7 @@ def chat_stream_events(node: str, model: str, body: dict[str, Any]) -> list[byte
                     "index": 0,
                     "delta": delta,
                     "logprobs": None,
-                    "finish_reason": "stop" if i == len(words) - 1 else None,
+                    "finish_reason": "stop" if i == len(deltas) - 1 else None,
                 }
             ],
         }
@@ -272,3 +276,22 @@ def anthropic_stream_events(node: str, model: str, body: dict[str, Any]) -> list
         _sse("message_stop", {"type": "message_stop"}),
     ]
     return events
+
+
+def stream_error_event(anthropic: bool) -> bytes:
+    """The in-band error event a gateway sends when its upstream fails mid-stream, after the 200.
+
+    Anthropic's ``error`` event (as during an overload), or what OpenAI-compatible gateways send (no
+    ``[DONE]`` follows it). Spaced JSON, byte for byte as those write it.
+    """
+    if anthropic:
+        error: dict[str, Any] = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+        return b"event: error\ndata: " + json.dumps(error).encode() + b"\n\n"
+    error = {
+        "error": {
+            "message": "The server had an error while processing your request.",
+            "type": "server_error",
+            "code": None,
+        }
+    }
+    return b"data: " + json.dumps(error).encode() + b"\n\n"

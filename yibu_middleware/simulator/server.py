@@ -66,11 +66,13 @@ class Record:
     status: int
     """Status the simulator answered."""
     fault: str | None
-    """Fault applied: status_override, error_rate, rate_limit, cut_stream, latency, or None."""
+    """Fault applied: status_override, error_rate, rate_limit, cut_stream, stall_stream, stream_error,
+    truncate_stream, latency, or None."""
     started: float
     """``time.monotonic()`` when the request line arrived."""
     elapsed: float
-    """Seconds from arrival to the end of the response (to the cut, for a cut stream)."""
+    """Seconds from arrival to the end of the response (to the cut, for a cut stream; to the start of the
+    stall, for a stalled one)."""
     request_id: str = ""
     """The ``x-request-id`` header value the simulator sent back."""
     connection: int = 0
@@ -103,6 +105,8 @@ class _Ctx:
 
     node: SimNode
     req: _Request
+    reader: asyncio.StreamReader
+    """The connection's reader: a stalled stream waits on it for the client to hang up."""
     path: str
     query: str
     anthropic: bool
@@ -424,7 +428,7 @@ class GatewaySimulator:
                 if req is None or node.faults.refuse:
                     return
                 req.connection = connection
-                if not await self._handle(node, req, writer):
+                if not await self._handle(node, req, reader, writer):
                     return
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
             pass  # the client went away; nothing to answer
@@ -440,7 +444,9 @@ class GatewaySimulator:
             if node.faults.refuse and not node.refusing and self._state == "started":
                 asyncio.get_running_loop().create_task(self._sync(node))
 
-    async def _handle(self, node: SimNode, req: _Request, writer: asyncio.StreamWriter) -> bool:
+    async def _handle(
+        self, node: SimNode, req: _Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
         """Answer one request; returns whether the connection stays open."""
         target = req.target
         if target.startswith(("http://", "https://")):  # absolute-form, as sent to proxies
@@ -461,6 +467,7 @@ class GatewaySimulator:
         ctx = _Ctx(
             node=node,
             req=req,
+            reader=reader,
             path=path,
             query=query,
             anthropic=path == "/v1/messages" or path.startswith("/v1/messages/"),
@@ -473,9 +480,12 @@ class GatewaySimulator:
         faults = node.faults
         draw = node._rng.random()  # one draw per request keeps a seeded run reproducible
         fault: str | None = None
-        if faults.latency > 0:
+        delay = faults.latency
+        if faults.latency_jitter > 0:  # a second draw only when asked, so seeded runs without jitter are unchanged
+            delay += node._rng.uniform(0.0, faults.latency_jitter)
+        if delay > 0:
             fault = "latency"
-            await asyncio.sleep(faults.latency)
+            await asyncio.sleep(delay)
 
         if faults.status_override is not None:
             status = faults.status_override
@@ -625,32 +635,53 @@ class GatewaySimulator:
     async def _send_stream(
         self, ctx: _Ctx, writer: asyncio.StreamWriter, events: list[bytes], fault: str | None
     ) -> bool:
-        """Send SSE events one write (and flush) each; with ``cut_stream_after`` stop early and close the
-        connection without the terminating chunk, so the client sees an incomplete body, not a clean end."""
+        """Send SSE events one write (and flush) each, applying the node's stream fault if one is set.
+
+        ``cut_stream_after`` closes the connection without the terminating chunk (an incomplete body, not a
+        clean end). ``stream_error_after``/``truncate_stream_after`` end the body cleanly after an in-band
+        error event / without the final event. ``stall_stream_after`` goes silent and waits for the client.
+        """
+        faults = ctx.node.faults
+        mode, count = faults.stream_fault() or ("", 0)
+        if mode == "cut_stream_after":
+            events = events[:count]
+        elif mode:  # never past the final event, so the fault always shows
+            events = events[: min(count, len(events) - 1)]
+        if mode == "stream_error_after":
+            events.append(responses.stream_error_event(ctx.anthropic))
+        fault = _STREAM_FAULT_NAMES.get(mode, fault)
+
         chunked = ctx.req.version == "HTTP/1.1"
         if not chunked:  # HTTP/1.0 has no chunked encoding: the end of the body is the end of the connection
             ctx.req.keep_alive = False
         headers = [("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-cache")]
         if chunked:
             headers.append(("transfer-encoding", "chunked"))
-        writer.write(self._head(ctx, 200, headers))
-        cut = ctx.node.faults.cut_stream_after
-        if cut is not None:
-            events = events[:cut]
-        for i, event in enumerate(events):
-            if cut is None and i == len(events) - 1:
+        writes = [self._head(ctx, 200, headers)]
+        writes += [b"%x\r\n%b\r\n" % (len(event), event) if chunked else event for event in events]
+        ends_cleanly = mode not in ("cut_stream_after", "stall_stream_after")
+        if ends_cleanly and chunked:
+            writes[-1] += b"0\r\n\r\n"
+        for i, data in enumerate(writes):
+            if i == len(writes) - 1:
                 self._record(ctx, 200, fault)
-                writer.write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(event), event) if chunked else event)
-            else:
-                writer.write(b"%x\r\n%b\r\n" % (len(event), event) if chunked else event)
+            writer.write(data)
             await writer.drain()
-        if cut is not None:
-            self._record(ctx, 200, "cut_stream")
+        if mode == "cut_stream_after":
             writer.close()  # FIN after the data already sent; the chunked body is left unfinished
             return False
+        if mode == "stall_stream_after":
+            await _wait_for_hangup(ctx.reader, faults.stall_max)
+            return False  # the caller closes the connection
         return ctx.req.keep_alive
 
 
+_STREAM_FAULT_NAMES = {
+    "cut_stream_after": "cut_stream",
+    "stall_stream_after": "stall_stream",
+    "stream_error_after": "stream_error",
+    "truncate_stream_after": "truncate_stream",
+}
 _Handler = Callable[[GatewaySimulator, _Ctx, asyncio.StreamWriter, str | None], Awaitable[bool]]
 _ROUTES: dict[str, tuple[str, _Handler]] = {
     "/v1/chat/completions": ("POST", GatewaySimulator._chat),
@@ -752,6 +783,17 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
         chunks.append(await reader.readexactly(size))
         if (await reader.readexactly(2)) != b"\r\n":
             raise _BadRequest("malformed chunk")
+
+
+async def _wait_for_hangup(reader: asyncio.StreamReader, timeout: float) -> None:
+    """Wait (reading and discarding) until the client closes the connection, at most ``timeout`` seconds.
+
+    Only this connection's task waits, so other requests and nodes are served meanwhile; ``stop()`` and
+    ``refuse`` cancel the task like any other connection's."""
+    with contextlib.suppress(TimeoutError, ConnectionError):
+        async with asyncio.timeout(timeout):
+            while await reader.read(65536):
+                pass
 
 
 async def _send_raw_error(writer: asyncio.StreamWriter, status: int, message: str) -> None:

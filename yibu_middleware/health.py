@@ -1,0 +1,45 @@
+"""Optional active health checks (``health_check.interval``; off by default).
+
+Passive ejection takes a failing node out; this checker brings it back as soon as
+it answers again, instead of waiting out its ejection time. One daemon thread per
+process, started by the first redirected call, never at import; it ends when the
+runtime it serves is replaced or uninstalled.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from . import runtime as runtime_module
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+log = logging.getLogger("yibu_middleware")
+
+
+def start_checker(runtime: Runtime) -> threading.Thread:
+    thread = threading.Thread(target=_run, args=(runtime,), name="yibu-health-check", daemon=True)
+    thread.start()
+    return thread
+
+
+def _run(runtime: Runtime) -> None:
+    import httpx  # a node's host is never routed, so these checks are not redirected
+
+    settings = runtime.settings.health_check
+    headers = {"Authorization": f"Bearer {runtime.gateway_key.decode()}"} if runtime.gateway_key else {}
+    with httpx.Client(timeout=settings.timeout, trust_env=False) as client:
+        while runtime_module.current() is runtime and runtime._checker is threading.current_thread():
+            time.sleep(settings.interval)
+            for node in runtime.pool.ejected():
+                try:
+                    status = client.get(f"{node.base_url}/models", headers=headers).status_code
+                except httpx.HTTPError:
+                    continue
+                if status < 500:
+                    runtime.pool.reinstate(node)
+                    log.info("gateway node %s answers health checks again: reinstated", node.label)

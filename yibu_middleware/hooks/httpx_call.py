@@ -1,0 +1,196 @@
+"""One redirected call made with httpx or httpx2: translation between their objects and the core.
+
+Everything here is shared by the sync and async loops in ``httpx_family``; nothing
+here sends or reads bytes. Decisions (which node, whether to retry, how long to
+wait) are the core's: this module only turns httpx requests, responses and
+exceptions into the core's plain data and back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from types import ModuleType
+from typing import Any
+
+from ..core.errors import annotate, error_body
+from ..core.plan import CallPlan, Deliver, GiveUp, Send
+from ..core.request import GatewayRequest, prepare
+from ..core.retry import Kind
+from ..core.routes import Route
+from ..runtime import Runtime
+
+log = logging.getLogger("yibu_middleware.calls")
+
+# Headers describing a body we re-encode when we hand back a response of our own.
+_BODY_HEADERS = frozenset({"content-length", "content-encoding", "transfer-encoding"})
+
+
+class HttpxCall:
+    """The state one call carries between attempts."""
+
+    __slots__ = ("gateway", "lib", "original", "plan", "runtime", "started", "timed_out", "ttft", "where")
+
+    def __init__(self, lib: ModuleType, runtime: Runtime, original: Any, route: Route) -> None:
+        self.lib = lib
+        self.runtime = runtime
+        self.original = original
+        self.started = time.perf_counter()
+        try:
+            body: bytes | None = original.content
+        except lib.RequestNotRead:
+            body = None  # a streamed body: forwarded as it is, and never replayed
+        url = original.url
+        headers = original.headers
+        self.gateway: GatewayRequest = prepare(
+            route,
+            original.method,
+            url.path,
+            url.query.decode("ascii"),
+            headers.raw,
+            body,
+            runtime.gateway_key,
+            runtime.aliases,
+        )
+        runtime.remember_swapped(self.gateway.swapped_keys)
+        if headers.get("x-stainless-retry-count", "0") not in ("0", ""):
+            runtime.budget.record_retry()  # the SDK retrying on its own still costs budget
+        self.plan = CallPlan(
+            runtime.pool, runtime.budget, runtime.policy, replayable=body is not None, timeout=_deadline(original)
+        )
+        self.ttft = runtime.settings.stream.first_token_timeout if self.gateway.stream else None
+        self.where = f"{original.method} {route.host}{url.path}"
+        self.timed_out = False  # the last failure was a timeout: answered with 504, else 503
+
+    # --- per attempt ------------------------------------------------------------------------
+
+    def request_for(self, action: Send) -> Any:
+        """The request for one attempt: the node's URL, and timeouts cut to the deadline."""
+        runtime = self.runtime
+        runtime.ensure_health_checker()
+        gateway = self.gateway
+        extensions = dict(self.original.extensions)
+        extensions["timeout"] = self._timeouts(extensions.get("timeout") or {})
+        url = action.node.url_for(gateway.path, gateway.query)
+        if gateway.body is None:
+            return type(self.original)(
+                gateway.method, url, headers=gateway.headers, stream=self.original.stream, extensions=extensions
+            )
+        return type(self.original)(
+            gateway.method, url, headers=gateway.headers, content=gateway.body, extensions=extensions
+        )
+
+    def _timeouts(self, original: dict[str, float | None]) -> dict[str, float | None]:
+        left = self.plan.timeout_left()
+        timeouts = dict(original)
+        if left is not None:
+            for name in ("connect", "read", "write", "pool"):
+                current = timeouts.get(name)
+                timeouts[name] = left if current is None else min(current, left)
+        if self.ttft is not None:
+            read = timeouts.get("read")
+            timeouts["read"] = self.ttft if read is None else min(read, self.ttft)
+        return timeouts
+
+    def transport_failed(self, action: Send, exc: Exception) -> Send | GiveUp:
+        self.timed_out = isinstance(exc, self.lib.TimeoutException)
+        return self.plan.failed(action.node, self.kind_of(exc), self.runtime.redact(str(exc) or type(exc).__name__))
+
+    def kind_of(self, exc: Exception) -> Kind:
+        lib = self.lib
+        if isinstance(exc, (lib.ConnectError, lib.ConnectTimeout, lib.PoolTimeout)):
+            return Kind.NOT_SENT
+        if isinstance(exc, (lib.TimeoutException, lib.NetworkError, lib.RemoteProtocolError)):
+            return Kind.NODE_FAILED
+        return Kind.FINAL
+
+    def wants_body(self, response: Any) -> bool:
+        """Error bodies are read before deciding: a gateway code can make a 5xx final."""
+        return int(response.status_code) >= 400
+
+    def watches_stream(self, response: Any) -> bool:
+        return (
+            response.status_code == 200
+            and response.headers.get("content-type", "").startswith("text/event-stream")
+            and "content-encoding" not in response.headers
+        )
+
+    def answered(self, action: Send, response: Any) -> Send | Deliver:
+        body = response.content if self.wants_body(response) else None
+        headers = {
+            name: response.headers[name] for name in ("retry-after", "retry-after-ms") if name in response.headers
+        }
+        return self.plan.answered(action.node, response.status_code, headers, body)
+
+    def stream_failed(self, action: Send, detail: str, timed_out: bool = False) -> Send | GiveUp:
+        self.timed_out = timed_out
+        return self.plan.failed(action.node, Kind.NODE_FAILED, f"stream failed before its first content: {detail}")
+
+    def first_token_overdue(self, started: float) -> bool:
+        return self.ttft is not None and time.monotonic() - started > self.ttft
+
+    # --- the end ----------------------------------------------------------------------------
+
+    def deliver(self, action: Deliver, response: Any) -> Any:
+        """The response to hand back; a failed one is marked so that the SDK does not retry it."""
+        self._log(action.node.label, response.status_code)
+        if not action.final:
+            return response
+        body = response.content
+        if self.plan.retried:
+            body = annotate(body, f"yibu-middleware tried: {self.plan.summary()}") or body
+        headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in _BODY_HEADERS]
+        headers.append(("x-should-retry", "false"))
+        return self.lib.Response(response.status_code, headers=headers, content=body, extensions=response.extensions)
+
+    def give_up(self, action: GiveUp) -> Any:
+        """No node gave an answer to hand back: answer for the gateway, in the provider's format.
+
+        A response rather than an exception, with ``x-should-retry: false``, so that the
+        openai/anthropic SDKs raise at once instead of running retry rounds of their own."""
+        status = 504 if self.timed_out else 503
+        message = self.runtime.redact(
+            f"yibu-middleware: {self.where} got no answer from the gateway ({self.plan.summary()}); {action.reason}"
+        )
+        log.warning("%s", message)
+        body = error_body(self.gateway.route.provider, status, message, "yibu_no_answer")
+        return self.lib.Response(
+            status,
+            headers=[("content-type", "application/json"), ("x-should-retry", "false")],
+            content=body,
+        )
+
+    def _log(self, node: str, status: int) -> None:
+        if not log.isEnabledFor(logging.INFO):
+            return
+        elapsed_ms = (time.perf_counter() - self.started) * 1000
+        gateway = self.gateway
+        model = (
+            gateway.model if gateway.requested_model == gateway.model else f"{gateway.requested_model}->{gateway.model}"
+        )
+        retried = f" (tried: {self.plan.summary()})" if self.plan.retried else ""
+        log.info("%s model=%s -> %s %s in %.1f ms%s", self.where, model, node, status, elapsed_ms, retried)
+
+
+def _deadline(request: Any) -> float | None:
+    """The whole call's time limit: the SDK's stated read timeout, else the request's own."""
+    stated = request.headers.get("x-stainless-read-timeout")
+    if stated:
+        try:
+            return float(stated)
+        except ValueError:
+            pass
+    timeout = (request.extensions.get("timeout") or {}).get("read")
+    return float(timeout) if timeout is not None else None
+
+
+def stream_error(lib: ModuleType, call: HttpxCall, node: str, detail: str) -> Exception:
+    """The error a caller gets when a stream breaks after its first content."""
+    error: Exception = lib.RemoteProtocolError(
+        call.runtime.redact(
+            f"yibu-middleware: the stream of {call.where} from gateway node {node} broke after its first content"
+            f" ({detail}); the answer is incomplete and was not retried, to avoid repeating what was already read"
+        ),
+        request=call.original,
+    )
+    return error
