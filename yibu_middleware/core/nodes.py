@@ -139,7 +139,7 @@ class NodePool:
     def choose(self, exclude: Collection[Node] = ()) -> Node | None:
         """The node for the next attempt, never one in ``exclude``; None when all are.
 
-        The caller must follow with ``started(node)`` and then ``finished(...)``."""
+        The node counts as busy until the caller reports the attempt with ``finished``."""
         with self._lock:
             now = self._clock()
             candidates = [node for node in self.nodes if node not in exclude]
@@ -148,9 +148,7 @@ class NodePool:
             healthy = [node for node in candidates if self._admits(node, now)]
             pinned = self.pinned
             if pinned is not None and pinned in healthy:
-                return self._take(pinned, now)
-            if pinned is not None and len(healthy) > 1:
-                healthy.remove(pinned)  # a pinned node's fallbacks are the others
+                return self._take(pinned, now)  # otherwise the others are its fallback
             pool = healthy or candidates  # panic mode: every candidate is out
             if len(pool) == 1:
                 return self._take(pool[0], now)
