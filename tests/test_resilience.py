@@ -1,0 +1,215 @@
+"""Retries, failover and safe streams against the simulator's injected faults, real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Iterator
+
+import anthropic
+import httpx2
+import openai
+import pytest
+from helpers import GATEWAY_KEY, OPENAI_KEY, assert_no_provider_key, install_for
+
+from yibu_middleware.simulator import GatewaySimulator, NodeFaults
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture
+def mixed() -> Iterator[GatewaySimulator]:
+    """The issue's pool: one node down, one failing 30 % with 503, one healthy."""
+    simulator = GatewaySimulator(accepted_keys={GATEWAY_KEY})
+    simulator.add_node("down", NodeFaults(refuse=True))
+    simulator.add_node("flaky", NodeFaults(error_rate=0.3, seed=11))
+    simulator.add_node("healthy")
+    with simulator:
+        yield simulator
+
+
+def chat(client: openai.OpenAI, **extra: object) -> str:
+    reply = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, **extra)  # type: ignore[call-overload]
+    return str(reply.choices[0].message.content)
+
+
+def test_mixed_pool_sync_every_call_succeeds_within_the_attempt_budget(mixed: GatewaySimulator) -> None:
+    install_for(mixed)
+    client = openai.OpenAI(api_key=OPENAI_KEY)
+    answers = [chat(client) for _ in range(60)]
+    assert len(answers) == 60 and all("Hello" in answer for answer in answers)
+    records = mixed.records
+    assert len(records) <= 1.4 * 60
+    assert [r for r in records if r.status == 200 and r.node == "flaky"] or [r for r in records if r.node == "healthy"]
+    assert_no_provider_key(mixed)
+
+
+def test_mixed_pool_async(mixed: GatewaySimulator) -> None:
+    install_for(mixed)
+
+    async def main() -> list[str]:
+        async with openai.AsyncOpenAI(api_key=OPENAI_KEY) as client:
+            replies = await asyncio.gather(
+                *(client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES) for _ in range(60))  # type: ignore[call-overload]
+            )
+        return [str(reply.choices[0].message.content) for reply in replies]
+
+    assert len(asyncio.run(main())) == 60
+    assert len(mixed.records) <= 1.4 * 60
+
+
+def test_5xx_retried_on_another_node_invisibly(gateway: GatewaySimulator) -> None:
+    gateway.set_faults("a", error_rate=1.0)
+    install_for(gateway, pin=gateway.node("a").base_url)  # first attempt always on "a"
+    assert "Hello" in chat(openai.OpenAI(api_key=OPENAI_KEY, max_retries=0))
+    first, second = gateway.records
+    assert (first.node, first.status) == ("a", 503) and second.node != "a" and second.status == 200
+
+
+def test_429_storm_one_retry_loop_not_two(gateway: GatewaySimulator) -> None:
+    for node in gateway.nodes:
+        gateway.set_faults(node.name, rate_limit_rate=1.0, retry_after=0.05)
+    install_for(gateway)
+    client = openai.OpenAI(api_key=OPENAI_KEY)  # SDK retries on: they must not multiply ours
+    with pytest.raises(openai.RateLimitError) as caught:
+        chat(client)
+    assert len(gateway.records) == 3  # retry.max_attempts, not 3 x the SDK's 3
+    assert caught.value.response.headers["x-should-retry"] == "false"
+    assert "yibu-middleware tried:" in str(caught.value)
+    assert {r.node for r in gateway.records} == {"a", "b", "c"}  # another node first, no waiting
+
+
+def test_429_with_retry_after_waits_when_no_node_is_left(gateway: GatewaySimulator) -> None:
+    gateway.set_faults("a", rate_limit_rate=1.0, retry_after=0.2)
+    install_for(gateway, nodes=[gateway.node("a").base_url], retry={"max_attempts": 2})
+    with pytest.raises(openai.RateLimitError):
+        chat(openai.OpenAI(api_key=OPENAI_KEY))
+    first, second = gateway.records
+    assert second.started - first.started >= 0.2  # it honoured retry-after
+
+
+def test_quota_and_permission_errors_are_never_retried(gateway: GatewaySimulator) -> None:
+    body = {"error": {"message": "no channel for model", "type": "new_api_error", "code": "model_not_found"}}
+    for node in gateway.nodes:
+        gateway.set_faults(node.name, status_override=503, status_body=body)
+    install_for(gateway)
+    with pytest.raises(openai.InternalServerError) as caught:
+        chat(openai.OpenAI(api_key=OPENAI_KEY))
+    assert len(gateway.records) == 1 and caught.value.response.headers["x-should-retry"] == "false"
+
+
+def test_all_nodes_down_fails_once_with_every_node_named(
+    gateway: GatewaySimulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    for node in gateway.nodes:
+        gateway.set_faults(node.name, refuse=True)
+    install_for(gateway)
+    caplog.set_level(logging.WARNING, logger="yibu_middleware")
+    with pytest.raises(openai.InternalServerError) as caught:
+        chat(openai.OpenAI(api_key=OPENAI_KEY))  # SDK retries on
+    gave_up = [r for r in caplog.records if "got no answer from the gateway" in r.getMessage()]
+    assert len(gave_up) == 1  # the SDK did not go round again
+    assert all(f":{node.port}" in str(caught.value) for node in gateway.nodes)
+
+
+def test_deadline_covers_all_attempts(gateway: GatewaySimulator) -> None:
+    for node in gateway.nodes:
+        gateway.set_faults(node.name, latency=2.0)
+    install_for(gateway)
+    client = openai.OpenAI(api_key=OPENAI_KEY, timeout=0.5)
+    with pytest.raises(openai.InternalServerError) as caught:
+        chat(client)
+    assert caught.value.status_code == 504
+    assert "deadline" in str(caught.value) or "max_attempts" in str(caught.value)
+
+
+def test_one_shot_body_is_not_retried_and_says_why(gateway: GatewaySimulator) -> None:
+    gateway.set_faults("a", refuse=True)
+    install_for(gateway, nodes=[gateway.node("a").base_url, gateway.node("b").base_url], pin=gateway.node("a").base_url)
+
+    def body() -> Iterator[bytes]:
+        yield b'{"model": "gpt-4o-mini", '
+        yield b'"messages": [{"role": "user", "content": "hi"}]}'
+
+    with httpx2.Client() as client:
+        response = client.post(
+            "https://api.openai.com/v1/chat/completions",
+            content=body(),
+            headers={"Authorization": f"Bearer {OPENAI_KEY}", "content-type": "application/json"},
+        )
+    assert response.status_code == 503 and "one-shot stream" in response.json()["error"]["message"]
+    assert gateway.records == []
+
+
+def test_stream_cut_before_first_content_is_retried_invisibly(gateway: GatewaySimulator) -> None:
+    gateway.set_faults("a", cut_stream_after=1)  # the role chunk only: no content yet
+    install_for(gateway, pin=gateway.node("a").base_url)
+    client = openai.OpenAI(api_key=OPENAI_KEY, max_retries=0)
+    text = "".join(
+        c.choices[0].delta.content or ""
+        for c in client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+        if c.choices
+    )  # type: ignore[call-overload]
+    assert text.startswith("Hello from yibu simulator node")
+    assert "'a'" not in text  # the answer came whole from another node
+    assert [r.node for r in gateway.records][0] == "a" and len(gateway.records) == 2
+
+
+def test_stream_cut_after_first_content_raises_never_truncates(gateway: GatewaySimulator) -> None:
+    gateway.set_faults("a", cut_stream_after=3)
+    install_for(gateway, pin=gateway.node("a").base_url)
+    client = openai.OpenAI(api_key=OPENAI_KEY, max_retries=0)
+    pieces = []
+    with pytest.raises(openai.APIError) as caught:
+        for chunk in client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True):
+            pieces.append(chunk)
+    assert len(pieces) == 3 and len(gateway.records) == 1  # not retried after content
+    cause = caught.value.__cause__ or caught.value.__context__
+    assert "broke after its first content" in str(caught.value) + str(cause)
+
+
+def test_async_stream_cut_before_first_content_is_retried(gateway: GatewaySimulator) -> None:
+    gateway.set_faults("b", cut_stream_after=1)
+    install_for(gateway, pin=gateway.node("b").base_url)
+
+    async def main() -> str:
+        async with openai.AsyncOpenAI(api_key=OPENAI_KEY, max_retries=0) as client:
+            stream = await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+            return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+
+    assert asyncio.run(main()).startswith("Hello")
+    assert len(gateway.records) == 2
+
+
+def test_anthropic_stream_retried_before_content(gateway: GatewaySimulator) -> None:
+    gateway.set_faults("c", cut_stream_after=2)  # message_start, content_block_start: no content
+    install_for(gateway, pin=gateway.node("c").base_url)
+    client = anthropic.Anthropic(api_key="sk-ant-api03-provider-anthropic-key-not-real-0123", max_retries=0)
+    with client.messages.stream(model="claude-sonnet-5-5", max_tokens=20, messages=MESSAGES) as stream:
+        text = "".join(stream.text_stream)
+    assert text.startswith("Hello") and len(gateway.records) == 2
+
+
+def test_forked_worker_starts_clean(gateway: GatewaySimulator) -> None:
+    install_for(gateway)
+    client = openai.OpenAI(api_key=OPENAI_KEY, max_retries=0)
+    for _ in range(3):
+        chat(client)
+    from yibu_middleware.runtime import current
+
+    runtime = current()
+    assert runtime is not None and sum(node.sent for node in runtime.pool.nodes) == 3
+    pid = os.fork()
+    if pid == 0:  # the worker: fresh statistics, and it still routes
+        code = 1
+        try:
+            child = current()
+            fresh = child is not None and all(node.sent == 0 and node.estimate is None for node in child.pool.nodes)
+            worker = openai.OpenAI(api_key=OPENAI_KEY, max_retries=0)
+            code = 0 if fresh and "Hello" in chat(worker) else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert len(gateway.records) == 4 and {r.key for r in gateway.records} == {GATEWAY_KEY}
