@@ -153,7 +153,7 @@ def test_stream_cut_before_first_content_is_retried_invisibly(gateway: GatewaySi
     )  # type: ignore[call-overload]
     assert text.startswith("Hello from yibu simulator node")
     assert "'a'" not in text  # the answer came whole from another node
-    assert [r.node for r in gateway.records][0] == "a" and len(gateway.records) == 2
+    assert next(r.node for r in gateway.records) == "a" and len(gateway.records) == 2
 
 
 def test_stream_cut_after_first_content_raises_never_truncates(gateway: GatewaySimulator) -> None:

@@ -6,8 +6,8 @@ A fake clock and seeded random sources make every decision repeatable.
 from __future__ import annotations
 
 import random
-from email.utils import format_datetime
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 
 import pytest
 
@@ -264,7 +264,7 @@ def test_refused_goes_to_an_untried_node_at_once_without_budget() -> None:
 
 def test_5xx_goes_to_another_node_then_backs_off_when_all_were_tried() -> None:
     clock = Clock()
-    plan, pool = make_plan(clock, policy=RetryPolicy(max_attempts=5))
+    plan, _pool = make_plan(clock, policy=RetryPolicy(max_attempts=5))
     seen = []
     action = plan.start()
     delays = []
@@ -311,7 +311,7 @@ def test_429_asking_too_long_is_handed_back() -> None:
 
 
 def test_max_attempts_and_summary() -> None:
-    plan, pool = make_plan(Clock(), policy=RetryPolicy(max_attempts=2))
+    plan, _pool = make_plan(Clock(), policy=RetryPolicy(max_attempts=2))
     action = plan.start()
     assert isinstance(action, Send)
     action = plan.failed(action.node, Kind.NODE_FAILED, "read timeout")
