@@ -36,14 +36,13 @@ def serve(pool: NodePool, node: Node, seconds: float, ok: bool | None = True) ->
     pool.finished(node, seconds, ok)
 
 
-def test_slow_node_gets_little_traffic_without_herding(clock: Clock | None = None) -> None:
+def test_slow_node_gets_little_traffic_without_herding() -> None:
     clock = Clock()
     pool = make_pool(clock)
     a, b, c = pool.nodes
     for node, seconds in ((a, 0.01), (b, 0.01), (c, 0.10)):
-        pool.choose()  # in-flight bookkeeping as a real call does
+        assert pool.choose(exclude=[other for other in pool.nodes if other is not node]) is node
         serve(pool, node, seconds)
-        node.in_flight = 0
     counts = {a: 0, b: 0, c: 0}
     for _ in range(300):
         node = pool.choose()
@@ -73,6 +72,17 @@ def test_estimate_jumps_up_at_once_and_decays_slowly() -> None:
     clock.now += 1
     serve(pool, pool.choose(exclude=pool.nodes[1:]) or node, 0.01)
     assert 0.4 < (node.estimate or 0) < 0.5  # a faster one only pulls it down by exp(-1/10)
+
+
+def test_calls_still_out_count_as_evidence_of_slowness() -> None:
+    clock = Clock()
+    pool = make_pool(clock)
+    node = pool.nodes[0]
+    assert pool.choose(exclude=pool.nodes[1:]) is node  # unsampled, one call out
+    clock.now += 0.4
+    assert pool._decayed(node, clock.now) == pytest.approx(0.4)  # not the 0.05 start any more
+    serve(pool, node, 0.4)
+    assert node.in_flight == 0 and node.pending_since == 0.0
 
 
 def test_unsampled_node_starts_at_the_pools_mean() -> None:

@@ -53,6 +53,7 @@ class Node:
         "failures_in_row",
         "host",
         "in_flight",
+        "pending_since",
         "port",
         "scheme",
         "sent",
@@ -76,6 +77,7 @@ class Node:
         self.estimate: float | None = None  # seconds; None until the first sample
         self.stamp = 0.0  # clock reading of the last sample
         self.in_flight = 0
+        self.pending_since = 0.0  # sum of the start times of the attempts in flight
         self.failures_in_row = 0
         self.times_ejected = 0
         self.ejected_until = 0.0
@@ -166,6 +168,7 @@ class NodePool:
         if node.ejected_until and now >= node.ejected_until:
             node.trial_in_flight = True
         node.in_flight += 1
+        node.pending_since += now
         node.sent += 1
         return node
 
@@ -176,8 +179,15 @@ class NodePool:
         if node.estimate is None:
             known = [n.estimate for n in self.nodes if n.estimate is not None]
             # A new node starts at the pool's mean: neither flooded nor starved.
-            return sum(known) / len(known) if known else DEFAULT_ESTIMATE
-        return node.estimate * math.exp(-max(now - node.stamp, 0.0) / self.tau)
+            estimate = sum(known) / len(known) if known else DEFAULT_ESTIMATE
+        else:
+            estimate = node.estimate * math.exp(-max(now - node.stamp, 0.0) / self.tau)
+        if node.in_flight:
+            # Attempts still waiting are evidence too: a node whose calls have been out for
+            # 150 ms is no faster than that, sample or not (this is what keeps a slow new
+            # node from taking a share of traffic before its first answer comes back).
+            estimate = max(estimate, now - node.pending_since / node.in_flight)
+        return estimate
 
     # --- learning ---------------------------------------------------------------------------
 
@@ -190,6 +200,7 @@ class NodePool:
         with self._lock:
             now = self._clock()
             node.in_flight = max(node.in_flight - 1, 0)
+            node.pending_since = node.pending_since - (now - (seconds or 0.0)) if node.in_flight else 0.0
             was_trial = node.trial_in_flight
             node.trial_in_flight = False
             if ok is None:

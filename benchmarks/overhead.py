@@ -1,0 +1,79 @@
+"""Per-call overhead: an openai SDK call through the middleware against the same call made directly.
+
+The gateway simulator runs in a separate process (so it does not share our GIL).
+Blocks of sequential chat completions alternate between:
+  direct:  OpenAI(base_url=<node>), middleware not installed;
+  through: OpenAI() to api.openai.com, middleware installed and redirecting to the node;
+so that machine noise lands on both alike. Target: through <= 1.10 x direct.
+
+Usage: python benchmarks/overhead.py [--calls 2000] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+
+import openai
+
+import yibu_middleware
+
+KEY = "sk-bench-gateway-key-000000000000"
+
+
+def start_simulator() -> tuple[subprocess.Popen[str], str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "yibu_middleware.simulator", "--node", "bench", "-q"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    url = next(part for part in line.split() if part.startswith("http://"))
+    return process, url
+
+
+def timed_calls(client: openai.OpenAI, count: int) -> list[float]:
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calls", type=int, default=2000, help="calls per side in all")
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    per_block = max(args.calls // args.rounds, 1)
+    process, node_url = start_simulator()
+    try:
+        direct_client = openai.OpenAI(base_url=node_url, api_key=KEY, max_retries=0)
+        through_client = openai.OpenAI(api_key="sk-proj-provider-key-not-real-000000", max_retries=0)
+        settings = {"nodes": [node_url], "api_key": KEY}
+        yibu_middleware.install(settings)
+        timed_calls(through_client, 50)  # warm both paths and their connections
+        yibu_middleware.uninstall()
+        timed_calls(direct_client, 50)
+        direct: list[float] = []
+        through: list[float] = []
+        for _ in range(args.rounds):
+            direct += timed_calls(direct_client, per_block)
+            yibu_middleware.install(settings)
+            through += timed_calls(through_client, per_block)
+            yibu_middleware.uninstall()
+    finally:
+        process.terminate()
+        process.wait()
+    for name, pick in (("median", statistics.median), ("mean", statistics.fmean)):
+        d, t = pick(direct) * 1e6, pick(through) * 1e6
+        print(f"{name:<6} direct {d:8.0f} us  through {t:8.0f} us  {t - d:+6.0f} us  x{t / d:.3f}  (target x1.10)")
+
+
+if __name__ == "__main__":
+    main()
