@@ -213,3 +213,35 @@ def test_forked_worker_starts_clean(gateway: GatewaySimulator) -> None:
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert len(gateway.records) == 4 and {r.key for r in gateway.records} == {GATEWAY_KEY}
+
+
+def test_active_health_check_brings_an_ejected_node_back(gateway: GatewaySimulator) -> None:
+    import threading
+    import time
+
+    from yibu_middleware.runtime import current
+
+    gateway.set_faults("a", refuse=True)
+    assert not [t for t in threading.enumerate() if t.name == "yibu-health-check"]
+    install_for(
+        gateway,
+        health_check={"interval": 0.05},
+        ejection={"consecutive_failures": 2, "base_seconds": 600},
+        pin=gateway.node("a").base_url,  # every call tries "a" first, so it is ejected at once
+    )
+    assert not [t for t in threading.enumerate() if t.name == "yibu-health-check"]  # nothing at install
+    runtime = current()
+    assert runtime is not None
+    client = openai.OpenAI(api_key=OPENAI_KEY, max_retries=0)
+    node_a = next(node for node in runtime.pool.nodes if node.port == gateway.node("a").port)
+    for _ in range(2):
+        chat(client)
+    assert node_a in runtime.pool.ejected()
+    assert [t for t in threading.enumerate() if t.name == "yibu-health-check"]  # started by the first call
+    gateway.set_faults("a", refuse=False)
+    for _ in range(100):  # the checker runs every 50 ms; give it up to 5 s
+        if node_a not in runtime.pool.ejected():
+            break
+        time.sleep(0.05)
+    assert node_a not in runtime.pool.ejected()
+    assert node_a.ejected_until == 0.0

@@ -22,13 +22,17 @@ log = logging.getLogger("yibu_middleware")
 
 
 def start_checker(runtime: Runtime) -> threading.Thread:
+    # Imported here, in the caller's thread: an import still running in the checker thread
+    # would leave a half-initialised `httpx` in sys.modules, which the openai SDK inspects.
+    import httpx  # noqa: F401
+
     thread = threading.Thread(target=_run, args=(runtime,), name="yibu-health-check", daemon=True)
     thread.start()
     return thread
 
 
 def _run(runtime: Runtime) -> None:
-    import httpx  # a node's host is never routed, so these checks are not redirected
+    import httpx  # already imported by start_checker; a node's host is never routed
 
     settings = runtime.settings.health_check
     headers = {"Authorization": f"Bearer {runtime.gateway_key.decode()}"} if runtime.gateway_key else {}
