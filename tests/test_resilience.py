@@ -245,3 +245,36 @@ def test_active_health_check_brings_an_ejected_node_back(gateway: GatewaySimulat
         time.sleep(0.05)
     assert node_a not in runtime.pool.ejected()
     assert node_a.ejected_until == 0.0
+
+
+def hedged_setup(gateway: GatewaySimulator) -> None:
+    install_for(gateway, pin=gateway.node("a").base_url, hedge={"enabled": True, "min_samples": 8, "max_share": 0.05})
+
+
+def test_hedge_sync_first_answer_wins(gateway: GatewaySimulator) -> None:
+    hedged_setup(gateway)
+    client = openai.OpenAI(api_key=OPENAI_KEY, max_retries=0)
+    for _ in range(16):  # learn the p95 time to an answer
+        assert "'a'" in chat(client)
+    gateway.set_faults("a", latency=1.0)
+    assert "'a'" not in chat(client)  # the hedge on another node answered first
+    assert len([r for r in gateway.records if r.node != "a"]) == 1  # one hedge, answered 200
+    assert [r.status for r in gateway.records if r.node != "a"] == [200]
+
+
+def test_hedge_async_and_the_cap(gateway: GatewaySimulator) -> None:
+    hedged_setup(gateway)
+
+    async def main() -> list[str]:
+        async with openai.AsyncOpenAI(api_key=OPENAI_KEY, max_retries=0) as client:
+            answers = []
+            for number in range(18):
+                if number == 16:
+                    gateway.set_faults("a", latency=0.6)
+                reply = await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+                answers.append(str(reply.choices[0].message.content))
+            return answers
+
+    answers = asyncio.run(main())
+    assert "'a'" not in answers[16]  # hedged: another node answered
+    assert "'a'" in answers[17]  # the hedge share (5 %, floor 1) is spent: no second hedge

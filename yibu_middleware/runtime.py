@@ -14,7 +14,7 @@ import os
 import threading
 
 from .core.nodes import NodePool
-from .core.plan import RetryPolicy
+from .core.plan import Hedging, RetryPolicy
 from .core.redact import redact_text
 from .core.retry import RetryBudget
 from .core.routes import Route, RouteTable
@@ -30,6 +30,7 @@ class Runtime:
         "aliases",
         "budget",
         "gateway_key",
+        "hedging",
         "policy",
         "pool",
         "routes",
@@ -54,6 +55,8 @@ class Runtime:
         retry = settings.retry
         self.policy = RetryPolicy(retry.max_attempts, retry.backoff_base, retry.backoff_max, retry.max_retry_after)
         self.budget = RetryBudget(retry.budget_ratio, retry.budget_floor)
+        hedge = settings.hedge
+        self.hedging = Hedging(RetryBudget(hedge.max_share, 1), hedge.min_samples) if hedge.enabled else None
         self.gateway_key = settings.api_key.get_secret_value().encode() if settings.api_key else None
         self.aliases = dict(settings.model_aliases)
         # Provider keys swapped out at run time: kept only so they can be masked by value.
@@ -89,6 +92,8 @@ class Runtime:
     def reset_after_fork(self) -> None:
         self.pool.reset()
         self.budget.reset()
+        if self.hedging is not None:
+            self.hedging.reset()
         self._lock = threading.Lock()
         self._checker = None  # threads do not survive fork; a new one starts on first use
 

@@ -99,6 +99,18 @@ class StreamSettings(BaseModel):
     )
 
 
+class HedgeSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(
+        False,
+        description="after the observed p95 time to an answer, send a second attempt to another node;"
+        " the first answer wins and the other is cancelled",
+    )
+    max_share: float = Field(0.05, gt=0, le=0.5, description="hedges stay under this share of requests")
+    min_samples: int = Field(20, ge=1, description="answers observed before the first hedge")
+
+
 class Settings(BaseSettings):
     """Every setting of yibu-middleware. See the README's configuration reference."""
 
@@ -141,6 +153,7 @@ class Settings(BaseSettings):
     ejection: EjectionSettings = Field(EjectionSettings(), description="passive outlier ejection")
     health_check: HealthCheckSettings = Field(HealthCheckSettings(), description="active health checks")
     stream: StreamSettings = Field(StreamSettings(), description="streamed responses")
+    hedge: HedgeSettings = Field(HedgeSettings(), description="hedged requests (off by default)")
     log: Literal["off", "warning", "info", "debug"] = Field(
         "off",
         description="print the library's own log lines (one per redirected call at 'info') to stderr;"

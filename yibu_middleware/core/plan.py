@@ -27,7 +27,9 @@ The rules (each from the shared notes on resilience):
 from __future__ import annotations
 
 import random
+import threading
 import time
+from collections import deque
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -40,6 +42,45 @@ class RetryPolicy(NamedTuple):
     backoff_base: float = 0.1
     backoff_max: float = 2.0
     max_retry_after: float = 20.0
+
+
+class Hedging:
+    """Process-wide hedging state: recent times to an answer, and the hedge share.
+
+    A hedge is sent after the observed 95th percentile, so about one first attempt in
+    twenty would qualify; the budget keeps hedges under ``max_share`` of requests
+    ("The Tail at Scale", Dean and Barroso, 2013)."""
+
+    __slots__ = ("_budget", "_lock", "_p95", "_samples", "min_samples")
+
+    def __init__(self, budget: RetryBudget, min_samples: int = 20, size: int = 256) -> None:
+        self._budget = budget
+        self._samples: deque[float] = deque(maxlen=size)
+        self._p95: float | None = None
+        self._lock = threading.Lock()
+        self.min_samples = min_samples
+
+    def observe(self, seconds: float) -> None:
+        with self._lock:
+            self._samples.append(seconds)
+            if len(self._samples) >= self.min_samples and len(self._samples) % 8 == 0:
+                ordered = sorted(self._samples)
+                self._p95 = ordered[int(len(ordered) * 0.95) - 1]
+
+    def delay(self) -> float | None:
+        return self._p95
+
+    def record_request(self) -> None:
+        self._budget.record_request()
+
+    def try_spend(self) -> bool:
+        return self._budget.try_spend()
+
+    def reset(self) -> None:
+        self._samples.clear()
+        self._p95 = None
+        self._lock = threading.Lock()
+        self._budget.reset()
 
 
 class Send(NamedTuple):
@@ -71,12 +112,13 @@ class CallPlan:
         "_budget",
         "_clock",
         "_deadline",
+        "_hedging",
         "_pending_wait",
         "_policy",
         "_pool",
         "_replayable",
         "_rng",
-        "_started",
+        "_starts",
         "steps",
     )
 
@@ -90,6 +132,7 @@ class CallPlan:
         timeout: float | None,
         clock: Clock = time.monotonic,
         rng: random.Random | None = None,
+        hedging: Hedging | None = None,
     ) -> None:
         self._pool = pool
         self._budget = budget
@@ -99,10 +142,13 @@ class CallPlan:
         self._rng = rng or random.Random()
         now = clock()
         self._deadline = None if timeout is None else now + timeout
-        self._started = now  # when the current attempt was sent
+        self._starts: dict[Node, float] = {}  # when each attempt in flight was sent
+        self._hedging = hedging
         self._pending_wait = 0.0
         self.steps: list[Step] = []
         budget.record_request()
+        if hedging is not None:
+            hedging.record_request()
 
     # --- actions ------------------------------------------------------------------------------
 
@@ -135,6 +181,27 @@ class CallPlan:
         following = self._next(kind, retry_after(headers) if kind is Kind.RATE_LIMITED else None)
         return following if isinstance(following, Send) else Deliver(node, final=True)
 
+    # --- hedging -------------------------------------------------------------------------------
+
+    def hedge_after(self) -> float | None:
+        """Seconds after which the first attempt gets a hedge on another node; None: no hedge."""
+        if self._hedging is None or not self._replayable or self.steps:
+            return None
+        return self._hedging.delay()
+
+    def hedge(self, primary: Node) -> Send | None:
+        """The hedge attempt, if the hedge share and another node allow one."""
+        assert self._hedging is not None
+        if not self._hedging.try_spend():
+            return None
+        node = self._pool.choose(exclude=(primary,))
+        return None if node is None else self._send(node, 0.0, "hedge")
+
+    def abandoned(self, node: Node) -> None:
+        """An attempt cancelled because the other one answered first: no verdict on its node."""
+        self._starts.pop(node, None)
+        self._pool.finished(node, None, None)
+
     def stream_cut(self, node: Node) -> None:
         """A stream broke after its first content: too late to retry, but the node is to blame."""
         self._pool.blame(node)
@@ -156,11 +223,15 @@ class CallPlan:
 
     def _send(self, node: Node, delay: float, why: str) -> Send:
         self._pending_wait = delay
-        self._started = self._clock() + delay
+        self._starts[node] = self._clock() + delay
         return Send(node, delay, why)
 
     def _finish(self, node: Node, ok: bool | None) -> None:
-        self._pool.finished(node, self._clock() - self._started, ok)
+        started = self._starts.pop(node, None)
+        seconds = None if started is None else self._clock() - started
+        self._pool.finished(node, seconds, ok)
+        if ok and seconds is not None and self._hedging is not None:
+            self._hedging.observe(seconds)
 
     def _next(self, kind: Kind, wait_hint: float | None) -> Send | str:
         """The retry for a failure of ``kind``, or why there is none."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..core.errors import annotate, error_body
 from ..core.plan import CallPlan, Deliver, GiveUp, Send
@@ -24,6 +24,15 @@ log = logging.getLogger("yibu_middleware.calls")
 
 # Headers describing a body we re-encode when we hand back a response of our own.
 _BODY_HEADERS = frozenset({"content-length", "content-encoding", "transfer-encoding"})
+
+
+class Exchange(NamedTuple):
+    """What one attempt's I/O produced, before any decision about it."""
+
+    action: Send
+    response: Any  # a response to judge, or None
+    error: Exception | None  # the transport error it raised
+    stream_failure: str | None  # why its stream failed before the first content
 
 
 class HttpxCall:
@@ -56,7 +65,12 @@ class HttpxCall:
         if headers.get("x-stainless-retry-count", "0") not in ("0", ""):
             runtime.budget.record_retry()  # the SDK retrying on its own still costs budget
         self.plan = CallPlan(
-            runtime.pool, runtime.budget, runtime.policy, replayable=body is not None, timeout=_deadline(original)
+            runtime.pool,
+            runtime.budget,
+            runtime.policy,
+            replayable=body is not None,
+            timeout=_deadline(original),
+            hedging=runtime.hedging,
         )
         self.ttft = runtime.settings.stream.first_token_timeout if self.gateway.stream else None
         self.where = f"{original.method} {route.host}{url.path}"
@@ -92,9 +106,22 @@ class HttpxCall:
             timeouts["read"] = self.ttft if read is None else min(read, self.ttft)
         return timeouts
 
-    def transport_failed(self, action: Send, exc: Exception) -> Send | GiveUp:
-        self.timed_out = isinstance(exc, self.lib.TimeoutException)
-        return self.plan.failed(action.node, self.kind_of(exc), self.runtime.redact(str(exc) or type(exc).__name__))
+    def judge(self, done: Exchange) -> Send | Deliver | GiveUp:
+        """Report one exchange to the plan; its answer is what to do next."""
+        node = done.action.node
+        if done.error is not None:
+            self.timed_out = isinstance(done.error, self.lib.TimeoutException)
+            detail = self.runtime.redact(str(done.error) or type(done.error).__name__)
+            return self.plan.failed(node, self.kind_of(done.error), detail)
+        if done.stream_failure is not None:
+            self.timed_out = "timeout" in done.stream_failure
+            detail = f"stream failed before its first content: {done.stream_failure}"
+            return self.plan.failed(node, Kind.NODE_FAILED, detail)
+        response = done.response
+        body = response.content if self.wants_body(response) else None
+        hints = ("retry-after", "retry-after-ms")
+        headers = {name: response.headers[name] for name in hints if name in response.headers}
+        return self.plan.answered(node, response.status_code, headers, body)
 
     def kind_of(self, exc: Exception) -> Kind:
         lib = self.lib
@@ -114,17 +141,6 @@ class HttpxCall:
             and response.headers.get("content-type", "").startswith("text/event-stream")
             and "content-encoding" not in response.headers
         )
-
-    def answered(self, action: Send, response: Any) -> Send | Deliver:
-        body = response.content if self.wants_body(response) else None
-        headers = {
-            name: response.headers[name] for name in ("retry-after", "retry-after-ms") if name in response.headers
-        }
-        return self.plan.answered(action.node, response.status_code, headers, body)
-
-    def stream_failed(self, action: Send, detail: str, timed_out: bool = False) -> Send | GiveUp:
-        self.timed_out = timed_out
-        return self.plan.failed(action.node, Kind.NODE_FAILED, f"stream failed before its first content: {detail}")
 
     def first_token_overdue(self, started: float) -> bool:
         return self.ttft is not None and time.monotonic() - started > self.ttft
@@ -184,9 +200,9 @@ def _deadline(request: Any) -> float | None:
     return float(timeout) if timeout is not None else None
 
 
-def stream_error(lib: ModuleType, call: HttpxCall, node: str, detail: str) -> Exception:
+def stream_error(call: HttpxCall, node: str, detail: str) -> Exception:
     """The error a caller gets when a stream breaks after its first content."""
-    error: Exception = lib.RemoteProtocolError(
+    error: Exception = call.lib.RemoteProtocolError(
         call.runtime.redact(
             f"yibu-middleware: the stream of {call.where} from gateway node {node} broke after its first content"
             f" ({detail}); the answer is incomplete and was not retried, to avoid repeating what was already read"

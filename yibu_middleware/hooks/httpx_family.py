@@ -2,12 +2,15 @@
 
 The hook sits on the transport's ``handle_request`` / ``handle_async_request``, below
 the client's auth, redirects and the SDK's own retry loop, so one call of the SDK is
-one call here. The sync and async loops below are the same loop, once with
-``await``; the decisions are the core's, the translation is ``HttpxCall``'s.
+one call here. A request whose host is not routed leaves after one dict lookup. A
+request we send on to a node is not routed either (its host is the node's), so a
+transport stacked on another hooked transport never handles a call twice.
 
-A request whose host is not routed leaves after one dict lookup. A request we send
-on to a node is not routed either (its host is the node's), so a transport stacked
-on another hooked transport never handles a call twice.
+Each call is a loop of attempts. One attempt is an *exchange* (send, then read an
+error body or a stream up to its first content: I/O only, no decisions) followed by
+a *verdict* (``HttpxCall.judge``: the core decides what comes next). Keeping them
+apart is what lets a hedge run two exchanges at once and judge only the winner.
+The sync and async halves below are the same code, once with ``await``.
 
 Streams: an event stream is read up to its first content before the response is
 handed back (the commit point; see ``core/sse.py``). What was read is replayed to
@@ -18,17 +21,20 @@ missing final event, either of which reaches the caller as an error.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import importlib
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from types import ModuleType
 from typing import Any
 
+from ..core.nodes import Node
 from ..core.plan import Deliver, GiveUp, Send
 from ..core.sse import StreamWatch
 from ..runtime import current
 from .base import Hook
-from .httpx_call import HttpxCall, stream_error
+from .httpx_call import Exchange, HttpxCall, stream_error
 
 
 class HttpxFamilyHook(Hook):
@@ -52,6 +58,9 @@ class HttpxFamilyHook(Hook):
                 self.wrap(owner, method, _sync_wrapper(lib))
 
 
+# --- sync ------------------------------------------------------------------------------------
+
+
 def _sync_wrapper(lib: ModuleType) -> Callable[..., Any]:
     # The client checks that a transport's response stream is its own SyncByteStream.
     stream_class = type("WatchedStream", (_WatchedStream, lib.SyncByteStream), {})
@@ -63,33 +72,98 @@ def _sync_wrapper(lib: ModuleType) -> Callable[..., Any]:
         if route is None or runtime is None:
             return wrapped(*args, **kwargs)
         call = HttpxCall(lib, runtime, request, route)
+
+        def exchange(action: Send) -> Exchange:
+            return _exchange_sync(call, wrapped, action, stream_class)
+
         action: Send | Deliver | GiveUp = call.plan.start()
         response: Any = None
         while isinstance(action, Send):
-            attempt = action
-            if attempt.delay:
-                time.sleep(attempt.delay)
-            response = None
-            try:
-                response = wrapped(call.request_for(attempt))
-                if call.wants_body(response):
-                    response.read()
-                elif call.watches_stream(response):
-                    failure = _commit_sync(call, attempt, response, stream_class)
-                    if failure is not None:
-                        action = failure
-                        continue
-            except lib.TransportError as exc:
-                if response is not None:
-                    response.close()
-                action = call.transport_failed(attempt, exc)
-                continue
-            action = call.answered(attempt, response)
-            if isinstance(action, Send):
+            if action.delay:
+                time.sleep(action.delay)
+            hedge_after = call.plan.hedge_after()
+            done = exchange(action) if hedge_after is None else _hedged_sync(call, action, hedge_after, exchange)
+            response = done.response
+            action = call.judge(done)
+            if isinstance(action, Send) and response is not None:
                 response.close()
         return call.deliver(action, response) if isinstance(action, Deliver) else call.give_up(action)
 
     return handle_request
+
+
+def _exchange_sync(call: HttpxCall, wrapped: Callable[..., Any], action: Send, stream_class: type) -> Exchange:
+    response = None
+    try:
+        response = wrapped(call.request_for(action))
+        if call.wants_body(response):
+            response.read()
+        elif call.watches_stream(response):
+            failure = _commit_sync(call, action, response, stream_class)
+            if failure is not None:
+                response.close()
+                return Exchange(action, None, None, failure)
+        return Exchange(action, response, None, None)
+    except call.lib.TransportError as exc:
+        if response is not None:
+            response.close()
+        return Exchange(action, None, exc, None)
+
+
+_hedge_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_hedge_pool_lock = threading.Lock()
+
+
+def _hedged_sync(call: HttpxCall, first: Send, after: float, exchange: Callable[[Send], Exchange]) -> Exchange:
+    """Run the first exchange, and after ``after`` seconds a hedge on another node; first done wins.
+
+    Sync clients block their thread, so both exchanges run on a small shared pool."""
+    global _hedge_pool
+    with _hedge_pool_lock:
+        if _hedge_pool is None:
+            _hedge_pool = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="yibu-hedge")
+    primary = _hedge_pool.submit(exchange, first)
+    try:
+        return primary.result(timeout=after)
+    except concurrent.futures.TimeoutError:
+        pass
+    hedge = call.plan.hedge(first.node)
+    if hedge is None:
+        return primary.result()
+    second = _hedge_pool.submit(exchange, hedge)
+    done, _ = concurrent.futures.wait((primary, second), return_when=concurrent.futures.FIRST_COMPLETED)
+    winner = primary if primary in done else second
+    loser = second if winner is primary else primary
+    loser.add_done_callback(lambda future: _discard_sync(call, future.result()))
+    return winner.result()
+
+
+def _discard_sync(call: HttpxCall, lost: Exchange) -> None:
+    call.plan.abandoned(lost.action.node)
+    if lost.response is not None:
+        lost.response.close()
+
+
+def _commit_sync(call: HttpxCall, action: Send, response: Any, stream_class: type) -> str | None:
+    """Read to the first content. None: committed, ``response.stream`` replaced; else why not."""
+    watch = StreamWatch()
+    read: list[bytes] = []
+    chunks = iter(response.stream)
+    started = time.monotonic()
+    for chunk in chunks:  # a transport error here is the exchange's error
+        read.append(chunk)
+        watch.feed(chunk)
+        if watch.committed or watch.error:
+            break
+        if call.first_token_overdue(started):
+            return "no content within stream.first_token_timeout"
+    if watch.error or not watch.committed:
+        return watch.error or "the stream ended with no content"
+    response.stream = stream_class(call, action.node, response.stream, read, chunks, watch)
+    return None
+
+
+# --- async -----------------------------------------------------------------------------------
 
 
 def _async_wrapper(lib: ModuleType) -> Callable[..., Any]:
@@ -104,60 +178,70 @@ def _async_wrapper(lib: ModuleType) -> Callable[..., Any]:
         if route is None or runtime is None:
             return await wrapped(*args, **kwargs)
         call = HttpxCall(lib, runtime, request, route)
+
+        async def exchange(action: Send) -> Exchange:
+            return await _exchange_async(call, wrapped, action, stream_class)
+
         action: Send | Deliver | GiveUp = call.plan.start()
         response: Any = None
         while isinstance(action, Send):
-            attempt = action
-            if attempt.delay:
-                await asyncio.sleep(attempt.delay)
-            response = None
-            try:
-                response = await wrapped(call.request_for(attempt))
-                if call.wants_body(response):
-                    await response.aread()
-                elif call.watches_stream(response):
-                    failure = await _commit_async(call, attempt, response, stream_class)
-                    if failure is not None:
-                        action = failure
-                        continue
-            except lib.TransportError as exc:
-                if response is not None:
-                    await response.aclose()
-                action = call.transport_failed(attempt, exc)
-                continue
-            action = call.answered(attempt, response)
-            if isinstance(action, Send):
+            if action.delay:
+                await asyncio.sleep(action.delay)
+            hedge_after = call.plan.hedge_after()
+            if hedge_after is None:
+                done = await exchange(action)
+            else:
+                done = await _hedged_async(call, action, hedge_after, exchange)
+            response = done.response
+            action = call.judge(done)
+            if isinstance(action, Send) and response is not None:
                 await response.aclose()
         return call.deliver(action, response) if isinstance(action, Deliver) else call.give_up(action)
 
     return handle_async_request
 
 
-# --- streams: read to the commit point, then pass the rest through, watched ---------------------
+async def _exchange_async(call: HttpxCall, wrapped: Callable[..., Any], action: Send, stream_class: type) -> Exchange:
+    response = None
+    try:
+        response = await wrapped(call.request_for(action))
+        if call.wants_body(response):
+            await response.aread()
+        elif call.watches_stream(response):
+            failure = await _commit_async(call, action, response, stream_class)
+            if failure is not None:
+                await response.aclose()
+                return Exchange(action, None, None, failure)
+        return Exchange(action, response, None, None)
+    except call.lib.TransportError as exc:
+        if response is not None:
+            await response.aclose()
+        return Exchange(action, None, exc, None)
 
 
-def _commit_sync(call: HttpxCall, action: Send, response: Any, stream_class: type) -> Send | GiveUp | None:
-    """Read to the first content. None: committed, ``response.stream`` replaced; else the retry."""
-    watch = StreamWatch()
-    read: list[bytes] = []
-    chunks = iter(response.stream)
-    started = time.monotonic()
-    for chunk in chunks:  # a transport error here propagates to the loop: a failed attempt
-        read.append(chunk)
-        watch.feed(chunk)
-        if watch.committed or watch.error:
-            break
-        if call.first_token_overdue(started):
-            response.close()
-            return call.stream_failed(action, "no content within stream.first_token_timeout", timed_out=True)
-    if watch.error or not watch.committed:
-        response.close()
-        return call.stream_failed(action, watch.error or "the stream ended with no content")
-    response.stream = stream_class(call, action, response.stream, read, chunks, watch)
-    return None
+async def _hedged_async(call: HttpxCall, first: Send, after: float, exchange: Callable[[Send], Any]) -> Exchange:
+    """The async twin of ``_hedged_sync``: the loser is cancelled outright."""
+    primary = asyncio.ensure_future(exchange(first))
+    done, _ = await asyncio.wait((primary,), timeout=after)
+    if done:
+        return primary.result()  # type: ignore[no-any-return]
+    hedge = call.plan.hedge(first.node)
+    if hedge is None:
+        return await primary  # type: ignore[no-any-return]
+    second = asyncio.ensure_future(exchange(hedge))
+    done, _ = await asyncio.wait((primary, second), return_when=asyncio.FIRST_COMPLETED)
+    winner, loser, lost_action = (primary, second, hedge) if primary in done else (second, primary, first)
+    if loser.done():
+        lost: Exchange = loser.result()
+        if lost.response is not None:
+            await lost.response.aclose()
+    else:
+        loser.cancel()  # the library closes the half-open connection
+    call.plan.abandoned(lost_action.node)
+    return winner.result()  # type: ignore[no-any-return]
 
 
-async def _commit_async(call: HttpxCall, action: Send, response: Any, stream_class: type) -> Send | GiveUp | None:
+async def _commit_async(call: HttpxCall, action: Send, response: Any, stream_class: type) -> str | None:
     """The async twin of ``_commit_sync``."""
     watch = StreamWatch()
     read: list[bytes] = []
@@ -169,13 +253,14 @@ async def _commit_async(call: HttpxCall, action: Send, response: Any, stream_cla
         if watch.committed or watch.error:
             break
         if call.first_token_overdue(started):
-            await response.aclose()
-            return call.stream_failed(action, "no content within stream.first_token_timeout", timed_out=True)
+            return "no content within stream.first_token_timeout"
     if watch.error or not watch.committed:
-        await response.aclose()
-        return call.stream_failed(action, watch.error or "the stream ended with no content")
-    response.stream = stream_class(call, action, response.stream, read, chunks, watch)
+        return watch.error or "the stream ended with no content"
+    response.stream = stream_class(call, action.node, response.stream, read, chunks, watch)
     return None
+
+
+# --- the committed stream ---------------------------------------------------------------------
 
 
 class _WatchedStream:
@@ -184,9 +269,9 @@ class _WatchedStream:
     Mixed with the library's SyncByteStream in ``_sync_wrapper``."""
 
     def __init__(
-        self, call: HttpxCall, action: Send, inner: Any, read: list[bytes], rest: Iterator[bytes], watch: StreamWatch
+        self, call: HttpxCall, node: Node, inner: Any, read: list[bytes], rest: Iterator[bytes], watch: StreamWatch
     ) -> None:
-        self._call, self._node, self._inner = call, action.node, inner
+        self._call, self._node, self._inner = call, node, inner
         self._read, self._rest, self._watch = read, rest, watch
 
     def __iter__(self) -> Iterator[bytes]:
@@ -203,23 +288,25 @@ class _WatchedStream:
 
     def _broken(self, detail: str) -> Exception:
         self._call.plan.stream_cut(self._node)
-        return stream_error(self._call.lib, self._call, self._node.label, detail)
+        return stream_error(self._call, self._node.label, detail)
 
     def close(self) -> None:
         self._inner.close()
 
 
 class _AsyncWatchedStream(_WatchedStream):
+    """Mixed with the library's AsyncByteStream in ``_async_wrapper``."""
+
     def __init__(
         self,
         call: HttpxCall,
-        action: Send,
+        node: Node,
         inner: Any,
         read: list[bytes],
         rest: AsyncIterator[bytes],
         watch: StreamWatch,
     ) -> None:
-        super().__init__(call, action, inner, read, iter(()), watch)
+        super().__init__(call, node, inner, read, iter(()), watch)
         self._arest = rest
 
     async def __aiter__(self) -> AsyncIterator[bytes]:

@@ -21,11 +21,16 @@ from .server import _NAME_RE, GatewaySimulator, Record
 # clash with the field separator, and tests set it from Python.
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "latency": float,
+    "latency_jitter": float,
     "error_rate": float,
     "rate_limit_rate": float,
     "retry_after": float,
     "refuse": lambda v: _parse_bool(v),
     "cut_stream_after": int,
+    "stream_error_after": int,
+    "truncate_stream_after": int,
+    "stall_stream_after": int,
+    "stall_max": float,
     "status_override": int,
     "seed": int,
 }
