@@ -270,7 +270,7 @@ def test_hedge_async_and_the_cap(gateway: GatewaySimulator) -> None:
             answers = []
             for number in range(18):
                 if number == 16:
-                    gateway.set_faults("a", latency=0.6)
+                    gateway.set_faults("a", latency=1.5)
                 reply = await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
                 answers.append(str(reply.choices[0].message.content))
             return answers

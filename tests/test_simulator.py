@@ -30,6 +30,7 @@ KEY = "sk-gw-test"
 CLAUDE = "claude-sim-test"  # not a real model name: the anthropic SDK warns about deprecated real ones
 ROOT = Path(__file__).resolve().parents[1]
 MESSAGES: Any = [{"role": "user", "content": "say hello to the gateway"}]
+SDK_TIMEOUT = 30.0  # generous, but a stream that never ends fails the test instead of hanging it for 10 min
 
 
 @pytest.fixture
@@ -56,13 +57,13 @@ def _close_clients() -> Iterator[None]:
 
 
 def oa(sim: GatewaySimulator, node: str = "healthy", key: str = KEY) -> openai.OpenAI:
-    client = openai.OpenAI(base_url=sim.node(node).base_url, api_key=key, max_retries=0)
+    client = openai.OpenAI(base_url=sim.node(node).base_url, api_key=key, max_retries=0, timeout=SDK_TIMEOUT)
     _clients.append(client)
     return client
 
 
 def an(sim: GatewaySimulator, node: str = "healthy", key: str = KEY) -> anthropic.Anthropic:
-    client = anthropic.Anthropic(base_url=sim.node(node).origin, api_key=key, max_retries=0)
+    client = anthropic.Anthropic(base_url=sim.node(node).origin, api_key=key, max_retries=0, timeout=SDK_TIMEOUT)
     _clients.append(client)
     return client
 
@@ -622,12 +623,14 @@ def test_stall_stream_read_timeout_while_others_are_served(sim: GatewaySimulator
     assert len(received) == after
     assert "[DONE]" not in received
 
-    # A stall held open (the client does not hang up) blocks neither its node nor the other one.
+    # A stall held open (the client does not hang up; stall_max is 30 s) blocks neither its node nor the
+    # other one: both answer well within a 5 s timeout.
     port = sim.node("healthy").port
     with _raw_stream_request(port, "/v1/chat/completions", chat) as stalled:
         assert stalled.recv(65536).startswith(b"HTTP/1.1 200 ")
-        assert oa(sim).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES).choices
-        assert oa(sim, "second").models.list().data
+        with httpx2.Client(headers={"authorization": f"Bearer {KEY}"}, timeout=5) as quick:
+            assert quick.post(base + "/chat/completions", json={**chat, "stream": False}).status_code == 200
+            assert quick.get(sim.node("second").base_url + "/models").status_code == 200
         sim.set_faults("healthy", stall_stream_after=None)
         assert "".join(
             c.choices[0].delta.content or ""
@@ -809,3 +812,13 @@ def test_cli_runs_logs_without_key_and_stops_on_sigterm() -> None:
     assert proc.returncode == 0
     assert "healthy GET /v1/models" in stderr and "key=accepted" in stderr and "key=rejected" in stderr
     assert KEY not in stderr and "sk-secret-wrong" not in stderr
+
+
+def test_cli_parses_the_stream_fault_fields() -> None:
+    from yibu_middleware.simulator.__main__ import parse_node_spec
+
+    name, faults = parse_node_spec("s:stall_stream_after=0,stall_max=2.5,latency_jitter=0.1,stream_error_after=3")
+    assert name == "s"
+    assert (faults.stall_stream_after, faults.stall_max, faults.latency_jitter) == (0, 2.5, 0.1)
+    assert faults.stream_error_after == 3 and faults.truncate_stream_after is None
+    assert parse_node_spec("t:truncate_stream_after=4")[1].truncate_stream_after == 4
