@@ -248,7 +248,12 @@ def test_active_health_check_brings_an_ejected_node_back(gateway: GatewaySimulat
 
 
 def hedged_setup(gateway: GatewaySimulator) -> None:
-    install_for(gateway, pin=gateway.node("a").base_url, hedge={"enabled": True, "min_samples": 8, "max_share": 0.05})
+    install_for(
+        gateway,
+        pin=gateway.node("a").base_url,
+        # The p95 is first known after 16 answers, so the 17th call is the first that can hedge.
+        hedge={"enabled": True, "min_samples": 16, "max_share": 0.05},
+    )
 
 
 def test_hedge_sync_first_answer_wins(gateway: GatewaySimulator) -> None:
@@ -257,7 +262,8 @@ def test_hedge_sync_first_answer_wins(gateway: GatewaySimulator) -> None:
     for _ in range(16):  # learn the p95 time to an answer
         assert "'a'" in chat(client)
     gateway.set_faults("a", latency=1.0)
-    assert "'a'" not in chat(client)  # the hedge on another node answered first
+    answer = chat(client)
+    assert "'a'" not in answer  # the hedge on another node answered first
     assert len([r for r in gateway.records if r.node != "a"]) == 1  # one hedge, answered 200
     assert [r.status for r in gateway.records if r.node != "a"] == [200]
 
@@ -278,3 +284,73 @@ def test_hedge_async_and_the_cap(gateway: GatewaySimulator) -> None:
     answers = asyncio.run(main())
     assert "'a'" not in answers[16]  # hedged: another node answered
     assert "'a'" in answers[17]  # the hedge share (5 %, floor 1) is spent: no second hedge
+
+
+def stream_text(client: openai.OpenAI) -> str:
+    stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)  # type: ignore[call-overload]
+    return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+
+def test_anthropic_overloaded_event_before_content_is_retried(gateway: GatewaySimulator) -> None:
+    gateway.set_faults("a", stream_error_after=1)  # message_start, then overloaded_error
+    install_for(gateway, pin=gateway.node("a").base_url)
+    client = anthropic.Anthropic(api_key="sk-ant-api03-provider-anthropic-key-not-real-0123", max_retries=0)
+    with client.messages.stream(model="claude-sonnet-5-5", max_tokens=20, messages=MESSAGES) as stream:
+        text = "".join(stream.text_stream)
+    assert text.startswith("Hello") and "'a'" not in text
+    assert [(r.node, r.fault) for r in gateway.records][0] == ("a", "stream_error")
+
+
+def test_openai_in_band_error_before_content_is_retried(gateway: GatewaySimulator) -> None:
+    gateway.set_faults("b", stream_error_after=1)
+    install_for(gateway, pin=gateway.node("b").base_url)
+    text = stream_text(openai.OpenAI(api_key=OPENAI_KEY, max_retries=0))
+    assert text.startswith("Hello") and "'b'" not in text and len(gateway.records) == 2
+
+
+def test_stream_ending_before_content_is_retried(gateway: GatewaySimulator) -> None:
+    gateway.set_faults("c", truncate_stream_after=1)  # the role chunk, then a clean end
+    install_for(gateway, pin=gateway.node("c").base_url)
+    assert stream_text(openai.OpenAI(api_key=OPENAI_KEY, max_retries=0)).startswith("Hello")
+    assert len(gateway.records) == 2
+
+
+def test_silently_truncated_stream_raises(gateway: GatewaySimulator) -> None:
+    gateway.set_faults("a", truncate_stream_after=3)  # content, then a clean end with no [DONE]
+    install_for(gateway, pin=gateway.node("a").base_url)
+    with pytest.raises((openai.APIError, httpx2.HTTPError)) as caught:
+        stream_text(openai.OpenAI(api_key=OPENAI_KEY, max_retries=0))
+    error = caught.value
+    assert "ended before its final event" in str(error) + str(error.__cause__) + str(error.__context__)
+    assert len(gateway.records) == 1  # after content: not retried
+
+
+def test_anthropic_truncated_stream_raises(gateway: GatewaySimulator) -> None:
+    gateway.set_faults("b", truncate_stream_after=4)  # a content delta, then no message_stop
+    install_for(gateway, pin=gateway.node("b").base_url)
+    client = anthropic.Anthropic(api_key="sk-ant-api03-provider-anthropic-key-not-real-0123", max_retries=0)
+    with (
+        pytest.raises((anthropic.APIError, httpx2.HTTPError)),
+        client.messages.stream(model="claude-sonnet-5-5", max_tokens=20, messages=MESSAGES) as stream,
+    ):
+        "".join(stream.text_stream)
+
+
+@pytest.mark.parametrize("events", [0, 1])
+def test_first_token_timeout_retries_a_stalled_stream(gateway: GatewaySimulator, events: int) -> None:
+    gateway.set_faults("a", stall_stream_after=events, stall_max=5.0)  # headers (and the role), then nothing
+    install_for(gateway, pin=gateway.node("a").base_url, stream={"first_token_timeout": 0.3})
+    assert stream_text(openai.OpenAI(api_key=OPENAI_KEY, max_retries=0)).startswith("Hello")
+    assert [r.node for r in gateway.records][-1] != "a"
+
+
+def test_first_token_timeout_async(gateway: GatewaySimulator) -> None:
+    gateway.set_faults("a", stall_stream_after=1, stall_max=5.0)
+    install_for(gateway, pin=gateway.node("a").base_url, stream={"first_token_timeout": 0.3})
+
+    async def main() -> str:
+        async with openai.AsyncOpenAI(api_key=OPENAI_KEY, max_retries=0) as client:
+            stream = await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+            return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+
+    assert asyncio.run(main()).startswith("Hello")
