@@ -298,7 +298,7 @@ def test_anthropic_overloaded_event_before_content_is_retried(gateway: GatewaySi
     with client.messages.stream(model="claude-sonnet-5-5", max_tokens=20, messages=MESSAGES) as stream:
         text = "".join(stream.text_stream)
     assert text.startswith("Hello") and "'a'" not in text
-    assert [(r.node, r.fault) for r in gateway.records][0] == ("a", "stream_error")
+    assert next((r.node, r.fault) for r in gateway.records) == ("a", "stream_error")
 
 
 def test_openai_in_band_error_before_content_is_retried(gateway: GatewaySimulator) -> None:
