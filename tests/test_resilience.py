@@ -354,3 +354,21 @@ def test_first_token_timeout_async(gateway: GatewaySimulator) -> None:
             return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
 
     assert asyncio.run(main()).startswith("Hello")
+
+
+def test_sdk_retries_that_still_come_cost_budget(gateway: GatewaySimulator) -> None:
+    from yibu_middleware.runtime import current
+
+    install_for(gateway)
+    runtime = current()
+    assert runtime is not None
+    with httpx2.Client() as client:
+        for count in ("0", "1", "2"):
+            client.post(
+                "https://api.openai.com/v1/chat/completions",
+                json={"model": "gpt-4o-mini", "messages": MESSAGES},
+                headers={"Authorization": f"Bearer {OPENAI_KEY}", "x-stainless-retry-count": count},
+            ).raise_for_status()
+    requests = sum(bucket[0] for bucket in runtime.budget._buckets.values())
+    retries = sum(bucket[1] for bucket in runtime.budget._buckets.values())
+    assert (requests, retries) == (3, 2)  # the SDK's second and third tries were counted
