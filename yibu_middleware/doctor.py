@@ -9,6 +9,8 @@ import sys
 import time
 from typing import Any
 
+from pydantic import BaseModel
+
 from .core.redact import mask, redact_text
 from .errors import ConfigError
 from .settings import Settings, load_settings, unknown_env_names
@@ -32,7 +34,7 @@ def doctor(timeout: float = 3.0) -> int:
         return 2
     print("Settings (highest source first: install() argument, env YIBU_*, settings file, default)")
     for name, value in _setting_rows(settings):
-        print(f"  {name:<20} {value:<48} {settings.origin(name.split('.')[0])}")
+        print(f"  {name:<30} {value:<48} {settings.origin(name)}")
     for unknown in unknown_env_names():
         print(f"  warning: {unknown} matches no setting and is ignored")
 
@@ -62,21 +64,29 @@ def doctor(timeout: float = 3.0) -> int:
 
 
 def _setting_rows(settings: Settings) -> list[tuple[str, str]]:
-    key = settings.api_key
-    rows = [
-        ("enabled", str(settings.enabled)),
-        ("api_key", mask(key.get_secret_value()) if key else "(not set: callers' keys pass through)"),
-        ("base_url", settings.base_url),
-        ("nodes", ", ".join(settings.nodes) or "(not set: base_url is the only node)"),
-        (
-            "routes",
-            ", ".join(f"{host}={spec.provider}" for host, spec in settings.routes.items()) or "(none)",
-        ),
-        ("model_aliases", ", ".join(f"{a}->{b}" for a, b in settings.model_aliases.items()) or "(none)"),
-        ("retry.max_attempts", str(settings.retry.max_attempts)),
-        ("log", settings.log),
-    ]
+    """Every setting, nested ones as ``group.name``; the key masked."""
+    rows = []
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if name == "api_key":
+            rows.append((name, mask(value.get_secret_value()) if value else "(not set: callers' keys pass through)"))
+        elif isinstance(value, BaseModel) and name != "routes":
+            rows.extend((f"{name}.{sub}", _shown(getattr(value, sub))) for sub in type(value).model_fields)
+        elif name == "routes":
+            rows.append((name, ", ".join(f"{host}={spec.provider}" for host, spec in value.items()) or "(none)"))
+        elif name == "nodes" and not value:
+            rows.append((name, "(not set: base_url is the only node)"))
+        else:
+            rows.append((name, _shown(value)))
     return rows
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{key}={item}" for key, item in value.items()) or "(none)"
+    if isinstance(value, list):
+        return ", ".join(str(item) for item in value) or "(none)"
+    return "(not set)" if value is None else str(value)
 
 
 def _check_hooks(settings: Settings) -> dict[str, bool]:

@@ -163,6 +163,7 @@ class Settings(BaseSettings):
     # Plain defaults, not default_factory=list/dict: pydantic copies mutable defaults
     # anyway, and inspecting a builtin factory's signature costs ~5 ms at start-up.
     _origins: dict[str, str] = PrivateAttr({})
+    _file: SettingsFile | None = PrivateAttr(None)
 
     @classmethod
     def settings_customise_sources(
@@ -253,7 +254,12 @@ class Settings(BaseSettings):
         return list(self.nodes) or [self.base_url]
 
     def origin(self, field: str) -> str:
-        """Where a top-level setting's value came from, for ``yibu doctor`` and errors."""
+        """Where a setting's value came from, for ``yibu doctor`` and errors; ``group.name`` for nested ones."""
+        if "." in field:
+            top = self._origins.get(field.split(".")[0], "default")
+            if top == "install() argument":
+                return top
+            return _origin_of(field.split("."), self._origins, self._file, nested_default="default")
         return self._origins.get(field, "default")
 
     def __repr_args__(self) -> Any:
@@ -364,6 +370,7 @@ def load_settings(overrides: Mapping[str, Any] | None = None, cwd: Path | None =
     finally:
         _active_file = None
     settings._origins = origins
+    settings._file = file
     _check_consistency(settings)
     return settings
 
@@ -433,7 +440,9 @@ def _config_error(exc: ValidationError, origins: Mapping[str, str], file: Settin
     )
 
 
-def _origin_of(loc: list[str], origins: Mapping[str, str], file: SettingsFile | None) -> str:
+def _origin_of(
+    loc: list[str], origins: Mapping[str, str], file: SettingsFile | None, nested_default: str | None = None
+) -> str:
     """The most specific source of one (possibly nested) setting."""
     env_name = ENV_PREFIX + "__".join(loc).upper()
     if len(loc) > 1 and env_name in {name.upper() for name in os.environ}:
@@ -446,6 +455,8 @@ def _origin_of(loc: list[str], origins: Mapping[str, str], file: SettingsFile | 
             node = node[part]
         else:
             return file.label
+    if nested_default is not None and len(loc) > 1:
+        return nested_default
     return origins.get(loc[0], "default") if loc else "default"
 
 
