@@ -8,7 +8,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from . import hooks, runtime
+from . import hooks, redaction, runtime
 from .settings import Settings, load_settings, unknown_env_names
 
 log = logging.getLogger("yibu_middleware")
@@ -28,7 +28,12 @@ def install(settings: Settings | Mapping[str, Any] | None = None) -> None:
         resolved = settings if isinstance(settings, Settings) else load_settings(settings)
         for name in unknown_env_names():
             log.warning("yibu-middleware: environment variable %s matches no setting; it is ignored", name)
-        runtime.set_current(runtime.Runtime(resolved))
+        current = runtime.Runtime(resolved)
+        runtime.set_current(current)
+        if resolved.redaction.enabled:
+            redaction.install(current.redact)
+        else:
+            redaction.uninstall()
         _configure_log_output(resolved.log)
         hooks.activate()
 
@@ -37,6 +42,7 @@ def uninstall() -> None:
     """Put every patched method back exactly as it was; traffic goes where the app sends it."""
     with _lock:
         hooks.deactivate()
+        redaction.uninstall()
         runtime.set_current(None)
         _configure_log_output("off")
 

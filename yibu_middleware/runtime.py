@@ -74,7 +74,8 @@ class Runtime:
         return (*secrets, self.gateway_key.decode()) if self.gateway_key else secrets
 
     def redact(self, text: str) -> str:
-        return redact_text(text, self.known_secrets())
+        redaction = self.settings.redaction
+        return redact_text(text, self.known_secrets(), tuple(redaction.extra_headers), tuple(redaction.extra_patterns))
 
     def ensure_health_checker(self) -> None:
         """Start the active health checker on first use, if it is switched on."""

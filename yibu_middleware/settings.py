@@ -111,6 +111,26 @@ class HedgeSettings(BaseModel):
     min_samples: int = Field(20, ge=1, description="answers observed before the first hedge")
 
 
+class RedactionSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="mask keys in every log record of the process; turned off only explicitly")
+    extra_headers: list[str] = Field([], description="more header names whose values are secret")
+    extra_patterns: list[str] = Field([], description="more regular expressions for secrets")
+
+    @field_validator("extra_patterns")
+    @classmethod
+    def _compiles(cls, value: list[str]) -> list[str]:
+        import re
+
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a valid regular expression ({exc})") from None
+        return value
+
+
 class Settings(BaseSettings):
     """Every setting of yibu-middleware. See the README's configuration reference."""
 
@@ -154,6 +174,7 @@ class Settings(BaseSettings):
     health_check: HealthCheckSettings = Field(HealthCheckSettings(), description="active health checks")
     stream: StreamSettings = Field(StreamSettings(), description="streamed responses")
     hedge: HedgeSettings = Field(HedgeSettings(), description="hedged requests (off by default)")
+    redaction: RedactionSettings = Field(RedactionSettings(), description="masking keys in logs")
     log: Literal["off", "warning", "info", "debug"] = Field(
         "off",
         description="print the library's own log lines (one per redirected call at 'info') to stderr;"
