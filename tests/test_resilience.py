@@ -372,3 +372,60 @@ def test_sdk_retries_that_still_come_cost_budget(gateway: GatewaySimulator) -> N
     requests = sum(bucket[0] for bucket in runtime.budget._buckets.values())
     retries = sum(bucket[1] for bucket in runtime.budget._buckets.values())
     assert (requests, retries) == (3, 2)  # the SDK's second and third tries were counted
+
+
+def test_streamed_request_body_reaches_the_gateway(gateway: GatewaySimulator) -> None:
+    install_for(gateway)
+
+    def body() -> Iterator[bytes]:
+        yield b'{"model": "gpt-4o-mini", '
+        yield b'"messages": [{"role": "user", "content": "hi"}]}'
+
+    with httpx2.Client() as client:
+        response = client.post(
+            "https://api.openai.com/v1/chat/completions",
+            content=body(),
+            headers={"Authorization": f"Bearer {OPENAI_KEY}", "content-type": "application/json"},
+        )
+    assert response.status_code == 200, response.text
+    (record,) = gateway.records
+    assert record.key == GATEWAY_KEY and record.model == "gpt-4o-mini"
+
+
+def test_streams_are_asked_for_uncompressed(gateway: GatewaySimulator) -> None:
+    install_for(gateway)
+    stream_text(openai.OpenAI(api_key=OPENAI_KEY, max_retries=0))
+    chat(openai.OpenAI(api_key=OPENAI_KEY, max_retries=0))
+    streamed, plain = gateway.records
+    assert streamed.headers["accept-encoding"] == "identity"
+    assert plain.headers["accept-encoding"] != "identity"
+
+
+def test_cancelled_calls_free_their_node_slots(gateway: GatewaySimulator) -> None:
+    from yibu_middleware.runtime import current
+
+    for node in gateway.nodes:
+        gateway.set_faults(node.name, latency=1.0)
+    install_for(gateway)
+
+    async def main() -> None:
+        async with openai.AsyncOpenAI(api_key=OPENAI_KEY, max_retries=0) as client:
+            for _ in range(5):
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(client.chat.completions.create(model="m", messages=MESSAGES), 0.05)  # type: ignore[arg-type]
+
+    asyncio.run(main())
+    runtime = current()
+    assert runtime is not None and all(node.in_flight == 0 for node in runtime.pool.nodes)
+
+
+def test_hedge_that_fails_first_does_not_beat_a_healthy_primary(gateway: GatewaySimulator) -> None:
+    install_for(gateway, pin=gateway.node("a").base_url, hedge={"enabled": True, "min_samples": 16, "max_share": 0.5})
+    client = openai.OpenAI(api_key=OPENAI_KEY, max_retries=0)
+    for _ in range(16):
+        chat(client)
+    gateway.set_faults("a", latency=0.3)
+    gateway.set_faults("b", error_rate=1.0)
+    gateway.set_faults("c", error_rate=1.0)
+    assert "'a'" in chat(client)  # the hedge failed fast; the primary's answer was waited for
+    assert len(gateway.records_for("a")) == 17  # and the primary was not sent twice

@@ -268,7 +268,7 @@ def test_refused_goes_to_an_untried_node_at_once_without_budget() -> None:
     plan, _ = make_plan(clock, budget=budget)
     first = plan.start()
     assert isinstance(first, Send)
-    second = plan.failed(first.node, Kind.NOT_SENT, "refused")
+    second = plan.failed(first, Kind.NOT_SENT, "refused")
     assert isinstance(second, Send) and second.node is not first.node and second.delay == 0
 
 
@@ -281,7 +281,7 @@ def test_5xx_goes_to_another_node_then_backs_off_when_all_were_tried() -> None:
     while isinstance(action, Send) and len(seen) < 4:
         seen.append(action.node)
         delays.append(action.delay)
-        action = plan.answered(action.node, 503, {}, b"{}")
+        action = plan.answered(action, 503, {}, b"{}")
     assert len(set(seen[:3])) == 3 and delays[:3] == [0, 0, 0]
     assert 0 < delays[3] <= 2.0  # every node tried: now a jittered pause
 
@@ -290,14 +290,14 @@ def test_final_statuses_are_delivered_marked_final() -> None:
     plan, _ = make_plan(Clock())
     action = plan.start()
     assert isinstance(action, Send)
-    assert plan.answered(action.node, 401, {}, b"{}") == Deliver(action.node, final=True)
+    assert plan.answered(action, 401, {}, b"{}") == Deliver(action.node, final=True)
 
 
 def test_success_is_delivered() -> None:
     plan, _ = make_plan(Clock())
     action = plan.start()
     assert isinstance(action, Send)
-    assert plan.answered(action.node, 200, {}, None) == Deliver(action.node, final=False)
+    assert plan.answered(action, 200, {}, None) == Deliver(action.node, final=False)
 
 
 def test_429_prefers_another_node_and_then_honours_retry_after() -> None:
@@ -307,7 +307,7 @@ def test_429_prefers_another_node_and_then_honours_retry_after() -> None:
     delays = []
     while isinstance(action, Send) and len(delays) < 4:
         delays.append(action.delay)
-        action = plan.answered(action.node, 429, {"retry-after": "1.5"}, None)
+        action = plan.answered(action, 429, {"retry-after": "1.5"}, None)
     assert delays == [0, 0, 0, 1.5]
     assert action == Deliver(action.node, final=True)  # type: ignore[union-attr]
 
@@ -316,7 +316,7 @@ def test_429_asking_too_long_is_handed_back() -> None:
     plan, _ = make_plan(Clock(), pool=NodePool(URLS[:1]), policy=RetryPolicy(max_retry_after=10))
     action = plan.start()
     assert isinstance(action, Send)
-    result = plan.answered(action.node, 429, {"retry-after": "60"}, None)
+    result = plan.answered(action, 429, {"retry-after": "60"}, None)
     assert isinstance(result, Deliver) and result.final
 
 
@@ -324,9 +324,9 @@ def test_max_attempts_and_summary() -> None:
     plan, _pool = make_plan(Clock(), policy=RetryPolicy(max_attempts=2))
     action = plan.start()
     assert isinstance(action, Send)
-    action = plan.failed(action.node, Kind.NODE_FAILED, "read timeout")
+    action = plan.failed(action, Kind.NODE_FAILED, "read timeout")
     assert isinstance(action, Send)
-    result = plan.failed(action.node, Kind.NODE_FAILED, "read timeout")
+    result = plan.failed(action, Kind.NODE_FAILED, "read timeout")
     assert isinstance(result, GiveUp) and "max_attempts (2)" in result.reason
     assert plan.summary().count("node failed: read timeout") == 2
 
@@ -337,7 +337,7 @@ def test_deadline_stops_waiting() -> None:
     action = plan.start()
     assert isinstance(action, Send)
     clock.now += 0.9
-    result = plan.answered(action.node, 429, {"retry-after": "0.5"}, None)
+    result = plan.answered(action, 429, {"retry-after": "0.5"}, None)
     assert isinstance(result, Deliver) and result.final  # 0.5 s would pass the 0.1 s left
     assert plan.timeout_left() == pytest.approx(0.1)
 
@@ -347,7 +347,7 @@ def test_budget_spent_means_no_retry() -> None:
     plan, _ = make_plan(clock, budget=RetryBudget(ratio=0.0, floor=0, clock=clock))
     action = plan.start()
     assert isinstance(action, Send)
-    result = plan.failed(action.node, Kind.NODE_FAILED, "reset")
+    result = plan.failed(action, Kind.NODE_FAILED, "reset")
     assert isinstance(result, GiveUp) and "budget" in result.reason
 
 
@@ -355,7 +355,7 @@ def test_one_shot_body_is_never_replayed_and_says_why() -> None:
     plan, _ = make_plan(Clock(), replayable=False)
     action = plan.start()
     assert isinstance(action, Send)
-    result = plan.failed(action.node, Kind.NOT_SENT, "refused")
+    result = plan.failed(action, Kind.NOT_SENT, "refused")
     assert isinstance(result, GiveUp) and "one-shot stream" in result.reason
 
 
@@ -364,7 +364,7 @@ def test_in_flight_slots_are_released_whatever_happens() -> None:
     plan, pool = make_plan(clock, budget=RetryBudget(ratio=0.0, floor=0, clock=clock))
     action = plan.start()
     assert isinstance(action, Send)
-    plan.failed(action.node, Kind.NODE_FAILED, "x")  # gives up on the budget after choosing
+    plan.failed(action, Kind.NODE_FAILED, "x")  # gives up on the budget after choosing
     assert all(node.in_flight == 0 for node in pool.nodes)
 
 
@@ -446,3 +446,36 @@ def test_responses_api_events() -> None:
 def test_unknown_stream_is_not_judged() -> None:
     watch = feed(StreamWatch(), "data: hello\n\n")
     assert watch.committed and not watch.truncated()
+
+
+def test_429_with_a_long_wait_still_goes_to_an_untried_node() -> None:
+    plan, _ = make_plan(Clock(), policy=RetryPolicy(max_retry_after=10))
+    action = plan.start()
+    assert isinstance(action, Send)
+    following = plan.answered(action, 429, {"retry-after": "60"}, None)
+    assert isinstance(following, Send) and following.node is not action.node and following.delay == 0
+
+
+def test_release_all_frees_every_slot_and_start_time() -> None:
+    clock = Clock()
+    plan, pool = make_plan(clock)
+    first = plan.start()
+    assert isinstance(first, Send)
+    clock.now += 5
+    plan.release_all()
+    assert all(node.in_flight == 0 and node.pending_since == 0.0 for node in pool.nodes)
+
+
+def test_abandoned_attempt_does_not_skew_the_other_attempts_age() -> None:
+    clock = Clock()
+    pool = make_pool(clock)
+    plan, _ = make_plan(clock, pool=pool, policy=RetryPolicy())
+    first = plan.start()
+    assert isinstance(first, Send)
+    clock.now += 1
+    second = plan._send(first.node, 0.0, "hedge")  # a second attempt on the same node
+    pool.choose(exclude=[n for n in pool.nodes if n is not first.node])
+    clock.now += 4
+    plan.abandoned(first)
+    assert pool._decayed(first.node, clock.now) == pytest.approx(4.0)  # the remaining one is 4 s old
+    assert second.attempt != first.attempt

@@ -21,14 +21,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("yibu_middleware")
 
 
-def start_checker(runtime: Runtime) -> threading.Thread:
+def new_checker(runtime: Runtime) -> threading.Thread:
+    """The checker thread, not yet started: the runtime records it first, since the thread
+    ends as soon as it finds it is not the runtime's checker."""
     # Imported here, in the caller's thread: an import still running in the checker thread
     # would leave a half-initialised `httpx` in sys.modules, which the openai SDK inspects.
     import httpx  # noqa: F401
 
-    thread = threading.Thread(target=_run, args=(runtime,), name="yibu-health-check", daemon=True)
-    thread.start()
-    return thread
+    return threading.Thread(target=_run, args=(runtime,), name="yibu-health-check", daemon=True)
 
 
 def _run(runtime: Runtime) -> None:

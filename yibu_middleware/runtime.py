@@ -83,9 +83,10 @@ class Runtime:
             return
         with self._lock:
             if self._checker is None:
-                from .health import start_checker
+                from .health import new_checker
 
-                self._checker = start_checker(self)
+                self._checker = new_checker(self)
+                self._checker.start()
 
     def stop(self) -> None:
         self._checker = None  # the checker thread sees it is no longer current and ends

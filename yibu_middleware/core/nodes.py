@@ -87,7 +87,8 @@ class Node:
 
     @property
     def label(self) -> str:
-        return f"{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host  # IPv6
+        return f"{host}:{self.port}"
 
     def url_for(self, gateway_path: str, query: str) -> str:
         url = f"{self.scheme}://{self.label}{self.base_path}{gateway_path}"
@@ -191,8 +192,8 @@ class NodePool:
 
     # --- learning ---------------------------------------------------------------------------
 
-    def finished(self, node: Node, seconds: float | None, ok: bool | None) -> None:
-        """An attempt on ``node`` ended after ``seconds``.
+    def finished(self, node: Node, seconds: float | None, ok: bool | None, chosen_at: float | None = None) -> None:
+        """An attempt on ``node`` ended after ``seconds``; ``chosen_at``: when ``choose`` returned it.
 
         ``ok``: True for an answer (any status the node is not to blame for), False for a
         failure of the node (refused, reset, timeout, 5xx), None for neither (a 429, or an
@@ -200,7 +201,8 @@ class NodePool:
         with self._lock:
             now = self._clock()
             node.in_flight = max(node.in_flight - 1, 0)
-            node.pending_since = node.pending_since - (now - (seconds or 0.0)) if node.in_flight else 0.0
+            started = chosen_at if chosen_at is not None else now - (seconds or 0.0)
+            node.pending_since = node.pending_since - started if node.in_flight else 0.0
             was_trial = node.trial_in_flight
             node.trial_in_flight = False
             if ok is None:

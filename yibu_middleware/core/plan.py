@@ -51,19 +51,23 @@ class Hedging:
     twenty would qualify; the budget keeps hedges under ``max_share`` of requests
     ("The Tail at Scale", Dean and Barroso, 2013)."""
 
-    __slots__ = ("_budget", "_lock", "_p95", "_samples", "min_samples")
+    __slots__ = ("_budget", "_count", "_lock", "_p95", "_samples", "min_samples")
 
     def __init__(self, budget: RetryBudget, min_samples: int = 20, size: int = 256) -> None:
         self._budget = budget
         self._samples: deque[float] = deque(maxlen=size)
         self._p95: float | None = None
+        self._count = 0
         self._lock = threading.Lock()
         self.min_samples = min_samples
 
     def observe(self, seconds: float) -> None:
         with self._lock:
             self._samples.append(seconds)
-            if len(self._samples) >= self.min_samples and len(self._samples) % 8 == 0:
+            self._count += 1
+            # Recomputed at min_samples and every 8 answers after: a sort of 256 floats is cheap,
+            # but not on every answer.
+            if self._count >= self.min_samples and (self._count - self.min_samples) % 8 == 0:
                 ordered = sorted(self._samples)
                 self._p95 = ordered[int(len(ordered) * 0.95) - 1]
 
@@ -79,6 +83,7 @@ class Hedging:
     def reset(self) -> None:
         self._samples.clear()
         self._p95 = None
+        self._count = 0
         self._lock = threading.Lock()
         self._budget.reset()
 
@@ -86,7 +91,8 @@ class Hedging:
 class Send(NamedTuple):
     node: Node
     delay: float  # seconds to wait before sending
-    why: str  # "" for the first attempt, else why this is a retry
+    why: str  # "" for the first attempt, else why this is a retry (or "hedge")
+    attempt: int  # unique within the call: a hedge and a retry may share a node
 
 
 class Deliver(NamedTuple):
@@ -109,11 +115,12 @@ class Step(NamedTuple):
 
 class CallPlan:
     __slots__ = (
+        "_attempts",
         "_budget",
         "_clock",
         "_deadline",
         "_hedging",
-        "_pending_wait",
+        "_nodes_by_attempt",
         "_policy",
         "_pool",
         "_replayable",
@@ -142,9 +149,10 @@ class CallPlan:
         self._rng = rng or random.Random()
         now = clock()
         self._deadline = None if timeout is None else now + timeout
-        self._starts: dict[Node, float] = {}  # when each attempt in flight was sent
+        self._starts: dict[int, tuple[float, float]] = {}  # attempt -> (chosen at, delay) while in flight
+        self._attempts = 0
+        self._nodes_by_attempt: dict[int, Node] = {}
         self._hedging = hedging
-        self._pending_wait = 0.0
         self.steps: list[Step] = []
         budget.record_request()
         if hedging is not None:
@@ -162,24 +170,35 @@ class CallPlan:
         """Seconds left in the call's deadline (for the attempt's own timeouts)."""
         return None if self._deadline is None else max(self._deadline - self._clock(), 0.0)
 
-    def failed(self, node: Node, kind: Kind, detail: str) -> Send | GiveUp:
+    def failed(self, action: Send, kind: Kind, detail: str) -> Send | GiveUp:
         """The attempt raised, or its stream failed before the first content."""
-        self._finish(node, ok=False if kind is not Kind.RATE_LIMITED else None)
-        self.steps.append(Step(node, f"{kind.value}: {detail}" if detail else kind.value, self._pending_wait))
+        self.record_failure(action, kind, detail)
         following = self._next(kind, None)
         return following if isinstance(following, Send) else GiveUp(kind, following)
 
-    def answered(self, node: Node, status: int, headers: Mapping[str, str], body: bytes | None) -> Send | Deliver:
+    def record_failure(self, action: Send, kind: Kind, detail: str) -> None:
+        """Account for a failed attempt without deciding what comes next (a hedge that lost)."""
+        # A refused request (FINAL) or a 429 says nothing about the node's health.
+        self._finish(action, ok=None if kind in (Kind.FINAL, Kind.RATE_LIMITED) else False)
+        self.steps.append(Step(action.node, f"{kind.value}: {detail}" if detail else kind.value, action.delay))
+
+    def answered(self, action: Send, status: int, headers: Mapping[str, str], body: bytes | None) -> Send | Deliver:
         """The node answered with ``status`` (``body`` read only for error statuses)."""
         kind = classify_status(status, body)
-        self._finish(node, ok=None if kind is Kind.RATE_LIMITED else kind is not Kind.NODE_FAILED)
-        self.steps.append(Step(node, str(status), self._pending_wait))
+        self._finish(action, ok=None if kind in (Kind.RATE_LIMITED, Kind.FINAL) else kind is None)
+        self.steps.append(Step(action.node, str(status), action.delay))
+        node = action.node
         if kind is None:
             return Deliver(node, final=False)
         if kind is Kind.FINAL:
             return Deliver(node, final=True)
         following = self._next(kind, retry_after(headers) if kind is Kind.RATE_LIMITED else None)
         return following if isinstance(following, Send) else Deliver(node, final=True)
+
+    def release_all(self) -> None:
+        """The call ended abnormally (cancelled, or an unexpected error): free every slot it holds."""
+        for attempt in list(self._starts):
+            self._release(attempt)
 
     # --- hedging -------------------------------------------------------------------------------
 
@@ -189,18 +208,17 @@ class CallPlan:
             return None
         return self._hedging.delay()
 
-    def hedge(self, primary: Node) -> Send | None:
+    def hedge(self, primary: Send) -> Send | None:
         """The hedge attempt, if the hedge share and another node allow one."""
         assert self._hedging is not None
         if not self._hedging.try_spend():
             return None
-        node = self._pool.choose(exclude=(primary,))
+        node = self._pool.choose(exclude=(primary.node,))
         return None if node is None else self._send(node, 0.0, "hedge")
 
-    def abandoned(self, node: Node) -> None:
+    def abandoned(self, action: Send) -> None:
         """An attempt cancelled because the other one answered first: no verdict on its node."""
-        self._starts.pop(node, None)
-        self._pool.finished(node, None, None)
+        self._release(action.attempt)
 
     def stream_cut(self, node: Node) -> None:
         """A stream broke after its first content: too late to retry, but the node is to blame."""
@@ -222,16 +240,27 @@ class CallPlan:
     # --- internals ----------------------------------------------------------------------------
 
     def _send(self, node: Node, delay: float, why: str) -> Send:
-        self._pending_wait = delay
-        self._starts[node] = self._clock() + delay
-        return Send(node, delay, why)
+        self._attempts += 1
+        self._starts[self._attempts] = (self._clock(), delay)
+        self._nodes_by_attempt[self._attempts] = node
+        return Send(node, delay, why, self._attempts)
 
-    def _finish(self, node: Node, ok: bool | None) -> None:
-        started = self._starts.pop(node, None)
-        seconds = None if started is None else self._clock() - started
-        self._pool.finished(node, seconds, ok)
-        if ok and seconds is not None and self._hedging is not None:
+    def _finish(self, action: Send, ok: bool | None) -> None:
+        held = self._starts.pop(action.attempt, None)
+        self._nodes_by_attempt.pop(action.attempt, None)
+        if held is None:
+            return  # already released
+        chosen_at, delay = held
+        seconds = max(self._clock() - chosen_at - delay, 0.0)
+        self._pool.finished(action.node, seconds, ok, chosen_at=chosen_at)
+        if ok and self._hedging is not None:
             self._hedging.observe(seconds)
+
+    def _release(self, attempt: int) -> None:
+        held = self._starts.pop(attempt, None)
+        if held is not None:
+            node = self._nodes_by_attempt.pop(attempt)
+            self._pool.finished(node, None, None, chosen_at=held[0])
 
     def _next(self, kind: Kind, wait_hint: float | None) -> Send | str:
         """The retry for a failure of ``kind``, or why there is none."""
@@ -242,15 +271,15 @@ class CallPlan:
             return "not retried: the request body is a one-shot stream that cannot be sent again"
         if len(self.steps) >= policy.max_attempts:
             return f"retry.max_attempts ({policy.max_attempts}) reached"
-        if wait_hint is not None and wait_hint > policy.max_retry_after:
-            return (
-                f"the gateway asked to wait {wait_hint:.0f} s,"
-                f" over retry.max_retry_after ({policy.max_retry_after:.0f} s)"
-            )
         tried = {step.node for step in self.steps}
         node = self._pool.choose(exclude=tried)
         delay = 0.0
         if node is None:  # every node was tried: the same ones again, after a pause
+            if wait_hint is not None and wait_hint > policy.max_retry_after:
+                return (
+                    f"the gateway asked to wait {wait_hint:.0f} s,"
+                    f" over retry.max_retry_after ({policy.max_retry_after:.0f} s)"
+                )
             node = self._pool.choose()
             if node is None:
                 return "no gateway node is configured"
@@ -261,9 +290,9 @@ class CallPlan:
             )
         left = self.timeout_left()
         if left is not None and delay >= left:
-            self._pool.finished(node, None, None)
+            self._pool.finished(node, None, None, chosen_at=self._clock())
             return "the call's deadline would pass before the next attempt"
         if kind is not Kind.NOT_SENT and not self._budget.try_spend():
-            self._pool.finished(node, None, None)
+            self._pool.finished(node, None, None, chosen_at=self._clock())
             return "the retry budget is spent (too many recent retries; see retry.budget_ratio)"
         return self._send(node, delay, kind.value)

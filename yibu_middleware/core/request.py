@@ -7,6 +7,7 @@ sync or async, shares it. Nothing here performs I/O.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
@@ -47,6 +48,11 @@ def prepare(
 ) -> GatewayRequest:
     new_headers, swapped = swap_credentials(headers, gateway_key)
     requested, sent, new_body, stream = read_body(body, aliases)
+    if stream:
+        # The stream is watched as it passes (first content, final event): it must arrive
+        # uncompressed, or a cut could not be told from an end.
+        new_headers = [(name, value) for name, value in new_headers if name.lower() != b"accept-encoding"]
+        new_headers.append((b"accept-encoding", b"identity"))
     return GatewayRequest(
         route, method, gateway_path(route, path), query, new_headers, new_body, sent, requested, swapped, stream
     )
@@ -78,27 +84,31 @@ def swap_credentials(headers: Iterable[tuple[bytes, bytes]], gateway_key: bytes 
     return out, swapped
 
 
-def read_body(body: bytes | None, aliases: Mapping[str, str]) -> tuple[str | None, str | None, bytes | None, bool]:
-    """Parse a JSON body once: its ``model`` (rewritten per ``aliases``) and ``stream`` flag.
+_STREAM_FLAG = re.compile(rb'"stream"\s*:\s*true')
+_MODEL = re.compile(rb'"model"\s*:\s*"((?:[^"\\]|\\.){1,200})"')
 
-    Returns (model as asked, model as sent, body to send, streamed). The body is
-    parsed only when it can hold a model name, and re-encoded only when the model
-    changes; anything that is not a JSON object is forwarded untouched.
+
+def read_body(body: bytes | None, aliases: Mapping[str, str]) -> tuple[str | None, str | None, bytes | None, bool]:
+    """A JSON body's ``model`` (rewritten per ``aliases``) and ``stream`` flag.
+
+    Returns (model as asked, model as sent, body to send, streamed). Reading the two
+    fields is a scan, not a parse (a multimodal body can be megabytes); the body is
+    parsed and re-encoded only when its model is to be aliased. Anything that is not
+    a JSON object is forwarded untouched.
     """
-    if not body or b'"model"' not in body or body.lstrip()[:1] != b"{":
+    if not body or body.lstrip()[:1] != b"{":
         return None, None, body, False
+    stream = _STREAM_FLAG.search(body) is not None
+    found = _MODEL.search(body)
+    model = found.group(1).decode("utf-8", "replace") if found else None
+    if model is None or model not in aliases:
+        return model, model, body, stream
     try:
         document = json.loads(body)
     except ValueError:
-        return None, None, body, False
-    if not isinstance(document, dict):
-        return None, None, body, False
-    stream = document.get("stream") is True
-    model = document.get("model")
-    if not isinstance(model, str):
-        return None, None, body, stream
-    target = aliases.get(model)
-    if target is None or target == model:
+        return model, model, body, stream  # not JSON after all: forwarded as it is
+    if not isinstance(document, dict) or document.get("model") != model:
         return model, model, body, stream
+    target = aliases[model]
     document["model"] = target
     return model, target, json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode(), stream

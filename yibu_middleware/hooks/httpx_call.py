@@ -22,6 +22,9 @@ from ..runtime import Runtime
 
 log = logging.getLogger("yibu_middleware.calls")
 
+# The length of a streamed request body (dropped by prepare(), which cannot know the body);
+# copied when the body is forwarded as it is. Transfer-Encoding is never dropped.
+_FRAMING = ("content-length",)
 # Headers describing a body we re-encode when we hand back a response of our own.
 _BODY_HEADERS = frozenset({"content-length", "content-encoding", "transfer-encoding"})
 
@@ -87,9 +90,19 @@ class HttpxCall:
         extensions["timeout"] = self._timeouts(extensions.get("timeout") or {})
         url = action.node.url_for(gateway.path, gateway.query)
         if gateway.body is None:
-            return type(self.original)(
-                gateway.method, url, headers=gateway.headers, stream=self.original.stream, extensions=extensions
+            # A streamed body (an upload, a generator): its length headers as the app sent them,
+            # and a Host for the node, which httpx adds only when it builds the body itself.
+            original = self.original.headers
+            framing = [(name.encode(), original[name].encode()) for name in _FRAMING if name in original]
+            request = type(self.original)(
+                gateway.method,
+                url,
+                headers=[*gateway.headers, *framing],
+                stream=self.original.stream,
+                extensions=extensions,
             )
+            request.headers["Host"] = request.url.netloc.decode("ascii")
+            return request
         return type(self.original)(
             gateway.method, url, headers=gateway.headers, content=gateway.body, extensions=extensions
         )
@@ -108,24 +121,47 @@ class HttpxCall:
 
     def judge(self, done: Exchange) -> Send | Deliver | GiveUp:
         """Report one exchange to the plan; its answer is what to do next."""
-        node = done.action.node
+        action = done.action
         if done.error is not None:
             self.timed_out = isinstance(done.error, self.lib.TimeoutException)
-            detail = self.runtime.redact(str(done.error) or type(done.error).__name__)
-            return self.plan.failed(node, self.kind_of(done.error), detail)
+            return self.plan.failed(action, self.kind_of(done.error), self._detail(done))
         if done.stream_failure is not None:
             self.timed_out = "timeout" in done.stream_failure
-            detail = f"stream failed before its first content: {done.stream_failure}"
-            return self.plan.failed(node, Kind.NODE_FAILED, detail)
+            return self.plan.failed(action, Kind.NODE_FAILED, self._detail(done))
         response = done.response
         body = response.content if self.wants_body(response) else None
         hints = ("retry-after", "retry-after-ms")
         headers = {name: response.headers[name] for name in hints if name in response.headers}
-        return self.plan.answered(node, response.status_code, headers, body)
+        return self.plan.answered(action, response.status_code, headers, body)
+
+    def failed_exchange(self, done: Exchange) -> bool:
+        """Did this exchange fail (so that a hedge still running should be waited for)?"""
+        if done.error is not None or done.stream_failure is not None:
+            return True
+        status = int(done.response.status_code)
+        return status == 429 or status >= 500
+
+    def note_lost(self, done: Exchange) -> None:
+        """A failed exchange whose sibling (hedge or primary) is still running: account for it only."""
+        if done.error is not None:
+            self.plan.record_failure(done.action, self.kind_of(done.error), self._detail(done))
+        elif done.stream_failure is not None:
+            self.plan.record_failure(done.action, Kind.NODE_FAILED, self._detail(done))
+        else:
+            status = int(done.response.status_code)
+            self.plan.record_failure(done.action, Kind.RATE_LIMITED if status == 429 else Kind.NODE_FAILED, str(status))
+
+    def _detail(self, done: Exchange) -> str:
+        if done.error is not None:
+            return self.runtime.redact(str(done.error) or type(done.error).__name__)
+        # The gateway's own error text can quote a key: masked like everything else.
+        return self.runtime.redact(f"stream failed before its first content: {done.stream_failure}")
 
     def kind_of(self, exc: Exception) -> Kind:
         lib = self.lib
-        if isinstance(exc, (lib.ConnectError, lib.ConnectTimeout, lib.PoolTimeout)):
+        if isinstance(exc, lib.PoolTimeout):
+            return Kind.FINAL  # our own connection pool is full: no node is to blame, none would help
+        if isinstance(exc, (lib.ConnectError, lib.ConnectTimeout)):
             return Kind.NOT_SENT
         if isinstance(exc, (lib.TimeoutException, lib.NetworkError, lib.RemoteProtocolError)):
             return Kind.NODE_FAILED

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import importlib
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -78,16 +79,24 @@ def _sync_wrapper(lib: ModuleType) -> Callable[..., Any]:
 
         action: Send | Deliver | GiveUp = call.plan.start()
         response: Any = None
-        while isinstance(action, Send):
-            if action.delay:
-                time.sleep(action.delay)
-            hedge_after = call.plan.hedge_after()
-            done = exchange(action) if hedge_after is None else _hedged_sync(call, action, hedge_after, exchange)
-            response = done.response
-            action = call.judge(done)
-            if isinstance(action, Send) and response is not None:
+        try:
+            while isinstance(action, Send):
+                if action.delay:
+                    time.sleep(action.delay)
+                hedge_after = call.plan.hedge_after()
+                done = exchange(action) if hedge_after is None else _hedged_sync(call, action, hedge_after, exchange)
+                response = done.response
+                action = call.judge(done)
+                if isinstance(action, Send) and response is not None:
+                    response.close()
+                    response = None
+            return call.deliver(action, response) if isinstance(action, Deliver) else call.give_up(action)
+        except BaseException:
+            # Interrupted, or an error we do not handle: no node slot may stay taken.
+            call.plan.release_all()
+            if response is not None:
                 response.close()
-        return call.deliver(action, response) if isinstance(action, Deliver) else call.give_up(action)
+            raise
 
     return handle_request
 
@@ -114,34 +123,55 @@ _hedge_pool: concurrent.futures.ThreadPoolExecutor | None = None
 _hedge_pool_lock = threading.Lock()
 
 
-def _hedged_sync(call: HttpxCall, first: Send, after: float, exchange: Callable[[Send], Exchange]) -> Exchange:
-    """Run the first exchange, and after ``after`` seconds a hedge on another node; first done wins.
+def _forget_hedge_pool() -> None:
+    global _hedge_pool
+    _hedge_pool = None  # its threads did not survive fork; a new pool starts on first use
 
-    Sync clients block their thread, so both exchanges run on a small shared pool."""
+
+os.register_at_fork(after_in_child=_forget_hedge_pool)
+
+
+def _hedged_sync(call: HttpxCall, first: Send, after: float, exchange: Callable[[Send], Exchange]) -> Exchange:
+    """Run the first exchange, and after ``after`` seconds a hedge on another node.
+
+    The first *answer* wins: a failure that comes first is accounted for and the other
+    exchange is waited for. A sync client blocks its thread, so both exchanges run on a
+    shared pool (threads made as needed, up to 128)."""
     global _hedge_pool
     with _hedge_pool_lock:
         if _hedge_pool is None:
-            _hedge_pool = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="yibu-hedge")
+            _hedge_pool = concurrent.futures.ThreadPoolExecutor(128, thread_name_prefix="yibu-hedge")
     primary = _hedge_pool.submit(exchange, first)
     try:
         return primary.result(timeout=after)
     except concurrent.futures.TimeoutError:
         pass
-    hedge = call.plan.hedge(first.node)
+    hedge = call.plan.hedge(first)
     if hedge is None:
         return primary.result()
     second = _hedge_pool.submit(exchange, hedge)
-    done, _ = concurrent.futures.wait((primary, second), return_when=concurrent.futures.FIRST_COMPLETED)
-    winner = primary if primary in done else second
-    loser = second if winner is primary else primary
-    loser.add_done_callback(lambda future: _discard_sync(call, future.result()))
-    return winner.result()
+    actions = {primary: first, second: hedge}
+    pending = {primary, second}
+    while True:
+        done, pending = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+        winner = done.pop()
+        result: Exchange = winner.result()
+        if not pending or not call.failed_exchange(result):
+            break
+        call.note_lost(result)  # a failure first: the other may still answer
+        if result.response is not None:
+            result.response.close()
+    for loser in pending:  # still running: its answer, when it comes, is discarded
+        loser.add_done_callback(lambda future: _discard_sync(call, actions[future], future))
+    return result
 
 
-def _discard_sync(call: HttpxCall, lost: Exchange) -> None:
-    call.plan.abandoned(lost.action.node)
-    if lost.response is not None:
-        lost.response.close()
+def _discard_sync(call: HttpxCall, action: Send, future: concurrent.futures.Future[Exchange]) -> None:
+    call.plan.abandoned(action)
+    if future.exception() is None:
+        lost = future.result()
+        if lost.response is not None:
+            lost.response.close()
 
 
 def _commit_sync(call: HttpxCall, action: Send, response: Any, stream_class: type) -> str | None:
@@ -184,19 +214,28 @@ def _async_wrapper(lib: ModuleType) -> Callable[..., Any]:
 
         action: Send | Deliver | GiveUp = call.plan.start()
         response: Any = None
-        while isinstance(action, Send):
-            if action.delay:
-                await asyncio.sleep(action.delay)
-            hedge_after = call.plan.hedge_after()
-            if hedge_after is None:
-                done = await exchange(action)
-            else:
-                done = await _hedged_async(call, action, hedge_after, exchange)
-            response = done.response
-            action = call.judge(done)
-            if isinstance(action, Send) and response is not None:
+        try:
+            while isinstance(action, Send):
+                if action.delay:
+                    await asyncio.sleep(action.delay)
+                hedge_after = call.plan.hedge_after()
+                if hedge_after is None:
+                    done = await exchange(action)
+                else:
+                    done = await _hedged_async(call, action, hedge_after, exchange)
+                response = done.response
+                action = call.judge(done)
+                if isinstance(action, Send) and response is not None:
+                    await response.aclose()
+                    response = None
+            return call.deliver(action, response) if isinstance(action, Deliver) else call.give_up(action)
+        except BaseException:
+            # Cancelled (a client gone, a timeout around the call), or an error we do not
+            # handle: no node slot may stay taken.
+            call.plan.release_all()
+            if response is not None:
                 await response.aclose()
-        return call.deliver(action, response) if isinstance(action, Deliver) else call.give_up(action)
+            raise
 
     return handle_async_request
 
@@ -222,23 +261,32 @@ async def _exchange_async(call: HttpxCall, wrapped: Callable[..., Any], action: 
 async def _hedged_async(call: HttpxCall, first: Send, after: float, exchange: Callable[[Send], Any]) -> Exchange:
     """The async twin of ``_hedged_sync``: the loser is cancelled outright."""
     primary = asyncio.ensure_future(exchange(first))
-    done, _ = await asyncio.wait((primary,), timeout=after)
-    if done:
-        return primary.result()  # type: ignore[no-any-return]
-    hedge = call.plan.hedge(first.node)
-    if hedge is None:
-        return await primary  # type: ignore[no-any-return]
-    second = asyncio.ensure_future(exchange(hedge))
-    done, _ = await asyncio.wait((primary, second), return_when=asyncio.FIRST_COMPLETED)
-    winner, loser, lost_action = (primary, second, hedge) if primary in done else (second, primary, first)
-    if loser.done():
-        lost: Exchange = loser.result()
-        if lost.response is not None:
-            await lost.response.aclose()
-    else:
-        loser.cancel()  # the library closes the half-open connection
-    call.plan.abandoned(lost_action.node)
-    return winner.result()  # type: ignore[no-any-return]
+    tasks = {primary: first}
+    try:
+        done, _ = await asyncio.wait((primary,), timeout=after)
+        if done:
+            return primary.result()  # type: ignore[no-any-return]
+        hedge = call.plan.hedge(first)
+        if hedge is None:
+            return await primary  # type: ignore[no-any-return]
+        tasks[asyncio.ensure_future(exchange(hedge))] = hedge
+        pending = set(tasks)
+        while True:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            result: Exchange = done.pop().result()
+            if not pending or not call.failed_exchange(result):
+                break
+            call.note_lost(result)  # a failure first: the other may still answer
+            if result.response is not None:
+                await result.response.aclose()
+        for loser in pending:
+            loser.cancel()  # the library closes the half-open connection
+            call.plan.abandoned(tasks[loser])
+        return result
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise
 
 
 async def _commit_async(call: HttpxCall, action: Send, response: Any, stream_class: type) -> str | None:
