@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 SECRET_HEADERS = (
     "authorization",
@@ -36,21 +36,18 @@ SECRET_HEADERS = (
 SECRET_QUERY = ("key", "api_key", "api-key", "access_token", "token")
 
 # Key shapes, most specific first; each keeps its prefix visible when masked.
-_SHAPES = r"""
-    (?P<key>
-        sk-(?:proj|svcacct|admin)-[A-Za-z0-9_\-]{20,}
-      | sk-ant-(?:api03|admin01)-[A-Za-z0-9_\-]{20,}
-      | sk-[A-Za-z0-9]{20}T3BlbkFJ[A-Za-z0-9]{20}
-      | sk-[A-Za-z0-9_\-]{20,}
-      | AIza[0-9A-Za-z_\-]{35}
-      | hf_[A-Za-z]{34}
-      | (?:gsk_|xai-|pplx-|nvapi-|r8_)[A-Za-z0-9_\-]{16,}
-      | eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}
-    )
-  | (?P<scheme>\b(?:Bearer|Basic|Token)\s+)(?P<credential>[A-Za-z0-9._~+/=\-]{8,})
-  | (?P<azure>AccountKey=)(?P<azure_key>[A-Za-z0-9+/=]{20,})
-  | (?P<userinfo>://[^/\s:@'"]+:)(?P<password>[^/\s@'"]+)@
-  | (?P<query>[?&](?:"""
+_KEY_SHAPES = r"""
+    sk-(?:proj|svcacct|admin)-[A-Za-z0-9_\-]{20,}
+  | sk-ant-(?:api03|admin01)-[A-Za-z0-9_\-]{20,}
+  | sk-[A-Za-z0-9]{20}T3BlbkFJ[A-Za-z0-9]{20}
+  | sk-[A-Za-z0-9_\-]{20,}
+  | AIza[0-9A-Za-z_\-]{35}
+  | hf_[A-Za-z]{34}
+  | (?:gsk_|xai-|pplx-|nvapi-|r8_)[A-Za-z0-9_\-]{16,}
+  | eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}
+"""
+_KEY_WORDS = ("sk-", "aiza", "hf_", "gsk_", "xai-", "pplx-", "nvapi-", "r8_", "eyj")
+_SCHEMES = ("bearer", "basic", "token")
 _PREFIXES = (
     "sk-proj-",
     "sk-svcacct-",
@@ -77,42 +74,62 @@ def mask(value: str) -> str:
     return f"{prefix}...{value[-4:]}"
 
 
-@functools.cache
-def _pattern(extra_headers: tuple[str, ...] = (), extra_patterns: tuple[str, ...] = ()) -> re.Pattern[str]:
-    """Compiled on first use (start-up is budgeted) and once per set of extra rules."""
-    names = "|".join(re.escape(name) for name in (*SECRET_HEADERS, *extra_headers))
-    query = "|".join(re.escape(name) for name in SECRET_QUERY)
-    # A header value as it appears in logs: `name: value`, `'name': 'value'`, `"name": "value"`,
-    # `(b'name', b'value')`; the value runs to the end of the quoted string or the line.
-    header = (
-        rf"(?P<header>(?i:\b(?:{names}))(?:\s*[:=]\s*b?['\"]?|['\"]\s*[:=,]\s*b?['\"]))"
-        r"(?P<header_value>[^'\"\r\n,)}]+)"
-    )
-    extra = "".join(f"|(?P<extra{index}>{pattern})" for index, pattern in enumerate(extra_patterns))
-    source = rf"{header}|{_SHAPES}{query})=)(?P<query_value>[^&\s'\"#]+){extra}"
-    return re.compile(source, re.VERBOSE)
+# A rule: (words, one of which the lower-cased text must hold; pattern; replacement). A rule
+# runs only when one of its words occurs: most log lines hold none, and a small pattern
+# is much cheaper than one large alternation tried at every position of every line.
+Rule = tuple[tuple[str, ...], re.Pattern[str], Callable[[re.Match[str]], str]]
 
 
-def _replace(found: re.Match[str]) -> str:
-    groups = found.groupdict()
-    if groups["header"] is not None:
-        value = groups["header_value"]
-        # Keep an auth scheme readable: "Bearer sk-...a1b2".
-        scheme, _, credential = value.partition(" ")
-        if credential and scheme.lower() in ("bearer", "basic", "token"):
-            return f"{groups['header']}{scheme} {mask(credential.strip())}"
-        return groups["header"] + mask(value.strip())
-    if groups["key"] is not None:
-        return mask(groups["key"])
-    if groups["credential"] is not None:
-        return groups["scheme"] + mask(groups["credential"])
-    if groups["azure_key"] is not None:
-        return groups["azure"] + mask(groups["azure_key"])
-    if groups["password"] is not None:
-        return groups["userinfo"] + "***@"
-    if groups["query_value"] is not None:
-        return groups["query"] + mask(groups["query_value"])
+def _header_value(found: re.Match[str]) -> str:
+    value = found.group("value")
+    # Keep an auth scheme readable: "Bearer sk-...a1b2".
+    scheme, _, credential = value.partition(" ")
+    if credential and scheme.lower() in ("bearer", "basic", "token"):
+        return f"{found.group('name')}{scheme} {mask(credential.strip())}"
+    return found.group("name") + mask(value.strip())
+
+
+def _masked_whole(found: re.Match[str]) -> str:
     return mask(found.group(0))
+
+
+def _masked_second(found: re.Match[str]) -> str:
+    return found.group(1) + mask(found.group(2))
+
+
+@functools.cache
+def _rules(extra_headers: tuple[str, ...] = (), extra_patterns: tuple[str, ...] = ()) -> tuple[Rule, ...]:
+    """Compiled on first use (start-up is budgeted), once per set of extra rules."""
+    headers = tuple(name.lower() for name in (*SECRET_HEADERS, *extra_headers))
+    names = "|".join(re.escape(name) for name in headers)
+    query = "|".join(re.escape(name) for name in SECRET_QUERY)
+    rules: list[Rule] = [
+        # A header value as logs show it: `name: value`, `'name': 'value'`, `"name": "value"`,
+        # `(b'name', b'value')`; it runs to the end of the quoted string or of the line.
+        (
+            headers,
+            re.compile(
+                rf"(?P<name>(?i:\b(?:{names}))(?:\s*[:=]\s*b?['\"]?|['\"]\s*[:=,]\s*b?['\"]))"
+                r"(?P<value>[^'\"\r\n,)}]+)"
+            ),
+            _header_value,
+        ),
+        (
+            ("sk-", "aiza", "hf_", "gsk_", "xai-", "pplx-", "nvapi-", "r8_", "eyj"),
+            re.compile(_KEY_SHAPES, re.VERBOSE),
+            _masked_whole,
+        ),
+        (
+            ("bearer", "basic", "token"),
+            re.compile(r"(\b(?:Bearer|Basic|Token)\s+)([A-Za-z0-9._~+/=\-]{8,})"),
+            _masked_second,
+        ),
+        (("accountkey=",), re.compile(r"(AccountKey=)([A-Za-z0-9+/=]{20,})"), _masked_second),
+        (("@",), re.compile(r"(://[^/\s:@'\"]+:)[^/\s@'\"]+@"), lambda found: found.group(1) + "***@"),
+        (tuple(f"{name}=" for name in SECRET_QUERY), re.compile(rf"([?&](?:{query})=)([^&\s'\"#]+)"), _masked_second),
+    ]
+    rules.extend(((), re.compile(pattern), _masked_whole) for pattern in extra_patterns)
+    return tuple(rules)
 
 
 def redact_text(
@@ -122,7 +139,10 @@ def redact_text(
     extra_patterns: tuple[str, ...] = (),
 ) -> str:
     """Mask everything that looks like a secret in ``text``, then every known secret value."""
-    text = _pattern(extra_headers, extra_patterns).sub(_replace, text)
+    lowered = text.lower()
+    for words, pattern, replace in _rules(extra_headers, extra_patterns):
+        if not words or any(word in lowered for word in words):
+            text = pattern.sub(replace, text)
     for secret in known_secrets:
         if secret and secret in text:
             text = text.replace(secret, mask(secret))
