@@ -9,9 +9,10 @@ exceptions into the core's plain data and back.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from types import ModuleType
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..core.errors import annotate, error_body
 from ..core.plan import CallPlan, Deliver, GiveUp, Send
@@ -19,6 +20,9 @@ from ..core.request import GatewayRequest, prepare
 from ..core.retry import Kind
 from ..core.routes import Route
 from ..runtime import Runtime
+
+if TYPE_CHECKING:
+    from ..telemetry import CallTelemetry
 
 log = logging.getLogger("yibu_middleware.calls")
 
@@ -41,7 +45,19 @@ class Exchange(NamedTuple):
 class HttpxCall:
     """The state one call carries between attempts."""
 
-    __slots__ = ("gateway", "lib", "original", "plan", "runtime", "started", "timed_out", "ttft", "where")
+    __slots__ = (
+        "gateway",
+        "lib",
+        "original",
+        "plan",
+        "runtime",
+        "started",
+        "telemetry",
+        "timed_out",
+        "trace_headers",
+        "ttft",
+        "where",
+    )
 
     def __init__(self, lib: ModuleType, runtime: Runtime, original: Any, route: Route) -> None:
         self.lib = lib
@@ -78,6 +94,15 @@ class HttpxCall:
         self.ttft = runtime.settings.stream.first_token_timeout if self.gateway.stream else None
         self.where = f"{original.method} {route.host}{url.path}"
         self.timed_out = False  # the last failure was a timeout: answered with 504, else 503
+        self.telemetry: CallTelemetry | None = None
+        self.trace_headers: list[tuple[bytes, bytes]] = []
+        if "opentelemetry.trace" in sys.modules:  # no OpenTelemetry imported: no SDK, no spans
+            from ..telemetry import CallTelemetry, current_trace_headers
+
+            self.telemetry = CallTelemetry.start(self.gateway, runtime.redact)
+            # W3C trace context, so that the gateway's logs join the trace: our span's, or
+            # (when an instrumentation already spans this call) the current one's.
+            self.trace_headers = self.telemetry.traceparent() if self.telemetry else current_trace_headers()
 
     # --- per attempt ------------------------------------------------------------------------
 
@@ -89,6 +114,7 @@ class HttpxCall:
         extensions = dict(self.original.extensions)
         extensions["timeout"] = self._timeouts(extensions.get("timeout") or {})
         url = action.node.url_for(gateway.path, gateway.query)
+        headers = [*gateway.headers, *self.trace_headers] if self.trace_headers else gateway.headers
         if gateway.body is None:
             # A streamed body (an upload, a generator): its length headers as the app sent them,
             # and a Host for the node, which httpx adds only when it builds the body itself.
@@ -97,15 +123,13 @@ class HttpxCall:
             request = type(self.original)(
                 gateway.method,
                 url,
-                headers=[*gateway.headers, *framing],
+                headers=[*headers, *framing],
                 stream=self.original.stream,
                 extensions=extensions,
             )
             request.headers["Host"] = request.url.netloc.decode("ascii")
             return request
-        return type(self.original)(
-            gateway.method, url, headers=gateway.headers, content=gateway.body, extensions=extensions
-        )
+        return type(self.original)(gateway.method, url, headers=headers, content=gateway.body, extensions=extensions)
 
     def _timeouts(self, original: dict[str, float | None]) -> dict[str, float | None]:
         left = self.plan.timeout_left()
@@ -121,6 +145,14 @@ class HttpxCall:
 
     def judge(self, done: Exchange) -> Send | Deliver | GiveUp:
         """Report one exchange to the plan; its answer is what to do next."""
+        following = self._judge(done)
+        if self.telemetry is not None:
+            step = self.plan.steps[-1] if self.plan.steps else None
+            outcome = step.outcome if step is not None else ""
+            self.telemetry.attempt(done.action.node, outcome, done.action.why, done.action.delay)
+        return following
+
+    def _judge(self, done: Exchange) -> Send | Deliver | GiveUp:
         action = done.action
         if done.error is not None:
             self.timed_out = isinstance(done.error, self.lib.TimeoutException)
@@ -133,6 +165,12 @@ class HttpxCall:
         hints = ("retry-after", "retry-after-ms")
         headers = {name: response.headers[name] for name in hints if name in response.headers}
         return self.plan.answered(action, response.status_code, headers, body)
+
+    def abort(self) -> None:
+        """The call was interrupted (cancelled, or an error we do not handle)."""
+        self.plan.release_all()
+        if self.telemetry is not None:
+            self.telemetry.finish(error_type="cancelled")
 
     def failed_exchange(self, done: Exchange) -> bool:
         """Did this exchange fail (so that a hedge still running should be waited for)?"""
@@ -186,9 +224,15 @@ class HttpxCall:
     def deliver(self, action: Deliver, response: Any) -> Any:
         """The response to hand back; a failed one is marked so that the SDK does not retry it."""
         self._log(action.node.label, response.status_code)
+        telemetry = self.telemetry
+        if telemetry is not None:
+            telemetry.answered(action.node, response.status_code, self.watches_stream(response))
         if not action.final:
-            return response
+            return response  # the span ends when the body is read: see httpx_family's traced stream
         body = response.content
+        if telemetry is not None:
+            telemetry.chunk(body)
+            telemetry.finish(error_type=str(response.status_code))
         if self.plan.retried:
             body = annotate(body, f"yibu-middleware tried: {self.plan.summary()}") or body
         headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in _BODY_HEADERS]
@@ -205,6 +249,8 @@ class HttpxCall:
             f"yibu-middleware: {self.where} got no answer from the gateway ({self.plan.summary()}); {action.reason}"
         )
         log.warning("%s", message)
+        if self.telemetry is not None:
+            self.telemetry.finish(error_type="timeout" if self.timed_out else "yibu_no_answer")
         body = error_body(self.gateway.route.provider, status, message, "yibu_no_answer")
         return self.lib.Response(
             status,

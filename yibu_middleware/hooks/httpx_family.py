@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core.nodes import Node
 from ..core.plan import Deliver, GiveUp, Send
@@ -36,6 +36,9 @@ from ..core.sse import StreamWatch
 from ..runtime import current
 from .base import Hook
 from .httpx_call import Exchange, HttpxCall, stream_error
+
+if TYPE_CHECKING:
+    from ..telemetry import CallTelemetry
 
 
 class HttpxFamilyHook(Hook):
@@ -65,6 +68,7 @@ class HttpxFamilyHook(Hook):
 def _sync_wrapper(lib: ModuleType) -> Callable[..., Any]:
     # The client checks that a transport's response stream is its own SyncByteStream.
     stream_class = type("WatchedStream", (_WatchedStream, lib.SyncByteStream), {})
+    traced_class = type("TracedStream", (_TracedStream, lib.SyncByteStream), {})
 
     def handle_request(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: Any) -> Any:
         runtime = current()
@@ -90,10 +94,10 @@ def _sync_wrapper(lib: ModuleType) -> Callable[..., Any]:
                 if isinstance(action, Send) and response is not None:
                     response.close()
                     response = None
-            return call.deliver(action, response) if isinstance(action, Deliver) else call.give_up(action)
+            return _hand_back(call, action, response, traced_class)
         except BaseException:
             # Interrupted, or an error we do not handle: no node slot may stay taken.
-            call.plan.release_all()
+            call.abort()
             if response is not None:
                 response.close()
             raise
@@ -198,6 +202,7 @@ def _commit_sync(call: HttpxCall, action: Send, response: Any, stream_class: typ
 
 def _async_wrapper(lib: ModuleType) -> Callable[..., Any]:
     stream_class = type("AsyncWatchedStream", (_AsyncWatchedStream, lib.AsyncByteStream), {})
+    traced_class = type("AsyncTracedStream", (_AsyncTracedStream, lib.AsyncByteStream), {})
 
     async def handle_async_request(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: Any
@@ -228,11 +233,11 @@ def _async_wrapper(lib: ModuleType) -> Callable[..., Any]:
                 if isinstance(action, Send) and response is not None:
                     await response.aclose()
                     response = None
-            return call.deliver(action, response) if isinstance(action, Deliver) else call.give_up(action)
+            return _hand_back(call, action, response, traced_class)
         except BaseException:
             # Cancelled (a client gone, a timeout around the call), or an error we do not
             # handle: no node slot may stay taken.
-            call.plan.release_all()
+            call.abort()
             if response is not None:
                 await response.aclose()
             raise
@@ -308,6 +313,15 @@ async def _commit_async(call: HttpxCall, action: Send, response: Any, stream_cla
     return None
 
 
+def _hand_back(call: HttpxCall, action: Deliver | GiveUp, response: Any, traced_class: type) -> Any:
+    if isinstance(action, GiveUp):
+        return call.give_up(action)
+    delivered = call.deliver(action, response)
+    if call.telemetry is not None and not action.final:
+        delivered.stream = traced_class(call.telemetry, delivered.stream)  # the span ends with the body
+    return delivered
+
+
 # --- the committed stream ---------------------------------------------------------------------
 
 
@@ -372,3 +386,45 @@ class _AsyncWatchedStream(_WatchedStream):
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+# --- the traced body: the call's span ends when it has been read or closed ----------------------
+
+
+class _TracedStream:
+    """Mixed with the library's SyncByteStream in ``_sync_wrapper``."""
+
+    def __init__(self, telemetry: CallTelemetry, inner: Any) -> None:
+        self._telemetry, self._inner = telemetry, inner
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            for chunk in self._inner:
+                self._telemetry.chunk(chunk)
+                yield chunk
+        except Exception as exc:
+            self._telemetry.finish(error_type=type(exc).__name__)
+            raise
+        self._telemetry.finish()
+
+    def close(self) -> None:
+        self._inner.close()
+        self._telemetry.finish()
+
+
+class _AsyncTracedStream(_TracedStream):
+    """Mixed with the library's AsyncByteStream in ``_async_wrapper``."""
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._inner:
+                self._telemetry.chunk(chunk)
+                yield chunk
+        except Exception as exc:
+            self._telemetry.finish(error_type=type(exc).__name__)
+            raise
+        self._telemetry.finish()
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+        self._telemetry.finish()

@@ -1,0 +1,219 @@
+"""GenAI spans and metrics, checked with the OpenTelemetry SDK's in-memory exporter and reader."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import anthropic
+import httpx2
+import openai
+import pytest
+from helpers import ANTHROPIC_KEY, GATEWAY_KEY, OPENAI_KEY, PROVIDER_KEYS, install_for
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from yibu_middleware.simulator import GatewaySimulator
+
+EXPORTER = InMemorySpanExporter()
+READER = InMemoryMetricReader()
+_provider = TracerProvider()
+_provider.add_span_processor(SimpleSpanProcessor(EXPORTER))
+trace.set_tracer_provider(_provider)  # the global providers can be set once per process
+metrics.set_meter_provider(MeterProvider(metric_readers=[READER]))
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_exporter() -> Iterator[None]:
+    EXPORTER.clear()
+    READER.get_metrics_data()  # drain what earlier tests recorded
+    yield
+
+
+def genai_spans() -> list[ReadableSpan]:
+    return [
+        span for span in EXPORTER.get_finished_spans() if span.attributes and "gen_ai.operation.name" in span.attributes
+    ]
+
+
+def no_key_in(spans: list[ReadableSpan]) -> None:
+    text = repr(
+        [(span.name, dict(span.attributes or {}), [dict(e.attributes or {}) for e in span.events]) for span in spans]
+    )
+    for key in (*PROVIDER_KEYS, GATEWAY_KEY):
+        assert key not in text
+
+
+def test_sync_chat_span_follows_the_conventions(gateway: GatewaySimulator) -> None:
+    gateway.set_faults("a", refuse=True)
+    install_for(gateway, pin=gateway.node("a").base_url, model_aliases={"gpt-4": "gpt-5.2"})
+    client = openai.OpenAI(api_key=OPENAI_KEY, max_retries=0)
+    reply = client.chat.completions.create(model="gpt-4", messages=MESSAGES)  # type: ignore[arg-type]
+    (span,) = genai_spans()
+    attributes = dict(span.attributes or {})
+    assert span.name == "chat gpt-4" and span.kind is SpanKind.CLIENT
+    assert attributes["gen_ai.provider.name"] == "openai"
+    assert attributes["gen_ai.request.model"] == "gpt-4" and attributes["yibu.request.model_sent"] == "gpt-5.2"
+    assert attributes["gen_ai.response.model"] == "gpt-5.2" and attributes["gen_ai.response.id"] == reply.id
+    assert attributes["gen_ai.response.finish_reasons"] == ("stop",)
+    assert reply.usage is not None
+    assert attributes["gen_ai.usage.input_tokens"] == reply.usage.prompt_tokens
+    assert attributes["gen_ai.usage.output_tokens"] == reply.usage.completion_tokens
+    served = gateway.records[-1].node
+    assert attributes["server.port"] == gateway.node(served).port
+    attempts = [dict(event.attributes or {}) for event in span.events if event.name == "yibu.attempt"]
+    assert [a["server.port"] for a in attempts] == [gateway.node("a").port, gateway.node(served).port]
+    assert "connection failed" in str(attempts[0]["yibu.outcome"])
+    # W3C trace context reached the gateway, so its logs join this trace
+    traceparent = gateway.records[-1].headers["traceparent"]
+    assert format(span.context.trace_id, "032x") in traceparent
+    no_key_in([span])
+
+
+def test_stream_span_ends_when_the_stream_is_read_and_has_usage(gateway: GatewaySimulator) -> None:
+    install_for(gateway)
+    client = openai.OpenAI(api_key=OPENAI_KEY, max_retries=0)
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+    )  # type: ignore[call-overload]
+    first = next(iter(stream))
+    assert first is not None and genai_spans() == []  # headers are in, the span is still open
+    chunks = list(stream)
+    (span,) = genai_spans()
+    attributes = dict(span.attributes or {})
+    usage = chunks[-1].usage
+    assert usage is not None and attributes["gen_ai.usage.output_tokens"] == usage.completion_tokens
+    assert attributes["gen_ai.response.finish_reasons"] == ("stop",)
+    assert float(attributes["gen_ai.response.time_to_first_chunk"]) > 0  # type: ignore[arg-type]
+
+
+def test_anthropic_stream_usage_follows_anthropic_rules(gateway: GatewaySimulator) -> None:
+    install_for(gateway)
+    body = {"model": "claude-sonnet-5-5", "max_tokens": 30, "stream": True, "messages": MESSAGES}
+    headers = {"x-api-key": ANTHROPIC_KEY, "anthropic-version": "2023-06-01"}
+    with (
+        httpx2.Client() as client,
+        client.stream("POST", "https://api.anthropic.com/v1/messages", json=body, headers=headers) as response,
+    ):
+        raw = response.read().decode()
+    (span,) = genai_spans()
+    attributes = dict(span.attributes or {})
+    assert attributes["gen_ai.provider.name"] == "anthropic"
+    usage_out = int(raw.rsplit('"output_tokens":', 1)[1].split("}")[0])
+    assert attributes["gen_ai.usage.output_tokens"] == usage_out  # the last cumulative count
+    assert attributes["gen_ai.usage.input_tokens"] >= 1  # type: ignore[operator]
+    assert attributes["gen_ai.response.finish_reasons"] == ("end_turn",)
+    no_key_in([span])
+
+
+def test_anthropic_sdk_span_is_not_doubled_and_context_still_reaches_the_gateway(gateway: GatewaySimulator) -> None:
+    """anthropic >= 2 makes its own GenAI span when a tracer provider is set: ours steps aside."""
+    install_for(gateway)
+    client = anthropic.Anthropic(api_key=ANTHROPIC_KEY, max_retries=0)
+    with client.messages.stream(model="claude-sonnet-5-5", max_tokens=30, messages=MESSAGES) as stream:
+        stream.get_final_message()
+    (span,) = genai_spans()
+    assert format(span.context.trace_id, "032x") in gateway.records[-1].headers["traceparent"]
+
+
+def test_async_calls_one_span_each(gateway: GatewaySimulator) -> None:
+    install_for(gateway)
+
+    async def main() -> None:
+        async with openai.AsyncOpenAI(api_key=OPENAI_KEY, max_retries=0) as client:
+            await asyncio.gather(
+                *(client.embeddings.create(model="text-embedding-3-small", input="x") for _ in range(5))
+            )
+
+    asyncio.run(main())
+    spans = genai_spans()
+    assert len(spans) == 5 and {span.name for span in spans} == {"embeddings text-embedding-3-small"}
+
+
+def test_failure_sets_error_type(gateway: GatewaySimulator) -> None:
+    for node in gateway.nodes:
+        gateway.set_faults(node.name, refuse=True)
+    install_for(gateway)
+    with pytest.raises(openai.InternalServerError):
+        openai.OpenAI(api_key=OPENAI_KEY).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+    (span,) = genai_spans()
+    assert span.status.status_code is StatusCode.ERROR
+    assert (span.attributes or {})["error.type"] == "yibu_no_answer"
+    assert len([event for event in span.events if event.name == "yibu.attempt"]) == 3
+
+
+def test_stream_closed_early_in_another_task_ends_the_span(gateway: GatewaySimulator) -> None:
+    install_for(gateway)
+
+    async def main() -> None:
+        async with openai.AsyncOpenAI(api_key=OPENAI_KEY, max_retries=0) as client:
+            stream = await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)  # type: ignore[call-overload]
+            async for _ in stream:
+                break
+            await asyncio.create_task(stream.close())  # closed from another task
+
+    asyncio.run(main())
+    (span,) = genai_spans()
+    assert span.end_time is not None
+
+
+def metric_counts() -> dict[str, int]:
+    data = READER.get_metrics_data()
+    counts: dict[str, int] = {}
+    kinds: dict[str, set[str]] = {}
+    for resource in data.resource_metrics if data else []:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                for point in metric.data.data_points:
+                    counts[metric.name] = counts.get(metric.name, 0) + point.count
+                    if "gen_ai.token.type" in point.attributes:
+                        kinds.setdefault(metric.name, set()).add(str(point.attributes["gen_ai.token.type"]))
+    assert not kinds or kinds["gen_ai.client.token.usage"] == {"input", "output"}
+    return counts
+
+
+def test_metrics(gateway: GatewaySimulator) -> None:
+    install_for(gateway)
+    before = metric_counts()
+    client = openai.OpenAI(api_key=OPENAI_KEY, max_retries=0)
+    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+    list(client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True))  # type: ignore[call-overload]
+    after = metric_counts()
+
+    def added(name: str) -> int:
+        return after.get(name, 0) - before.get(name, 0)
+
+    assert added("gen_ai.client.operation.duration") == 2
+    assert added("gen_ai.client.token.usage") >= 2  # input and output of the plain call at least
+    assert added("gen_ai.client.operation.time_to_first_chunk") == 1  # the stream's
+
+
+def test_no_double_span_under_an_instrumentation_span(gateway: GatewaySimulator) -> None:
+    """OpenTelemetry's openai instrumentation makes its GenAI span around the SDK call; we add none."""
+    install_for(gateway)
+    tracer = trace.get_tracer("opentelemetry.instrumentation.openai_v2")
+    with tracer.start_as_current_span("chat gpt-4o-mini", attributes={"gen_ai.operation.name": "chat"}):
+        openai.OpenAI(api_key=OPENAI_KEY, max_retries=0).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+    assert len(genai_spans()) == 1
+
+
+def test_message_content_only_when_asked_and_then_redacted(
+    gateway: GatewaySimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    install_for(gateway)
+    client = openai.OpenAI(api_key=OPENAI_KEY, max_retries=0)
+    secret_message = [{"role": "user", "content": f"my key is {PROVIDER_KEYS[0]}"}]
+    client.chat.completions.create(model="gpt-4o-mini", messages=secret_message)  # type: ignore[arg-type]
+    assert "gen_ai.input.messages" not in (genai_spans()[0].attributes or {})
+    EXPORTER.clear()
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "true")
+    client.chat.completions.create(model="gpt-4o-mini", messages=secret_message)  # type: ignore[arg-type]
+    captured = str((genai_spans()[0].attributes or {})["gen_ai.input.messages"])
+    assert "my key is" in captured and PROVIDER_KEYS[0] not in captured

@@ -1,0 +1,91 @@
+"""What a GenAI call was and what it returned, read from the wire (no I/O, no OpenTelemetry).
+
+The mapping to OpenTelemetry's GenAI semantic conventions (v1.41) lives in one place,
+``telemetry.py``; this module only reads the providers' formats: the operation from
+the path, and the response's id, model, finish reasons and token usage from a JSON
+body or from the events of a stream (OpenAI and Anthropic rules).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def operation_name(path: str) -> str | None:
+    """The GenAI operation of a gateway path; None for a call that is not one (e.g. /models)."""
+    if path.endswith(("/chat/completions", "/messages", "/responses")):
+        return "chat"
+    if path.endswith("/embeddings"):
+        return "embeddings"
+    if path.endswith("/completions"):
+        return "text_completion"
+    return None
+
+
+class ResponseFacts:
+    """Accumulates what a response says about itself, from one JSON body or many stream events."""
+
+    __slots__ = ("finish_reasons", "input_tokens", "model", "output_tokens", "response_id")
+
+    def __init__(self) -> None:
+        self.response_id: str | None = None
+        self.model: str | None = None
+        self.finish_reasons: list[str] = []
+        self.input_tokens: int | None = None
+        self.output_tokens: int | None = None
+
+    def read_body(self, body: bytes) -> None:
+        try:
+            document = json.loads(body)
+        except ValueError:
+            return
+        if isinstance(document, dict):
+            self.absorb(document)
+
+    def read_event(self, data: bytes) -> None:
+        if data and data != b"[DONE]":
+            self.read_body(data)
+
+    def absorb(self, document: dict[str, Any]) -> None:
+        message = document.get("message")
+        if isinstance(message, dict):  # Anthropic message_start
+            self.absorb(message)
+        if isinstance(document.get("response"), dict):  # OpenAI Responses API events
+            self.absorb(document["response"])
+        if isinstance(document.get("id"), str) and self.response_id is None:
+            self.response_id = document["id"]
+        if isinstance(document.get("model"), str):
+            self.model = document["model"]
+        for choice in document.get("choices") or ():
+            reason = choice.get("finish_reason") if isinstance(choice, dict) else None
+            if isinstance(reason, str):
+                self.finish_reasons.append(reason)
+        reason = document.get("stop_reason")
+        delta = document.get("delta")
+        if isinstance(delta, dict) and isinstance(delta.get("stop_reason"), str):
+            reason = delta["stop_reason"]
+        if isinstance(reason, str):
+            self.finish_reasons.append(reason)
+        usage = document.get("usage")
+        if isinstance(usage, dict):
+            self._usage(usage)
+
+    def _usage(self, usage: dict[str, Any]) -> None:
+        if "prompt_tokens" in usage or "completion_tokens" in usage:  # OpenAI chat, embeddings
+            self.input_tokens = _int(usage.get("prompt_tokens"), self.input_tokens)
+            self.output_tokens = _int(usage.get("completion_tokens"), self.output_tokens)
+            return
+        if "input_tokens" in usage:
+            # Anthropic counts cached input apart; the conventions want it all in input.
+            cached = _int(usage.get("cache_read_input_tokens"), 0) or 0
+            created = _int(usage.get("cache_creation_input_tokens"), 0) or 0
+            base = _int(usage.get("input_tokens"), None)
+            if base is not None:
+                self.input_tokens = base + cached + created
+        # Anthropic's message_delta carries a cumulative output count; the last one wins.
+        self.output_tokens = _int(usage.get("output_tokens"), self.output_tokens)
+
+
+def _int(value: Any, default: int | None) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default

@@ -1,0 +1,208 @@
+"""OpenTelemetry spans and metrics for redirected GenAI calls (opentelemetry-api only).
+
+One CLIENT span per logical call (not per attempt), named ``{operation} {model}``, with
+the GenAI semantic conventions v1.41; each attempt is an event on it. For a response
+the span ends when its body has been read or closed (a stream's end, not its
+headers), so it carries the usage and the time to the first chunk. The app brings
+the SDK and exporters; with none configured, the API hands out non-recording spans
+and this module does nothing more than ask for one.
+
+This module is imported only once the app has imported OpenTelemetry itself (a
+process that never did cannot have an SDK configured), so it adds nothing to start-up.
+
+The conventions' names live here and nowhere else, so that a later rename (the
+conventions move on in semantic-conventions-genai) is a change to this file.
+
+No context is attached while a call runs: the span is passed around explicitly and
+put into the W3C ``traceparent`` header of each attempt, so a stream closed early or
+in another task cannot trip "failed to detach context".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from opentelemetry import metrics, trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+from .core.genai import ResponseFacts, operation_name
+from .core.request import GatewayRequest
+
+CAPTURE_CONTENT_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+
+_tracer: trace.Tracer | None = None
+_instruments: tuple[metrics.Histogram, metrics.Histogram, metrics.Histogram] | None = None
+
+
+def _get_tracer() -> trace.Tracer:
+    global _tracer
+    if _tracer is None:
+        from . import __version__
+
+        _tracer = trace.get_tracer("yibu_middleware", __version__)
+    return _tracer
+
+
+def _get_instruments() -> tuple[metrics.Histogram, metrics.Histogram, metrics.Histogram]:
+    global _instruments
+    if _instruments is None:
+        meter = metrics.get_meter("yibu_middleware")
+        _instruments = (
+            meter.create_histogram(
+                "gen_ai.client.operation.duration", unit="s", description="GenAI operation duration"
+            ),
+            meter.create_histogram("gen_ai.client.token.usage", unit="{token}", description="tokens used"),
+            meter.create_histogram(
+                "gen_ai.client.operation.time_to_first_chunk", unit="s", description="time to the first chunk"
+            ),
+        )
+    return _instruments
+
+
+def _genai_span_active() -> bool:
+    """OpenTelemetry's own openai/anthropic instrumentation already made this call's span."""
+    attributes = getattr(trace.get_current_span(), "attributes", None)
+    return bool(attributes) and "gen_ai.operation.name" in attributes  # type: ignore[operator]
+
+
+class CallTelemetry:
+    """The span (and metrics) of one redirected call."""
+
+    __slots__ = ("_attributes", "_ended", "_first_chunk", "_pending", "_sse", "_started", "body", "facts", "span")
+
+    def __init__(self, span: Span, attributes: dict[str, Any]) -> None:
+        self.span = span
+        self._attributes = attributes  # the metric attributes, completed as the call goes
+        self._started = time.monotonic()
+        self._first_chunk: float | None = None
+        self._ended = False
+        self._sse = False
+        self._pending = b""
+        self.body = bytearray()
+        self.facts = ResponseFacts()
+
+    @classmethod
+    def start(cls, gateway: GatewayRequest, redact: Any) -> CallTelemetry | None:
+        operation = operation_name(gateway.path)
+        if operation is None or _genai_span_active():
+            return None
+        model = gateway.requested_model or ""
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": operation,
+            "gen_ai.provider.name": gateway.route.provider,
+        }
+        if model:
+            attributes["gen_ai.request.model"] = model
+        span = _get_tracer().start_span(f"{operation} {model}".strip(), kind=SpanKind.CLIENT, attributes=attributes)
+        if not span.is_recording():
+            return None  # no SDK: nothing to record, nothing to pay
+        if gateway.model and gateway.model != model:
+            span.set_attribute("yibu.request.model_sent", gateway.model)  # the alias actually sent
+        if _capture_content() and gateway.body:
+            span.set_attribute("gen_ai.input.messages", redact(_messages(gateway.body)))
+        return cls(span, attributes)
+
+    def traceparent(self) -> list[tuple[bytes, bytes]]:
+        from opentelemetry import propagate  # loads the configured propagators: only when tracing
+
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=trace.set_span_in_context(self.span))
+        return [(name.encode(), value.encode()) for name, value in carrier.items()]
+
+    def attempt(self, node: Any, outcome: str, why: str, waited: float) -> None:
+        self.span.add_event(
+            "yibu.attempt",
+            {
+                "server.address": node.host,
+                "server.port": node.port,
+                "yibu.outcome": outcome,
+                "yibu.retry_reason": why,
+                "yibu.wait_s": waited,
+            },
+        )
+
+    def answered(self, node: Any, status: int, event_stream: bool) -> None:
+        self.span.set_attribute("server.address", node.host)
+        self.span.set_attribute("server.port", node.port)
+        self.span.set_attribute("http.response.status_code", status)
+        self._attributes["server.address"] = node.host
+        self._attributes["server.port"] = node.port
+        self._sse = event_stream
+
+    def chunk(self, data: bytes) -> None:
+        """A chunk of the response body, as the caller reads it."""
+        if self._first_chunk is None:
+            self._first_chunk = time.monotonic()
+        if not self._sse:
+            if len(self.body) < 4_000_000:  # a JSON answer, read for its usage at the end
+                self.body += data
+            return
+        events = (self._pending + data).split(b"\n\n")
+        self._pending = events.pop()
+        for event in events:
+            # Only events that can carry usage, ids or finish reasons are parsed.
+            if b'"usage"' in event or b"finish_reason" in event or b"stop_reason" in event or b'"id"' in event:
+                for line in event.split(b"\n"):
+                    if line.startswith(b"data:"):
+                        self.facts.read_event(line[5:].strip())
+
+    def finish(self, error_type: str | None = None) -> None:
+        """End the span and record the metrics; safe to call more than once."""
+        if self._ended:
+            return
+        self._ended = True
+        span, facts, attributes = self.span, self.facts, self._attributes
+        if self.body and not self._sse:
+            facts.read_body(bytes(self.body))
+        if facts.response_id:
+            span.set_attribute("gen_ai.response.id", facts.response_id)
+        if facts.model:
+            span.set_attribute("gen_ai.response.model", facts.model)
+            attributes["gen_ai.response.model"] = facts.model
+        if facts.finish_reasons:
+            span.set_attribute("gen_ai.response.finish_reasons", facts.finish_reasons)
+        if facts.input_tokens is not None:
+            span.set_attribute("gen_ai.usage.input_tokens", facts.input_tokens)
+        if facts.output_tokens is not None:
+            span.set_attribute("gen_ai.usage.output_tokens", facts.output_tokens)
+        if self._first_chunk is not None:
+            span.set_attribute("gen_ai.response.time_to_first_chunk", self._first_chunk - self._started)
+        if error_type is not None:
+            span.set_attribute("error.type", error_type)
+            span.set_status(Status(StatusCode.ERROR, error_type))
+            attributes["error.type"] = error_type
+        span.end()
+        duration, tokens, first_chunk = _get_instruments()
+        duration.record(time.monotonic() - self._started, attributes)
+        for kind, count in (("input", facts.input_tokens), ("output", facts.output_tokens)):
+            if count is not None:
+                tokens.record(count, {**attributes, "gen_ai.token.type": kind})
+        if self._first_chunk is not None and self._sse:
+            first_chunk.record(self._first_chunk - self._started, attributes)
+
+
+def current_trace_headers() -> list[tuple[bytes, bytes]]:
+    """``traceparent`` for the current span, if one is recording (e.g. an instrumentation's)."""
+    if not trace.get_current_span().is_recording():
+        return []
+    from opentelemetry import propagate
+
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return [(name.encode(), value.encode()) for name, value in carrier.items()]
+
+
+def _capture_content() -> bool:
+    return os.environ.get(CAPTURE_CONTENT_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _messages(body: bytes) -> str:
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return ""
+    messages = document.get("messages", document.get("input")) if isinstance(document, dict) else None
+    return json.dumps(messages, ensure_ascii=False)[:16_000] if messages is not None else ""
