@@ -106,11 +106,15 @@ class CallTelemetry:
         return cls(span, attributes)
 
     def traceparent(self) -> list[tuple[bytes, bytes]]:
-        from opentelemetry import propagate  # loads the configured propagators: only when tracing
-
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier, context=trace.set_span_in_context(self.span))
-        return [(name.encode(), value.encode()) for name, value in carrier.items()]
+        """W3C ``traceparent`` (and ``tracestate``) of this call's span, written directly:
+        the generic propagator API costs more than the rest of a span's life."""
+        context = self.span.get_span_context()
+        headers = [
+            (b"traceparent", f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}".encode())
+        ]
+        if context.trace_state:
+            headers.append((b"tracestate", context.trace_state.to_header().encode()))
+        return headers
 
     def attempt(self, node: Any, outcome: str, why: str, waited: float) -> None:
         self.span.add_event(
@@ -125,9 +129,9 @@ class CallTelemetry:
         )
 
     def answered(self, node: Any, status: int, event_stream: bool) -> None:
-        self.span.set_attribute("server.address", node.host)
-        self.span.set_attribute("server.port", node.port)
-        self.span.set_attribute("http.response.status_code", status)
+        self.span.set_attributes(
+            {"server.address": node.host, "server.port": node.port, "http.response.status_code": status}
+        )
         self._attributes["server.address"] = node.host
         self._attributes["server.port"] = node.port
         self._sse = event_stream
@@ -157,23 +161,23 @@ class CallTelemetry:
         span, facts, attributes = self.span, self.facts, self._attributes
         if self.body and not self._sse:
             facts.read_body(bytes(self.body))
+        found: dict[str, Any] = {}
         if facts.response_id:
-            span.set_attribute("gen_ai.response.id", facts.response_id)
+            found["gen_ai.response.id"] = facts.response_id
         if facts.model:
-            span.set_attribute("gen_ai.response.model", facts.model)
-            attributes["gen_ai.response.model"] = facts.model
+            found["gen_ai.response.model"] = attributes["gen_ai.response.model"] = facts.model
         if facts.finish_reasons:
-            span.set_attribute("gen_ai.response.finish_reasons", facts.finish_reasons)
+            found["gen_ai.response.finish_reasons"] = facts.finish_reasons
         if facts.input_tokens is not None:
-            span.set_attribute("gen_ai.usage.input_tokens", facts.input_tokens)
+            found["gen_ai.usage.input_tokens"] = facts.input_tokens
         if facts.output_tokens is not None:
-            span.set_attribute("gen_ai.usage.output_tokens", facts.output_tokens)
+            found["gen_ai.usage.output_tokens"] = facts.output_tokens
         if self._first_chunk is not None:
-            span.set_attribute("gen_ai.response.time_to_first_chunk", self._first_chunk - self._started)
+            found["gen_ai.response.time_to_first_chunk"] = self._first_chunk - self._started
         if error_type is not None:
-            span.set_attribute("error.type", error_type)
+            found["error.type"] = attributes["error.type"] = error_type
             span.set_status(Status(StatusCode.ERROR, error_type))
-            attributes["error.type"] = error_type
+        span.set_attributes(found)  # one call: each attribute set on its own takes the span's lock
         span.end()
         duration, tokens, first_chunk = _get_instruments()
         duration.record(time.monotonic() - self._started, attributes)
