@@ -29,6 +29,12 @@ def mixed() -> Iterator[GatewaySimulator]:
         yield simulator
 
 
+def one_shot_body() -> Iterator[bytes]:
+    """A request body that can be read once only, as an upload or a generator is."""
+    yield b'{"model": "gpt-4o-mini", '
+    yield b'"messages": [{"role": "user", "content": "hi"}]}'
+
+
 def chat(client: openai.OpenAI, **extra: object) -> str:
     reply = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, **extra)  # type: ignore[call-overload]
     return str(reply.choices[0].message.content)
@@ -128,14 +134,10 @@ def test_one_shot_body_is_not_retried_and_says_why(gateway: GatewaySimulator) ->
     gateway.set_faults("a", refuse=True)
     install_for(gateway, nodes=[gateway.node("a").base_url, gateway.node("b").base_url], pin=gateway.node("a").base_url)
 
-    def body() -> Iterator[bytes]:
-        yield b'{"model": "gpt-4o-mini", '
-        yield b'"messages": [{"role": "user", "content": "hi"}]}'
-
     with httpx2.Client() as client:
         response = client.post(
             "https://api.openai.com/v1/chat/completions",
-            content=body(),
+            content=one_shot_body(),
             headers={"Authorization": f"Bearer {OPENAI_KEY}", "content-type": "application/json"},
         )
     assert response.status_code == 503 and "one-shot stream" in response.json()["error"]["message"]
@@ -377,14 +379,10 @@ def test_sdk_retries_that_still_come_cost_budget(gateway: GatewaySimulator) -> N
 def test_streamed_request_body_reaches_the_gateway(gateway: GatewaySimulator) -> None:
     install_for(gateway)
 
-    def body() -> Iterator[bytes]:
-        yield b'{"model": "gpt-4o-mini", '
-        yield b'"messages": [{"role": "user", "content": "hi"}]}'
-
     with httpx2.Client() as client:
         response = client.post(
             "https://api.openai.com/v1/chat/completions",
-            content=body(),
+            content=one_shot_body(),
             headers={"Authorization": f"Bearer {OPENAI_KEY}", "content-type": "application/json"},
         )
     assert response.status_code == 200, response.text

@@ -19,7 +19,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -243,13 +252,6 @@ class Settings(BaseSettings):
                 merged[host] = spec
         return merged
 
-    @field_validator("node_weights", mode="before")
-    @classmethod
-    def _parse_weights(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return _json_value(value, 'a JSON object of node URL = weight, e.g. {"https://a/v1": 2}')
-        return value
-
     @field_validator("node_weights")
     @classmethod
     def _check_weights(cls, value: dict[str, float]) -> dict[str, float]:
@@ -262,11 +264,12 @@ class Settings(BaseSettings):
     def _check_pin(cls, value: str | None) -> str | None:
         return _http_url(value) if value else None
 
-    @field_validator("model_aliases", mode="before")
+    @field_validator("model_aliases", "node_weights", mode="before")
     @classmethod
-    def _parse_aliases(cls, value: Any) -> Any:
+    def _parse_tables(cls, value: Any, info: ValidationInfo) -> Any:
+        """Tables come from the environment as JSON objects."""
         if isinstance(value, str):
-            return _json_value(value, 'a JSON object of old = new model names, e.g. {"gpt-4": "gpt-5.2"}')
+            return _json_value(value, _TABLE_FORMS[str(info.field_name)])
         return value
 
     @property
@@ -289,6 +292,12 @@ class Settings(BaseSettings):
             if name == "api_key" and value is not None:
                 value = mask(value.get_secret_value())
             yield name, value
+
+
+_TABLE_FORMS = {
+    "model_aliases": 'a JSON object of old = new model names, e.g. {"gpt-4": "gpt-5.2"}',
+    "node_weights": 'a JSON object of node URL = weight, e.g. {"https://a/v1": 2}',
+}
 
 
 def _http_url(value: str) -> str:

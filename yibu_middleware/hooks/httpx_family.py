@@ -178,23 +178,46 @@ def _discard_sync(call: HttpxCall, action: Send, future: concurrent.futures.Futu
             lost.response.close()
 
 
+class _Commit:
+    """Reading an event stream up to its first content; shared by the sync and async readers."""
+
+    __slots__ = ("call", "read", "started", "watch")
+
+    def __init__(self, call: HttpxCall) -> None:
+        self.call = call
+        self.watch = StreamWatch()
+        self.read: list[bytes] = []  # replayed to the caller once committed
+        self.started = time.monotonic()
+
+    def took(self, chunk: bytes) -> bool:
+        """Note one chunk; True when reading can stop."""
+        self.read.append(chunk)
+        self.watch.feed(chunk)
+        return self.watch.committed or bool(self.watch.error) or self.call.first_token_overdue(self.started)
+
+    def failure(self) -> str | None:
+        """None when the stream committed; else why it failed before its first content."""
+        watch = self.watch
+        if watch.error:
+            return watch.error
+        if watch.committed:
+            return None
+        if self.call.first_token_overdue(self.started):
+            return "no content within stream.first_token_timeout"
+        return "the stream ended with no content"
+
+
 def _commit_sync(call: HttpxCall, action: Send, response: Any, stream_class: type) -> str | None:
     """Read to the first content. None: committed, ``response.stream`` replaced; else why not."""
-    watch = StreamWatch()
-    read: list[bytes] = []
+    commit = _Commit(call)
     chunks = iter(response.stream)
-    started = time.monotonic()
     for chunk in chunks:  # a transport error here is the exchange's error
-        read.append(chunk)
-        watch.feed(chunk)
-        if watch.committed or watch.error:
+        if commit.took(chunk):
             break
-        if call.first_token_overdue(started):
-            return "no content within stream.first_token_timeout"
-    if watch.error or not watch.committed:
-        return watch.error or "the stream ended with no content"
-    response.stream = stream_class(call, action.node, response.stream, read, chunks, watch)
-    return None
+    failure = commit.failure()
+    if failure is None:
+        response.stream = stream_class(call, action.node, response.stream, commit.read, chunks, commit.watch)
+    return failure
 
 
 # --- async -----------------------------------------------------------------------------------
@@ -296,21 +319,15 @@ async def _hedged_async(call: HttpxCall, first: Send, after: float, exchange: Ca
 
 async def _commit_async(call: HttpxCall, action: Send, response: Any, stream_class: type) -> str | None:
     """The async twin of ``_commit_sync``."""
-    watch = StreamWatch()
-    read: list[bytes] = []
+    commit = _Commit(call)
     chunks = aiter(response.stream)
-    started = time.monotonic()
     async for chunk in chunks:
-        read.append(chunk)
-        watch.feed(chunk)
-        if watch.committed or watch.error:
+        if commit.took(chunk):
             break
-        if call.first_token_overdue(started):
-            return "no content within stream.first_token_timeout"
-    if watch.error or not watch.committed:
-        return watch.error or "the stream ended with no content"
-    response.stream = stream_class(call, action.node, response.stream, read, chunks, watch)
-    return None
+    failure = commit.failure()
+    if failure is None:
+        response.stream = stream_class(call, action.node, response.stream, commit.read, chunks, commit.watch)
+    return failure
 
 
 def _hand_back(call: HttpxCall, action: Deliver | GiveUp, response: Any, traced_class: type) -> Any:
