@@ -121,6 +121,10 @@ def _exchange_sync(call: HttpxCall, wrapped: Callable[..., Any], action: Send, s
         if response is not None:
             response.close()
         return Exchange(action, None, exc, None)
+    except BaseException:
+        if response is not None:
+            response.close()  # the caller's loop frees the node slot
+        raise
 
 
 _hedge_pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -284,6 +288,10 @@ async def _exchange_async(call: HttpxCall, wrapped: Callable[..., Any], action: 
         if response is not None:
             await response.aclose()
         return Exchange(action, None, exc, None)
+    except BaseException:
+        if response is not None:
+            await response.aclose()  # the caller's loop frees the node slot
+        raise
 
 
 async def _hedged_async(call: HttpxCall, first: Send, after: float, exchange: Callable[[Send], Any]) -> Exchange:
