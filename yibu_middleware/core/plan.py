@@ -36,6 +36,9 @@ from typing import NamedTuple
 from .nodes import Clock, Node, NodePool
 from .retry import Kind, RetryBudget, classify_status, full_jitter, retry_after
 
+# One source of jitter for every call: seeding a new Random costs more than the rest of a plan.
+_JITTER = random.Random()
+
 
 class RetryPolicy(NamedTuple):
     max_attempts: int = 3
@@ -146,7 +149,7 @@ class CallPlan:
         self._policy = policy
         self._replayable = replayable
         self._clock = clock
-        self._rng = rng or random.Random()
+        self._rng = rng or _JITTER
         now = clock()
         self._deadline = None if timeout is None else now + timeout
         self._starts: dict[int, tuple[float, float]] = {}  # attempt -> (chosen at, delay) while in flight

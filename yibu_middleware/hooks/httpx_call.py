@@ -81,14 +81,15 @@ class HttpxCall:
             runtime.aliases,
         )
         runtime.remember_swapped(self.gateway.swapped_keys)
-        if headers.get("x-stainless-retry-count", "0") not in ("0", ""):
+        retry_count, read_timeout = _stainless(headers.raw)
+        if retry_count not in (b"0", b""):
             runtime.budget.record_retry()  # the SDK retrying on its own still costs budget
         self.plan = CallPlan(
             runtime.pool,
             runtime.budget,
             runtime.policy,
             replayable=body is not None,
-            timeout=_deadline(original),
+            timeout=_deadline(original, read_timeout),
             hedging=runtime.hedging,
         )
         self.ttft = runtime.settings.stream.first_token_timeout if self.gateway.stream else None
@@ -161,10 +162,13 @@ class HttpxCall:
             self.timed_out = "timeout" in done.stream_failure
             return self.plan.failed(action, Kind.NODE_FAILED, self._detail(done))
         response = done.response
-        body = response.content if self.wants_body(response) else None
-        hints = ("retry-after", "retry-after-ms")
-        headers = {name: response.headers[name] for name in hints if name in response.headers}
-        return self.plan.answered(action, response.status_code, headers, body)
+        status = response.status_code
+        body = response.content if status >= 400 else None
+        headers: dict[str, str] = {}
+        if status == 429:  # only a 429's wait hints are read
+            hints = ("retry-after", "retry-after-ms")
+            headers = {name: response.headers[name] for name in hints if name in response.headers}
+        return self.plan.answered(action, status, headers, body)
 
     def abort(self) -> None:
         """The call was interrupted (cancelled, or an error we do not handle)."""
@@ -210,8 +214,10 @@ class HttpxCall:
         return int(response.status_code) >= 400
 
     def watches_stream(self, response: Any) -> bool:
+        """An uncompressed event stream of a request that asked for one."""
         return (
-            response.status_code == 200
+            self.gateway.stream
+            and response.status_code == 200
             and response.headers.get("content-type", "").startswith("text/event-stream")
             and "content-encoding" not in response.headers
         )
@@ -285,9 +291,21 @@ def _url(lib: ModuleType, text: str) -> Any:
     return url
 
 
-def _deadline(request: Any) -> float | None:
+def _stainless(raw: list[tuple[bytes, bytes]]) -> tuple[bytes, bytes]:
+    """The openai/anthropic SDKs' retry count and read timeout headers, in one pass."""
+    retry_count = read_timeout = b""
+    for name, value in raw:
+        if name[:12].lower() == b"x-stainless-":
+            lower = name.lower()
+            if lower == b"x-stainless-retry-count":
+                retry_count = value
+            elif lower == b"x-stainless-read-timeout":
+                read_timeout = value
+    return retry_count, read_timeout
+
+
+def _deadline(request: Any, stated: bytes) -> float | None:
     """The whole call's time limit: the SDK's stated read timeout, else the request's own."""
-    stated = request.headers.get("x-stainless-read-timeout")
     if stated:
         try:
             return float(stated)
