@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import anthropic
 import httpx2
 import openai
 import pytest
-from helpers import ANTHROPIC_KEY, GATEWAY_KEY, OPENAI_KEY, PROVIDER_KEYS, install_for
+from helpers import ANTHROPIC_KEY, GATEWAY_KEY, OPENAI_KEY, PROVIDER_KEYS, app_env, install_for
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -217,3 +221,20 @@ def test_message_content_only_when_asked_and_then_redacted(
     client.chat.completions.create(model="gpt-4o-mini", messages=secret_message)  # type: ignore[arg-type]
     captured = str((genai_spans()[0].attributes or {})["gen_ai.input.messages"])
     assert "my key is" in captured and PROVIDER_KEYS[0] not in captured
+
+
+def test_with_opentelemetrys_httpx_instrumentation_one_span_of_each(gateway: GatewaySimulator) -> None:
+    """Both wrap HTTPTransport.handle_request: still one HTTP span and one GenAI span per call,
+    not one per attempt, and the call survives failover (here: a refused node, then a 503)."""
+    gateway.set_faults("a", refuse=True)
+    gateway.set_faults("b", error_rate=1.0)
+    env = app_env(gateway, YIBU_PIN=gateway.node("a").base_url)
+    script = Path(__file__).parent / "scripts" / "otel_httpx_instrumented.py"
+    result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert report["status"] == 200
+    scopes = [scope for _, _, scope in report["spans"]]
+    assert scopes.count("opentelemetry.instrumentation.httpx") == 1
+    assert scopes.count("yibu_middleware") == 1
+    assert gateway.records[0].node != "a" and gateway.records[-1].status == 200
