@@ -1,4 +1,4 @@
-"""The decisions, with no sockets: routes, request rewriting, node rotation, the call plan."""
+"""The decisions, with no sockets: routes, request rewriting, node URLs."""
 
 from __future__ import annotations
 

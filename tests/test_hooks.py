@@ -48,7 +48,7 @@ def test_openai_async_concurrent_calls_spread_over_nodes(gateway: GatewaySimulat
     assert len(asyncio.run(main())) == 12
     records = gateway.records
     assert len(records) == 12 and {r.key for r in records} == {GATEWAY_KEY}
-    assert {r.node for r in records} == {"a", "b", "c"}  # rotation used every node
+    assert {r.node for r in records} == {"a", "b", "c"}  # concurrent calls spread over every node
 
 
 def test_stream_passes_chunk_by_chunk(gateway: GatewaySimulator) -> None:

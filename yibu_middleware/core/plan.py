@@ -6,9 +6,9 @@ for an action, performs it and reports what happened:
     action = plan.start()
     while isinstance(action, Send):
         sleep(action.delay); try the node within plan.timeout_left()
-        transport error          -> action = plan.failed(node, kind, detail)
-        response                 -> action = plan.answered(node, status, headers, body)
-        stream, before content   -> action = plan.failed(node, Kind.NODE_FAILED, detail)
+        transport error          -> action = plan.failed(action, kind, detail)
+        response                 -> action = plan.answered(action, status, headers, body)
+        stream, before content   -> action = plan.failed(action, Kind.NODE_FAILED, detail)
     Deliver -> hand the response back (``final``: it is a failure the SDK must not retry)
     GiveUp  -> answer with an error of our own (no node gave a response to hand back)
 
@@ -17,11 +17,15 @@ The rules (each from the shared notes on resilience):
   and costs no retry budget (it cost the gateway nothing);
 - 5xx, 529 and read timeouts go to another node; only when no untried node is left is
   there a wait, with full jitter;
-- 429 goes to another node at once, or waits its ``retry-after`` when none is left; a
-  ``retry-after`` longer than ``max_retry_after`` is handed back to the caller;
+- 429 goes to another node at once, or waits its ``retry-after`` when none is left (a
+  ``retry-after`` longer than ``max_retry_after`` is then handed back to the caller);
 - 4xx and gateway quota/permission errors are never retried;
 - every retry must fit in the call's deadline, ``max_attempts`` and the process-wide
   retry budget; a one-shot request body is never sent twice.
+
+Attempts are told apart by ``Send.attempt`` (a hedge and a retry may share a node), and
+every node slot an attempt takes is given back exactly once: when it is judged, when it
+is abandoned (a hedge that lost), or by ``release_all`` when the call is interrupted.
 """
 
 from __future__ import annotations
