@@ -140,6 +140,121 @@ class RedactionSettings(BaseModel):
         return value
 
 
+class ModelLimits(BaseModel):
+    """Client-side limits of one model (``limits.per_model``), on top of the global ones."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_concurrent: int | None = Field(None, ge=1, description="calls in flight at once (a request pool); unset: none")
+    requests_per_second: float | None = Field(
+        None, gt=0, description="calls started per second, evenly spaced (no burst); unset: no limit"
+    )
+    tokens_per_minute: int | None = Field(
+        None,
+        ge=1,
+        description="tokens per sliding minute: estimated from the request while it is out, then the"
+        " usage the gateway returned; unset: no limit",
+    )
+
+    @property
+    def limited(self) -> bool:
+        return not (self.max_concurrent is None and self.requests_per_second is None and self.tokens_per_minute is None)
+
+
+class LimitSettings(ModelLimits):
+    """Client-side limits: the process's own (these fields) and each model's (``per_model``)."""
+
+    queue_timeout: float = Field(
+        30.0,
+        ge=0,
+        description="seconds a call may wait its turn; then it fails with a 429 the SDK does not retry",
+    )
+    per_model: Annotated[dict[str, ModelLimits], NoDecode] = Field(
+        {},
+        description="limits of one model (as sent, after model_aliases), on top of the global ones:"
+        ' "gpt-4o" = {max_concurrent = 2}. Env: JSON object',
+    )
+    follow_gateway_headers: bool = Field(
+        True,
+        description="hold back calls as the gateway's x-ratelimit-* / retry-after headers ask (when a limit is set)",
+    )
+
+    @field_validator("per_model", mode="before")
+    @classmethod
+    def _parse_per_model(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = _json_value(value, 'a JSON object of model = limits, e.g. {"gpt-4o": {"max_concurrent": 2}}')
+        if isinstance(value, Mapping) and any(not str(model).strip() for model in value):
+            raise ValueError("a model name in per_model is empty")
+        return value
+
+    @property
+    def active(self) -> bool:
+        """Any limit set, globally or for a model: without one there is no limiter and no cost."""
+        return self.limited or any(model.limited for model in self.per_model.values())
+
+
+MB = 1024 * 1024
+Modality = Literal["image", "audio", "file"]
+IMAGE_FORMATS = ("jpg", "png", "webp", "gif", "bmp", "tiff", "heic", "heif", "avif", "svg")
+AUDIO_FORMATS = ("mp3", "wav", "ogg", "flac", "m4a", "aac", "webm", "opus", "pcm16")
+
+
+class PolicySettings(BaseModel):
+    """Client-side checks of the gateway's feature permissions, made before anything is sent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    allowed_models: Annotated[list[str], NoDecode] = Field(
+        [],
+        description="models (as sent, after model_aliases) that may be called; shell patterns such as"
+        " 'gpt-4o*' allowed; empty: all. Env: comma-separated or a JSON list",
+    )
+    denied_modalities: Annotated[list[Modality], NoDecode] = Field(
+        [],
+        description="input kinds refused before sending: 'image', 'audio', 'file'. Env: comma-separated or a JSON list",
+    )
+    image_formats: Annotated[list[str], NoDecode] = Field(
+        ["jpg", "png", "webp"], description="image formats accepted (jpeg counts as jpg)"
+    )
+    audio_formats: Annotated[list[str], NoDecode] = Field(["mp3", "wav"], description="audio formats accepted")
+    max_media_bytes: int = Field(
+        200 * MB, ge=1, description="largest image, audio or file sent as base64 data, in bytes (decoded)"
+    )
+    check_media: bool = Field(True, description="check image and audio formats and media sizes")
+
+    @field_validator("allowed_models", "denied_modalities", "image_formats", "audio_formats", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                value = _json_value(text, 'a JSON list, e.g. ["gpt-4o*", "claude-*"]')
+            else:
+                value = [part.strip() for part in text.split(",") if part.strip()]
+        if info.field_name == "denied_modalities" and isinstance(value, list):
+            value = [item.strip().lower() if isinstance(item, str) else item for item in value]
+        return value
+
+    @field_validator("image_formats", "audio_formats")
+    @classmethod
+    def _known_formats(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        known = IMAGE_FORMATS if info.field_name == "image_formats" else AUDIO_FORMATS
+        out = []
+        for item in value:
+            name = item.strip().lower().lstrip(".")
+            name = {"jpeg": "jpg", "tif": "tiff", "mpeg": "mp3", "wave": "wav"}.get(name, name)
+            if name not in known:
+                raise ValueError(f"{item!r} is not a format known here; expected some of {', '.join(known)}")
+            out.append(name)
+        return out
+
+    @property
+    def active(self) -> bool:
+        """Some check would run: without one a request is not even scanned."""
+        return bool(self.allowed_models or self.denied_modalities or self.check_media)
+
+
 class Settings(BaseSettings):
     """Every setting of yibu-middleware. See the README's configuration reference."""
 
@@ -184,6 +299,8 @@ class Settings(BaseSettings):
     stream: StreamSettings = Field(StreamSettings(), description="streamed responses")
     hedge: HedgeSettings = Field(HedgeSettings(), description="hedged requests (off by default)")
     redaction: RedactionSettings = Field(RedactionSettings(), description="masking keys in logs")
+    limits: LimitSettings = Field(LimitSettings(), description="client-side limits (off until a limit is set)")
+    policy: PolicySettings = Field(PolicySettings(), description="client-side checks before sending")
     log: Literal["off", "warning", "info", "debug"] = Field(
         "off",
         description="print the library's own log lines (one per redirected call at 'info') to stderr;"
