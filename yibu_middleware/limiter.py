@@ -1,0 +1,297 @@
+"""Waiting for the client-side limits: one queue for the sync and async callers of a process.
+
+``core/limits.py`` decides who may go; this module waits. Every call takes a ticket in the
+same FIFO queue under one ``threading.Lock``, whether it comes from a thread (``acquire``,
+blocking on its own ``threading.Event``) or from an event loop (``acquire_async``, awaiting
+an ``asyncio.Event`` that other threads set through ``loop.call_soon_threadsafe``). Whoever
+changes the state (a new call, a release, a wake-up, a cancellation) looks at the queue
+again and wakes exactly the tickets that were admitted or whose time to look again moved;
+no thread is started, and no waiter polls.
+
+A call that cannot get in within ``limits.queue_timeout`` raises :class:`QueueTimeout`
+(at once, when the gateway asked to wait longer than that); the adapter turns it into a 429
+the SDK does not retry. A waiter that times out or is cancelled leaves the queue, and a call
+admitted at the very moment it was cancelled gives its slots back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from .core.limits import GATEWAY, Admission, Quota, Ticket
+from .core.nodes import Clock
+from .errors import YibuError
+
+if TYPE_CHECKING:
+    from .settings import LimitSettings
+
+
+class QueueTimeout(YibuError):
+    """A call waited for the client-side limits longer than ``limits.queue_timeout``.
+
+    ``status`` and ``code`` are what the adapter answers with (a 429 in the provider's format,
+    with ``x-should-retry: false``); ``setting`` names the limit that held the call.
+    """
+
+    status = 429
+    code = "client_rate_limited"
+
+    def __init__(self, message: str, *, setting: str, waited: float, model: str | None) -> None:
+        super().__init__(message)
+        self.setting = setting
+        self.waited = waited
+        self.model = model
+
+
+class Permit:
+    """A call's admission: give it back with ``release`` (idempotent) when the call ends."""
+
+    __slots__ = ("_limiter", "_ticket", "waited")
+
+    def __init__(self, limiter: Limiter, ticket: Ticket, waited: float) -> None:
+        self._limiter = limiter
+        self._ticket = ticket
+        self.waited = waited  # seconds spent in the queue
+
+    def release(self, actual_tokens: int | None = None) -> None:
+        """The call ended: slots back; ``actual_tokens`` (the gateway's usage) replace the estimate.
+
+        None: the usage is unknown and the estimate stands; 0: nothing was used (never sent).
+        """
+        if not self._ticket.released:
+            self._limiter._release(self._ticket, actual_tokens)
+
+    def __enter__(self) -> Permit:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.release()
+
+
+class Limiter:
+    """The client-side limits of one process, shared by every thread and event loop."""
+
+    __slots__ = ("_admission", "_clock", "_lock", "queue_timeout")
+
+    def __init__(
+        self,
+        quota: Quota,
+        per_model: Mapping[str, Quota] | None = None,
+        *,
+        queue_timeout: float = 30.0,
+        follow_gateway_headers: bool = True,
+        clock: Clock = time.monotonic,
+        wall: Clock = time.time,
+    ) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._admission = Admission(
+            quota, per_model, follow_gateway_headers=follow_gateway_headers, clock=clock, wall=wall
+        )
+        self.queue_timeout = queue_timeout
+
+    @classmethod
+    def from_settings(cls, limits: LimitSettings) -> Limiter | None:
+        """The limiter the settings ask for; None when no limit is set (then calls pay nothing)."""
+        if not limits.active:
+            return None
+        return cls(
+            Quota(limits.max_concurrent, limits.requests_per_second, limits.tokens_per_minute),
+            {
+                model: Quota(spec.max_concurrent, spec.requests_per_second, spec.tokens_per_minute)
+                for model, spec in limits.per_model.items()
+            },
+            queue_timeout=limits.queue_timeout,
+            follow_gateway_headers=limits.follow_gateway_headers,
+        )
+
+    # --- sync callers -------------------------------------------------------------------------
+
+    def acquire(self, model: str | None, estimated_tokens: int = 0, timeout: float | None = None) -> Permit:
+        """Wait for a turn (blocking this thread); QueueTimeout after ``timeout`` (default queue_timeout)."""
+        with self._lock:
+            ticket = self._admission.enqueue(model, estimated_tokens)
+            woken = self._pump()
+            if not ticket.admitted:
+                event = threading.Event()
+                ticket.wake = event.set
+        _wake(woken)
+        if ticket.admitted:
+            return Permit(self, ticket, 0.0)
+        deadline = ticket.enqueued_at + (self.queue_timeout if timeout is None else timeout)
+        try:
+            while True:
+                pause = self._pause(ticket, deadline)
+                if pause is None:
+                    return self._give_up(ticket)
+                event.wait(pause)
+                event.clear()  # before looking: a wake-up from now on is kept for the next wait
+                if self._look(ticket):
+                    return Permit(self, ticket, self._clock() - ticket.enqueued_at)
+        except BaseException:  # KeyboardInterrupt, or anything unexpected: never leave a ticket behind
+            self._leave(ticket)
+            raise
+
+    # --- async callers ------------------------------------------------------------------------
+
+    async def acquire_async(self, model: str | None, estimated_tokens: int = 0, timeout: float | None = None) -> Permit:
+        """Wait for a turn without blocking the event loop; same queue as ``acquire``."""
+        with self._lock:
+            ticket = self._admission.enqueue(model, estimated_tokens)
+            woken = self._pump()
+            if not ticket.admitted:
+                loop = asyncio.get_running_loop()
+                event = asyncio.Event()
+                ticket.wake = _Setter(loop, event)
+        _wake(woken)
+        if ticket.admitted:
+            return Permit(self, ticket, 0.0)
+        deadline = ticket.enqueued_at + (self.queue_timeout if timeout is None else timeout)
+        try:
+            while True:
+                pause = self._pause(ticket, deadline)
+                if pause is None:
+                    return self._give_up(ticket)
+                try:
+                    async with asyncio.timeout(pause):
+                        await event.wait()
+                except TimeoutError:
+                    pass
+                event.clear()
+                if self._look(ticket):
+                    return Permit(self, ticket, self._clock() - ticket.enqueued_at)
+        except BaseException:  # CancelledError above all: the ticket leaves the queue, slots given back
+            self._leave(ticket)
+            raise
+
+    # --- the gateway's answers ----------------------------------------------------------------
+
+    def observe(self, model: str | None, status: int, headers: Mapping[str, str]) -> None:
+        """Feed an answer's rate-limit headers (any status; retry-after counts on a 429)."""
+        with self._lock:
+            self._admission.observe(model, status, headers)
+            # A hold only delays tickets; nobody needs waking. The next look sees it.
+
+    # --- after fork ---------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """A forked child starts with an empty queue, free slots and a new lock."""
+        self._lock = threading.Lock()
+        self._admission.reset()
+
+    def waiting(self) -> int:
+        """Calls in the queue now (for tests and ``yibu doctor``)."""
+        with self._lock:
+            return self._admission.waiting()
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _pump(self) -> list[Ticket]:
+        """Look at the queue (lock held); the tickets to wake once the lock is released."""
+        admitted, changed = self._admission.pump()
+        return admitted + changed if changed else admitted
+
+    def _look(self, ticket: Ticket) -> bool:
+        if ticket.admitted:  # set, under the lock, before the wake-up that brought us here
+            return True
+        with self._lock:
+            woken = self._pump()
+            admitted = ticket.admitted
+        _wake(woken)
+        return admitted
+
+    def _pause(self, ticket: Ticket, deadline: float) -> float | None:
+        """Seconds to wait before looking again; None: the deadline is reached, or cannot be met."""
+        now = self._clock()
+        if now >= deadline or ticket.not_before > deadline:
+            return None
+        recheck = ticket.recheck_at
+        # A time already past means the last look stopped before reaching this ticket (an earlier
+        # one blocks the global limits): it is woken when that one goes.
+        if recheck is None or recheck <= now:
+            return deadline - now
+        return min(recheck, deadline) - now
+
+    def _give_up(self, ticket: Ticket) -> Permit:
+        """The deadline passed: admitted at the last moment after all, or QueueTimeout."""
+        with self._lock:
+            woken = self._pump()
+            admitted = ticket.admitted
+            if not admitted:
+                self._admission.cancel(ticket)
+                woken += self._pump()  # the ticket may have held others back
+        _wake(woken)
+        waited = self._clock() - ticket.enqueued_at
+        if admitted:
+            return Permit(self, ticket, waited)
+        raise _timeout_error(ticket, waited, ticket.not_before - ticket.enqueued_at)
+
+    def _leave(self, ticket: Ticket) -> None:
+        with self._lock:
+            self._admission.cancel(ticket)
+            woken = self._pump()
+        _wake(woken)
+
+    def _release(self, ticket: Ticket, actual_tokens: int | None) -> None:
+        with self._lock:
+            self._admission.release(ticket, actual_tokens)
+            woken = self._pump()
+        _wake(woken)
+
+
+def _wake(tickets: Iterable[Ticket]) -> None:
+    for ticket in tickets:
+        if ticket.wake is not None:
+            ticket.wake()
+
+
+class _Setter:
+    """Sets an asyncio.Event from any thread (asyncio objects are not thread-safe)."""
+
+    __slots__ = ("event", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, event: asyncio.Event) -> None:
+        self.loop = loop
+        self.event = event
+
+    def __call__(self) -> None:
+        with contextlib.suppress(RuntimeError):  # a closed loop: its waiter is gone, its ticket with it
+            self.loop.call_soon_threadsafe(self.event.set)
+
+
+def _timeout_error(ticket: Ticket, waited: float, must_wait: float) -> QueueTimeout:
+    """The message names the call, the limit that held it and its setting, the wait, and the fixes."""
+    target = f"model {ticket.model!r}" if ticket.model else "the gateway"
+    if must_wait > waited:
+        why = f"it would have had to wait at least {must_wait:.1f} s in the client-side queue"
+    else:
+        why = f"it waited {waited:.1f} s in the client-side queue"
+    setting = "limits.queue_timeout"
+    fix = "Raise limits.queue_timeout, or make fewer calls at a time."
+    if ticket.held_by is not None:
+        scope, limit = ticket.held_by
+        if limit == GATEWAY:
+            setting = "limits.follow_gateway_headers"
+            fix = (
+                "The gateway asked for this pause: make fewer calls, have the key's limit raised at the"
+                " gateway, raise limits.queue_timeout, or set limits.follow_gateway_headers = false to"
+                " send anyway."
+            )
+        else:
+            setting = f"{scope.setting}.{limit}"
+            fix = f"Raise {setting} or limits.queue_timeout, or make fewer calls at a time."
+    return QueueTimeout(
+        f"yibu-middleware: a call to {target} was not sent: {why}, over limits.queue_timeout,"
+        f" held by {ticket.holder()}. {fix} (Nothing reached the gateway.)",
+        setting=setting,
+        waited=waited,
+        model=ticket.model,
+    )
