@@ -197,7 +197,7 @@ class LimitSettings(ModelLimits):
 MB = 1024 * 1024
 Modality = Literal["image", "audio", "file"]
 IMAGE_FORMATS = ("jpg", "png", "webp", "gif", "bmp", "tiff", "heic", "heif", "avif", "svg")
-AUDIO_FORMATS = ("mp3", "wav", "ogg", "flac", "m4a", "aac", "webm", "opus", "pcm16")
+AUDIO_FORMATS = ("mp3", "wav", "ogg", "flac", "m4a", "aac", "webm", "opus")
 
 
 class PolicySettings(BaseModel):
@@ -239,11 +239,12 @@ class PolicySettings(BaseModel):
     @field_validator("image_formats", "audio_formats")
     @classmethod
     def _known_formats(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        from .core.policy import normalize_format
+
         known = IMAGE_FORMATS if info.field_name == "image_formats" else AUDIO_FORMATS
         out = []
         for item in value:
-            name = item.strip().lower().lstrip(".")
-            name = {"jpeg": "jpg", "tif": "tiff", "mpeg": "mp3", "wave": "wav"}.get(name, name)
+            name = normalize_format(item)
             if name not in known:
                 raise ValueError(f"{item!r} is not a format known here; expected some of {', '.join(known)}")
             out.append(name)
