@@ -13,11 +13,12 @@ Limits live in scopes: the process's own (``limits.*``) and each configured mode
 (``limits.per_model["m"].*``). A call is held by every limit of both. Each scope has:
 
 - ``max_concurrent``: slots taken at admission, given back at release (a request pool);
-- ``requests_per_second``: evenly spaced admissions (GCRA with a burst of one). Spacing,
-  not a bucket that starts full, so that a measured rate is the limit from the first call,
-  not the limit plus a burst. A call admitted a little late (thread wake-up latency) keeps
-  the schedule instead of pushing every later call back: up to half an interval of
-  lateness is absorbed, so 1,000 calls at 50/s take 20 s, not 20 s plus 1,000 latencies;
+- ``requests_per_second``: evenly spaced admissions (GCRA, the generic cell rate algorithm).
+  Spacing, not a bucket that starts full, so that a measured rate is the limit from the first
+  call, not the limit plus a burst. A call may go up to half an interval before its slot:
+  so a waiter woken a little late (thread or event-loop latency) keeps the schedule instead
+  of pushing every later call back, and 1,000 calls at 50/s take 20 s, not 20 s plus 1,000
+  wake-up latencies. The price: at most one call more than the limit in any one second;
 - ``tokens_per_minute``: a sliding 60 s window. A call reserves its estimate from admission
   until it ends; then the tokens it really used (or the estimate, when unknown) count for
   the next 60 s from its end, as the gateway counts usage when a call is billed. A call
@@ -29,12 +30,13 @@ Limits live in scopes: the process's own (``limits.*``) and each configured mode
   answer with no model holds the whole process.
 
 Fairness: one FIFO queue for every caller. A ticket is admitted when every limit it is
-subject to has room *and* no earlier ticket is waiting for one of those limits. A waiting
-ticket blocks later ones only on the limits it lacks room in, not on every limit it shares
-with them: a call held by model A's own limit does not hold a call to model B whose limits
-have room, even though both count against the global ones. This avoids head-of-line
-blocking across models without starving anyone: once model A has room, a call held by
-the global limit blocks the later calls on it, so it is next.
+subject to has room *and* no earlier ticket is still waiting in one of its scopes. A waiting
+ticket blocks later ones only in the scopes it lacks room in, not in every scope it shares
+with them: a call held by model A's own limit does not hold a call to model B when the
+global limits have room, even though both count against them. This avoids head-of-line
+blocking across models without starving anyone: once model A has room, a call then held
+by a global limit blocks every later call, so it is next. Within a scope the order is
+strict: a small call never passes a large one waiting for tokens, which would starve it.
 """
 
 from __future__ import annotations
@@ -173,8 +175,9 @@ class Scope:
     def admit(self, ticket: Ticket, now: float) -> None:
         self.in_flight += 1
         if self.interval is not None:
-            # max(tat, now - slack): lateness up to the slack keeps the schedule (see the module notes).
-            self.tat = max(self.tat, now - self.interval * RATE_SLACK) + self.interval
+            # Admitted up to the slack before its slot, so a wake-up late by as much still
+            # finds tat ahead of it and keeps the schedule (see the module notes).
+            self.tat = max(self.tat, now) + self.interval
         if self.tpm is not None:
             self.reserved += min(ticket.tokens, self.tpm)
         if self.requests is not None:
