@@ -10,12 +10,22 @@ With --tracing, an OpenTelemetry SDK tracer provider (spans processed, not expor
 is active for both sides: the target is then at most +100 us per call. Without it, no
 OpenTelemetry module is imported at all, so tracing costs nothing.
 
-Usage: python benchmarks/overhead.py [--calls 2000] [--rounds 5] [--tracing]
+The last line compares CPU time spent in this process per call (best block of each side),
+which machine load disturbs far less than wall time.
+
+With --instructions, each side also runs alone under valgrind's callgrind, twice
+(100 and 400 calls), and the difference gives instructions per call: a count that
+machine load does not move, to read next to the times.
+
+Usage: python benchmarks/overhead.py [--calls 2000] [--rounds 5] [--tracing] [--instructions]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -40,13 +50,76 @@ def start_simulator() -> tuple[subprocess.Popen[str], str]:
     return process, url
 
 
-def timed_calls(client: openai.OpenAI, count: int) -> list[float]:
+def timed_calls(client: openai.OpenAI, count: int, cpu: list[float] | None = None) -> list[float]:
+    """Wall time of each call; the block's CPU time per call (this process only: the
+    simulator's share and the machine's other load are left out) is appended to ``cpu``."""
     times = []
+    cpu_started = time.process_time()
     for _ in range(count):
         started = time.perf_counter()
         client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
         times.append(time.perf_counter() - started)
+    if cpu is not None:
+        cpu.append((time.process_time() - cpu_started) / count)
     return times
+
+
+def enable_tracing() -> None:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+
+    class Discard(SpanExporter):
+        """Every span is processed and exported, to nowhere: an in-memory exporter would
+        keep thousands of spans alive and slow every call down with garbage collection."""
+
+        def export(self, spans: object) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(Discard()))
+    trace.set_tracer_provider(provider)
+
+
+def direct_client(node_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=node_url, api_key=KEY, max_retries=0)
+
+
+def through_client(node_url: str) -> tuple[openai.OpenAI, dict[str, object]]:
+    """A client made for api.openai.com, and the settings that send it to the node."""
+    return openai.OpenAI(api_key="sk-proj-provider-key-not-real-000000", max_retries=0), {
+        "nodes": [node_url],
+        "api_key": KEY,
+    }
+
+
+def child(side: str, calls: int, node_url: str) -> None:
+    """One side alone, for callgrind: a warm-up, then ``calls`` calls."""
+    if side == "direct":
+        client = direct_client(node_url)
+    else:
+        client, settings = through_client(node_url)
+        yibu_middleware.install(settings)
+    timed_calls(client, 20 + calls)
+
+
+def instructions(side: str, node_url: str, tracing: bool) -> float:
+    """Instructions per call on one side: (400 calls - 100 calls) / 300, so start-up cancels out."""
+    counts = []
+    for calls in (100, 400):
+        command = [sys.executable, __file__, "--child", side, "--calls", str(calls), "--node", node_url]
+        result = subprocess.run(
+            ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *command, *(["--tracing"] * tracing)],
+            env={**os.environ, "PYTHONHASHSEED": "0"},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        found = re.search(r"Collected : (\d+)", result.stderr)
+        if not found:
+            raise SystemExit("could not read callgrind's instruction count")
+        counts.append(int(found.group(1)))
+    return (counts[1] - counts[0]) / 300
 
 
 def main() -> None:
@@ -54,46 +127,55 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000, help="calls per side in all")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tracing", action="store_true", help="with an OpenTelemetry SDK tracer provider")
+    parser.add_argument("--instructions", action="store_true", help="also count instructions with callgrind")
+    parser.add_argument("--child", choices=("direct", "through"), help=argparse.SUPPRESS)
+    parser.add_argument("--node", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.tracing:
-        from opentelemetry import trace
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
-
-        class Discard(SpanExporter):
-            """Every span is processed and exported, to nowhere: an in-memory exporter would
-            keep thousands of spans alive and slow every call down with garbage collection."""
-
-            def export(self, spans: object) -> SpanExportResult:
-                return SpanExportResult.SUCCESS
-
-        provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(Discard()))
-        trace.set_tracer_provider(provider)
+        enable_tracing()
+    if args.child:
+        child(args.child, args.calls, args.node)
+        return
+    if args.instructions and not shutil.which("valgrind"):
+        raise SystemExit("--instructions needs valgrind (apt-get install valgrind)")
     per_block = max(args.calls // args.rounds, 1)
     process, node_url = start_simulator()
     try:
-        direct_client = openai.OpenAI(base_url=node_url, api_key=KEY, max_retries=0)
-        through_client = openai.OpenAI(api_key="sk-proj-provider-key-not-real-000000", max_retries=0)
-        settings = {"nodes": [node_url], "api_key": KEY}
+        direct = direct_client(node_url)
+        through, settings = through_client(node_url)
         yibu_middleware.install(settings)
-        timed_calls(through_client, 50)  # warm both paths and their connections
+        timed_calls(through, 50)  # warm both paths and their connections
         yibu_middleware.uninstall()
-        timed_calls(direct_client, 50)
-        direct: list[float] = []
-        through: list[float] = []
+        timed_calls(direct, 50)
+        direct_times: list[float] = []
+        through_times: list[float] = []
+        direct_cpu: list[float] = []
+        through_cpu: list[float] = []
         for _ in range(args.rounds):
-            direct += timed_calls(direct_client, per_block)
+            direct_times += timed_calls(direct, per_block, direct_cpu)
             yibu_middleware.install(settings)
-            through += timed_calls(through_client, per_block)
+            through_times += timed_calls(through, per_block, through_cpu)
             yibu_middleware.uninstall()
+        counted = (
+            (instructions("direct", node_url, args.tracing), instructions("through", node_url, args.tracing))
+            if args.instructions
+            else None
+        )
     finally:
         process.terminate()
         process.wait()
     target = "+100 us with tracing" if args.tracing else "x1.10"
     for name, pick in (("median", statistics.median), ("mean", statistics.fmean)):
-        d, t = pick(direct) * 1e6, pick(through) * 1e6
+        d, t = pick(direct_times) * 1e6, pick(through_times) * 1e6
         print(f"{name:<6} direct {d:8.0f} us  through {t:8.0f} us  {t - d:+6.0f} us  x{t / d:.3f}  (target {target})")
+    # CPU time is steadier than wall time on a shared machine: the best block of each side.
+    d, t = min(direct_cpu) * 1e6, min(through_cpu) * 1e6
+    print(f"cpu    direct {d:8.0f} us  through {t:8.0f} us  {t - d:+6.0f} us  x{t / d:.3f}  (best block, this process)")
+    if counted is not None:
+        d, t = counted
+        # Scaled to time with the direct side's own instructions per microsecond.
+        scaled = (t - d) / d * statistics.median(direct_times) * 1e6
+        print(f"instr  direct {d:8.0f}     through {t:8.0f}     x{t / d:.3f}  (~{scaled:+.0f} us at the direct median)")
 
 
 if __name__ == "__main__":

@@ -71,11 +71,23 @@ def _genai_span_active() -> bool:
 class CallTelemetry:
     """The span (and metrics) of one redirected call."""
 
-    __slots__ = ("_attributes", "_ended", "_first_chunk", "_pending", "_sse", "_started", "body", "facts", "span")
+    __slots__ = (
+        "_answer",
+        "_attributes",
+        "_ended",
+        "_first_chunk",
+        "_pending",
+        "_sse",
+        "_started",
+        "body",
+        "facts",
+        "span",
+    )
 
     def __init__(self, span: Span, attributes: dict[str, Any]) -> None:
         self.span = span
         self._attributes = attributes  # the metric attributes, completed as the call goes
+        self._answer: dict[str, Any] = {}  # span attributes of the answering node
         self._started = time.monotonic()
         self._first_chunk: float | None = None
         self._ended = False
@@ -117,21 +129,17 @@ class CallTelemetry:
         return headers
 
     def attempt(self, node: Any, outcome: str, why: str, waited: float) -> None:
-        self.span.add_event(
-            "yibu.attempt",
-            {
-                "server.address": node.host,
-                "server.port": node.port,
-                "yibu.outcome": outcome,
-                "yibu.retry_reason": why,
-                "yibu.wait_s": waited,
-            },
-        )
+        # Every attribute costs the SDK a validation: a first attempt has no reason and no wait.
+        attributes: dict[str, Any] = {"server.address": node.host, "server.port": node.port, "yibu.outcome": outcome}
+        if why:
+            attributes["yibu.retry_reason"] = why
+        if waited:
+            attributes["yibu.wait_s"] = waited
+        self.span.add_event("yibu.attempt", attributes)
 
     def answered(self, node: Any, status: int, event_stream: bool) -> None:
-        self.span.set_attributes(
-            {"server.address": node.host, "server.port": node.port, "http.response.status_code": status}
-        )
+        """The node that answered: set on the span when it ends, with everything else."""
+        self._answer = {"server.address": node.host, "server.port": node.port, "http.response.status_code": status}
         self._attributes["server.address"] = node.host
         self._attributes["server.port"] = node.port
         self._sse = event_stream
@@ -161,7 +169,7 @@ class CallTelemetry:
         span, facts, attributes = self.span, self.facts, self._attributes
         if self.body and not self._sse:
             facts.read_body(bytes(self.body))
-        found: dict[str, Any] = {}
+        found: dict[str, Any] = self._answer
         if facts.response_id:
             found["gen_ai.response.id"] = facts.response_id
         if facts.model:
