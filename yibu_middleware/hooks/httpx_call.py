@@ -119,7 +119,7 @@ class HttpxCall:
         url = _url(self.lib, action.node.url_for(gateway.path, gateway.query))
         headers = [*gateway.headers, *self.trace_headers] if self.trace_headers else gateway.headers
         if gateway.body is not None and gateway.body is self._original_body and _clonable(self.lib):
-            return self._clone(url, headers, extensions)
+            return self._clone(url, headers, extensions, gateway.body)
         if gateway.body is None:
             # A streamed body (an upload, a generator): its length headers as the app sent them,
             # and a Host for the node, which httpx adds only when it builds the body itself.
@@ -136,7 +136,7 @@ class HttpxCall:
             return request
         return type(self.original)(gateway.method, url, headers=headers, content=gateway.body, extensions=extensions)
 
-    def _clone(self, url: Any, headers: list[tuple[bytes, bytes]], extensions: dict[str, Any]) -> Any:
+    def _clone(self, url: Any, headers: list[tuple[bytes, bytes]], extensions: dict[str, Any], body: bytes) -> Any:
         """The app's request with the node's URL and our headers, its body object reused.
 
         Building a request from scratch re-encodes the body and normalises every header
@@ -146,9 +146,7 @@ class HttpxCall:
         request = object.__new__(type(original))
         request.__dict__.update(original.__dict__)
         request.url = url
-        request.headers = self.lib.Headers(
-            [*headers, (b"Host", url.netloc), (b"Content-Length", b"%d" % len(self._original_body))]
-        )
+        request.headers = self.lib.Headers([*headers, (b"Host", url.netloc), (b"Content-Length", b"%d" % len(body))])
         request.extensions = extensions
         return request
 
