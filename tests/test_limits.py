@@ -7,6 +7,7 @@ assert counts and order only.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -56,7 +57,7 @@ def test_concurrency_slots_are_taken_at_admission_and_given_back_at_release() ->
 def test_queue_is_first_come_first_served() -> None:
     admission = Admission(Quota(max_concurrent=1), clock=Clock())
     tickets = [admission.enqueue(f"m{n % 3}") for n in range(6)]
-    order = []
+    order: list[Ticket] = []
     while len(order) < len(tickets):
         (ticket,) = admitted_now(admission)
         order.append(ticket)
@@ -159,7 +160,7 @@ def test_tokens_estimated_at_admission_then_corrected_by_usage_at_release() -> N
     admission.release(second, 600)  # 100 + 600 counted for a minute from each end
     assert admitted_now(admission) == []
     assert third.recheck_at == pytest.approx(clock.now - 1 + 60)  # when the first 100 leave the window
-    clock.now = third.recheck_at
+    clock.now = clock.now - 1 + 60
     assert admitted_now(admission) == [third]
 
 
@@ -193,12 +194,17 @@ def test_estimate_is_prompt_bytes_over_four_plus_the_output_asked_for() -> None:
     assert estimate_tokens(None) == 0
 
 
-def test_estimate_counts_a_base64_payload_as_one_image_not_its_length() -> None:
-    payload = b"A" * 4_000_000
-    body = b'{"messages":[{"content":[{"type":"image_url","image_url":{"url":"data:image/png;base64,' + payload
-    body += b'"}}]}]}'
-    estimate = estimate_tokens(body)
-    assert MEDIA_TOKENS <= estimate < MEDIA_TOKENS + 100
+def test_estimate_counts_each_base64_payload_as_one_image_not_its_length() -> None:
+    parts = [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 4_000_000}},
+        {"type": "input_audio", "input_audio": {"data": "B" * 500_000, "format": "wav"}},
+        {"type": "file", "file": {"file_data": "data:application/pdf;base64," + "C" * 70_000}},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "D" * 9_000}},
+    ]
+    for separators in ((",", ":"), (", ", ": ")):
+        body = json.dumps({"messages": [{"role": "user", "content": parts}]}, separators=separators).encode()
+        estimate = estimate_tokens(body)
+        assert 4 * MEDIA_TOKENS <= estimate < 4 * MEDIA_TOKENS + 200
 
 
 # --- the gateway's headers -------------------------------------------------------------------------

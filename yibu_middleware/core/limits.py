@@ -471,27 +471,34 @@ def _seconds_until(stamp: str, wall: Clock) -> float | None:
 # --- estimating a request's tokens ---------------------------------------------------------------
 
 _MAX_OUTPUT = re.compile(rb'"(?:max_tokens|max_completion_tokens|max_output_tokens)"\s*:\s*(\d{1,9})')
-_BASE64_START = re.compile(rb'(?:;base64,|"data"\s*:\s*")')
+# Where inline data starts: a JSON value of a key ending in "data" (data, file_data), or a data URL.
+# The literal "data" first lets the regex engine skip ahead quickly through long texts.
+_PAYLOAD = re.compile(rb'data(?:"\s*:\s*"|:[\w/.+-]{0,100};base64,)')
 MEDIA_TOKENS = 1600  # a base64 payload counts as this much: about the most one image costs
 BYTES_PER_TOKEN = 4
+_MEDIA_BYTES = MEDIA_TOKENS * BYTES_PER_TOKEN
 
 
 def estimate_tokens(body: bytes | None) -> int:
     """Tokens a request may use, before it is sent: its bytes / 4, plus the output it asks for.
 
-    A scan, not a parse. Base64 payloads (images, audio) count as ``MEDIA_TOKENS`` each rather
-    than by their length, which would overstate them a hundredfold. The estimate only has to
-    be of the right size: the call's real usage replaces it when the call ends.
+    A scan, not a parse. Inline payloads (base64 images, audio, files) longer than
+    ``MEDIA_TOKENS`` * 4 bytes count as ``MEDIA_TOKENS`` each rather than by their length,
+    which would overstate them a hundredfold. The estimate only has to be of the right
+    size: the call's real usage replaces it when the call ends.
     """
     if not body:
         return 0
     size = len(body)
-    for start in _BASE64_START.finditer(body):
-        end = body.find(b'"', start.end())
-        if end < 0:
-            break
-        length = end - start.end()
-        if length > MEDIA_TOKENS * BYTES_PER_TOKEN:
-            size -= length - MEDIA_TOKENS * BYTES_PER_TOKEN
+    if size > _MEDIA_BYTES:  # a smaller body cannot hold a payload worth discounting
+        at = 0
+        while (found := _PAYLOAD.search(body, at)) is not None:
+            end = body.find(b'"', found.end())
+            if end < 0:
+                break
+            length = end - found.end()
+            if length > _MEDIA_BYTES:
+                size -= length - _MEDIA_BYTES
+            at = end + 1
     output = _MAX_OUTPUT.search(body)
     return size // BYTES_PER_TOKEN + (int(output.group(1)) if output else 0)
