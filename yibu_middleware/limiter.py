@@ -126,12 +126,13 @@ class Limiter:
         _wake(woken)
         if ticket.admitted:
             return Permit(self, ticket, 0.0)
-        deadline = ticket.enqueued_at + (self.queue_timeout if timeout is None else timeout)
+        timeout = self.queue_timeout if timeout is None else timeout
+        deadline = ticket.enqueued_at + timeout
         try:
             while True:
                 pause = self._pause(ticket, deadline)
                 if pause is None:
-                    return self._give_up(ticket)
+                    return self._give_up(ticket, timeout)
                 event.wait(pause)
                 event.clear()  # before looking: a wake-up from now on is kept for the next wait
                 if self._look(ticket):
@@ -154,12 +155,13 @@ class Limiter:
         _wake(woken)
         if ticket.admitted:
             return Permit(self, ticket, 0.0)
-        deadline = ticket.enqueued_at + (self.queue_timeout if timeout is None else timeout)
+        timeout = self.queue_timeout if timeout is None else timeout
+        deadline = ticket.enqueued_at + timeout
         try:
             while True:
                 pause = self._pause(ticket, deadline)
                 if pause is None:
-                    return self._give_up(ticket)
+                    return self._give_up(ticket, timeout)
                 try:
                     async with asyncio.timeout(pause):
                         await event.wait()
@@ -178,7 +180,8 @@ class Limiter:
         """Feed an answer's rate-limit headers (any status; retry-after counts on a 429)."""
         with self._lock:
             self._admission.observe(model, status, headers)
-            # A hold only delays tickets; nobody needs waking. The next look sees it.
+            woken = self._pump()  # a new budget may also be larger than the one a ticket waits on
+        _wake(woken)
 
     # --- after fork ---------------------------------------------------------------------------
 
@@ -220,7 +223,7 @@ class Limiter:
             return deadline - now
         return min(recheck, deadline) - now
 
-    def _give_up(self, ticket: Ticket) -> Permit:
+    def _give_up(self, ticket: Ticket, timeout: float) -> Permit:
         """The deadline passed: admitted at the last moment after all, or QueueTimeout."""
         with self._lock:
             woken = self._pump()
@@ -232,7 +235,7 @@ class Limiter:
         waited = self._clock() - ticket.enqueued_at
         if admitted:
             return Permit(self, ticket, waited)
-        raise _timeout_error(ticket, waited, ticket.not_before - ticket.enqueued_at)
+        raise _timeout_error(ticket, waited, ticket.not_before - ticket.enqueued_at, timeout, self.queue_timeout)
 
     def _leave(self, ticket: Ticket) -> None:
         with self._lock:
@@ -267,17 +270,22 @@ class _Setter:
             self.loop.call_soon_threadsafe(self.event.set)
 
 
-def _timeout_error(ticket: Ticket, waited: float, must_wait: float) -> QueueTimeout:
+def _timeout_error(ticket: Ticket, waited: float, must_wait: float, timeout: float, configured: float) -> QueueTimeout:
     """The message names the call, the limit that held it and its setting, the wait, and the fixes."""
     target = f"model {ticket.model!r}" if ticket.model else "the gateway"
-    if must_wait > waited:
-        why = f"it would have had to wait at least {must_wait:.1f} s in the client-side queue"
+    allowed = f"limits.queue_timeout = {configured:g} s"
+    if timeout < configured:
+        allowed = f"{timeout:g} s, the call's own timeout, shorter than {allowed}"
+    held_by = ticket.held_by
+    if must_wait > waited:  # gave up early: a rate slot or a gateway hold lies beyond the deadline
+        held_by = ticket.not_before_by or held_by
+        why = f"it would have had to wait at least {must_wait:.1f} s in the client-side queue, over {allowed}"
     else:
-        why = f"it waited {waited:.1f} s in the client-side queue"
+        why = f"it waited {waited:.1f} s in the client-side queue, the most allowed ({allowed})"
     setting = "limits.queue_timeout"
     fix = "Raise limits.queue_timeout, or make fewer calls at a time."
-    if ticket.held_by is not None:
-        scope, limit = ticket.held_by
+    if held_by is not None:
+        scope, limit = held_by
         if limit == GATEWAY:
             setting = "limits.follow_gateway_headers"
             fix = (
@@ -289,8 +297,8 @@ def _timeout_error(ticket: Ticket, waited: float, must_wait: float) -> QueueTime
             setting = f"{scope.setting}.{limit}"
             fix = f"Raise {setting} or limits.queue_timeout, or make fewer calls at a time."
     return QueueTimeout(
-        f"yibu-middleware: a call to {target} was not sent: {why}, over limits.queue_timeout,"
-        f" held by {ticket.holder()}. {fix} (Nothing reached the gateway.)",
+        f"yibu-middleware: a call to {target} was not sent: {why}; it was held by {ticket.holder(held_by)}."
+        f" {fix} (Nothing reached the gateway.)",
         setting=setting,
         waited=waited,
         model=ticket.model,

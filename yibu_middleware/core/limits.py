@@ -217,6 +217,7 @@ class Ticket:
         "held_by",
         "model",
         "not_before",
+        "not_before_by",
         "recheck_at",
         "released",
         "scopes",
@@ -240,14 +241,16 @@ class Ticket:
         # can possibly go (rate spacing and gateway holds only grow), and the limit holding it.
         self.recheck_at: float | None = None
         self.not_before = -math.inf
+        self.not_before_by: tuple[Scope, str] | None = None
         self.held_by: tuple[Scope, str] | None = None
         self.wake: Callable[[], None] | None = None  # set by the waiting layer
 
-    def holder(self) -> str:
-        """The limit that held this ticket last, with its setting, for messages."""
-        if self.held_by is None:
+    def holder(self, held_by: tuple[Scope, str] | None = None) -> str:
+        """The limit that held this ticket last (or ``held_by``), with its setting, for messages."""
+        held_by = held_by or self.held_by
+        if held_by is None:
             return "the queue"
-        scope, limit = self.held_by
+        scope, limit = held_by
         return scope.describe(limit)
 
 
@@ -330,10 +333,14 @@ class Admission:
         times = [ready for _scope, _limit, ready in lacking if ready is not None]
         # None: an earlier ticket's admission or a release changes things, and wakes this one.
         recheck = None if behind is not None or len(times) < len(lacking) else max(times)
-        certain = [ready for _scope, limit, ready in lacking if limit in (RATE, GATEWAY) and ready is not None]
-        if certain:
-            ticket.not_before = max(ticket.not_before, *certain)
-        ticket.held_by = (lacking[0][0], lacking[0][1]) if lacking else behind
+        for scope, limit, ready in lacking:
+            if limit in (RATE, GATEWAY) and ready is not None and ready > ticket.not_before:
+                ticket.not_before, ticket.not_before_by = ready, (scope, limit)
+        if lacking:  # the limit that will hold it longest; one waiting on a release counts as longest
+            scope, limit, _ready = max(lacking, key=lambda item: math.inf if item[2] is None else item[2])
+            ticket.held_by = (scope, limit)
+        else:
+            ticket.held_by = behind
         if recheck is not None and recheck != ticket.recheck_at:
             changed.append(ticket)
         ticket.recheck_at = recheck
