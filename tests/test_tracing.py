@@ -81,6 +81,26 @@ def test_sync_chat_span_follows_the_conventions(gateway: GatewaySimulator) -> No
     no_key_in([span])
 
 
+def test_first_try_call_is_told_by_the_span_and_a_retried_one_by_events(gateway: GatewaySimulator) -> None:
+    install_for(gateway, pin=gateway.node("a").base_url)
+    client = openai.OpenAI(api_key=OPENAI_KEY, max_retries=0)
+    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+    (span,) = genai_spans()
+    attributes = dict(span.attributes or {})
+    assert [event for event in span.events if event.name == "yibu.attempt"] == []
+    assert attributes["server.port"] == gateway.node("a").port and attributes["http.response.status_code"] == 200
+    assert "gen_ai.response.time_to_first_chunk" not in attributes  # a stream's attribute only
+    EXPORTER.clear()
+    gateway.set_faults("a", status_override=503)
+    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+    (span,) = genai_spans()
+    first, second = [event for event in span.events if event.name == "yibu.attempt"]
+    assert first.attributes is not None and second.attributes is not None
+    assert first.attributes["server.port"] == gateway.node("a").port and first.attributes["yibu.outcome"] == "503"
+    assert second.attributes["yibu.retry_reason"] and second.attributes["server.port"] != gateway.node("a").port
+    assert span.start_time is not None and span.start_time <= first.timestamp <= second.timestamp
+
+
 def test_stream_span_ends_when_the_stream_is_read_and_has_usage(gateway: GatewaySimulator) -> None:
     install_for(gateway)
     client = openai.OpenAI(api_key=OPENAI_KEY, max_retries=0)
