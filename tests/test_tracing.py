@@ -258,3 +258,23 @@ def test_with_opentelemetrys_httpx_instrumentation_one_span_of_each(gateway: Gat
     assert scopes.count("opentelemetry.instrumentation.httpx") == 1
     assert scopes.count("yibu_middleware") == 1
     assert gateway.records[0].node != "a" and gateway.records[-1].status == 200
+
+
+def test_with_opentelemetrys_openai_and_httpx_instrumentations_no_double_genai_span(gateway: GatewaySimulator) -> None:
+    """openai-v2 makes the GenAI span of each SDK call: we add none, but still route, fail over
+    and send that span's trace context to the gateway."""
+    gateway.set_faults("a", refuse=True)
+    env = app_env(gateway, YIBU_PIN=gateway.node("a").base_url)
+    script = Path(__file__).parent / "scripts" / "otel_openai_instrumented.py"
+    result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert report["reply"] and report["streamed"]
+    genai = [span for span in report["spans"] if span["genai"]]
+    assert len(genai) == 2  # one per SDK call, openai-v2's (made through opentelemetry-util-genai)
+    assert [span["scope"] for span in report["spans"]].count("yibu_middleware") == 0
+    served = [record for record in gateway.records if record.status == 200]
+    assert len(served) == 2 and all(record.node != "a" for record in served)
+    for record, span in zip(served, genai, strict=True):
+        assert span["trace_id"] in record.headers["traceparent"]
+        assert record.headers["authorization"] == f"Bearer {GATEWAY_KEY}"
