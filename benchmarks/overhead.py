@@ -13,16 +13,20 @@ OpenTelemetry module is imported at all, so tracing costs nothing.
 The last line compares CPU time spent in this process per call (best block of each side),
 which machine load disturbs far less than wall time.
 
+With --compare-otel (implies --tracing), a third side runs the direct call under
+OpenTelemetry's own openai-v2 and httpx instrumentations, for the cost they add.
+
 With --instructions, each side also runs alone under valgrind's callgrind, twice
 (100 and 400 calls), and the difference gives instructions per call: a count that
 machine load does not move, to read next to the times.
 
-Usage: python benchmarks/overhead.py [--calls 2000] [--rounds 5] [--tracing] [--instructions]
+Usage: python benchmarks/overhead.py [--calls 2000] [--rounds 5] [--tracing] [--compare-otel] [--instructions]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -30,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import openai
 
@@ -81,6 +86,21 @@ def enable_tracing() -> None:
     trace.set_tracer_provider(provider)
 
 
+@contextlib.contextmanager
+def otel_instrumentations() -> Iterator[None]:
+    """OpenTelemetry's own openai-v2 and httpx instrumentations, on for the block only."""
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+    from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor
+
+    OpenAIInstrumentor().instrument()
+    HTTPXClientInstrumentor().instrument()
+    try:
+        yield
+    finally:
+        HTTPXClientInstrumentor().uninstrument()
+        OpenAIInstrumentor().uninstrument()
+
+
 def direct_client(node_url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=node_url, api_key=KEY, max_retries=0)
 
@@ -128,9 +148,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tracing", action="store_true", help="with an OpenTelemetry SDK tracer provider")
     parser.add_argument("--instructions", action="store_true", help="also count instructions with callgrind")
+    parser.add_argument(
+        "--compare-otel", action="store_true", help="also OpenTelemetry's openai-v2 + httpx instrumentations"
+    )
     parser.add_argument("--child", choices=("direct", "through"), help=argparse.SUPPRESS)
     parser.add_argument("--node", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.tracing = args.tracing or args.compare_otel
     if args.tracing:
         enable_tracing()
     if args.child:
@@ -151,11 +175,16 @@ def main() -> None:
         through_times: list[float] = []
         direct_cpu: list[float] = []
         through_cpu: list[float] = []
+        otel_times: list[float] = []
+        otel_cpu: list[float] = []
         for _ in range(args.rounds):
             direct_times += timed_calls(direct, per_block, direct_cpu)
             yibu_middleware.install(settings)
             through_times += timed_calls(through, per_block, through_cpu)
             yibu_middleware.uninstall()
+            if args.compare_otel:
+                with otel_instrumentations():
+                    otel_times += timed_calls(direct, per_block, otel_cpu)
         counted = (
             (instructions("direct", node_url, args.tracing), instructions("through", node_url, args.tracing))
             if args.instructions
@@ -171,6 +200,11 @@ def main() -> None:
     # CPU time is steadier than wall time on a shared machine: the best block of each side.
     d, t = min(direct_cpu) * 1e6, min(through_cpu) * 1e6
     print(f"cpu    direct {d:8.0f} us  through {t:8.0f} us  {t - d:+6.0f} us  x{t / d:.3f}  (best block, this process)")
+    if otel_times:
+        d, o = statistics.median(direct_times) * 1e6, statistics.median(otel_times) * 1e6
+        print(f"otel   direct {d:8.0f} us  otel     {o:8.0f} us  {o - d:+6.0f} us  x{o / d:.3f}  (median, openai-v2+httpx)")
+        d, o = min(direct_cpu) * 1e6, min(otel_cpu) * 1e6
+        print(f"otel   direct {d:8.0f} us  otel     {o:8.0f} us  {o - d:+6.0f} us  x{o / d:.3f}  (cpu, best block)")
     if counted is not None:
         d, t = counted
         # Scaled to time with the direct side's own instructions per microsecond.
