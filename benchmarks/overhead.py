@@ -202,7 +202,7 @@ def main() -> None:
     print(f"cpu    direct {d:8.0f} us  through {t:8.0f} us  {t - d:+6.0f} us  x{t / d:.3f}  (best block, this process)")
     if otel_times:
         d, o = statistics.median(direct_times) * 1e6, statistics.median(otel_times) * 1e6
-        print(f"otel   direct {d:8.0f} us  otel     {o:8.0f} us  {o - d:+6.0f} us  x{o / d:.3f}  (median, openai-v2+httpx)")
+        print(f"otel   direct {d:8.0f} us  otel     {o:8.0f} us  {o - d:+6.0f} us  x{o / d:.3f}  (median)")
         d, o = min(direct_cpu) * 1e6, min(otel_cpu) * 1e6
         print(f"otel   direct {d:8.0f} us  otel     {o:8.0f} us  {o - d:+6.0f} us  x{o / d:.3f}  (cpu, best block)")
     if counted is not None:
