@@ -1,0 +1,411 @@
+"""One redirected call, whatever client sent it: its state, the verdict on each attempt, its loop.
+
+Every adapter (httpx and httpx2, requests, aiohttp) turns its library's requests,
+responses and exceptions into plain data and back; everything in between is here and
+shared: the request prepared once for the gateway, the call's plan, its span and
+trace headers, the verdict on each attempt, the answer we give when no node answered,
+the log line, and the loop of attempts itself (sync and async). So routing, node
+choice, retries, redaction and tracing cannot drift apart between clients.
+
+Decisions are the core's (``core/plan.py``); nothing here sends or reads bytes. An
+adapter subclasses :class:`Call` and supplies the few things only it knows: how its
+exceptions map to a failure ``Kind``, where a response's body and headers are, and
+how to build a response of its own type.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from ..core.errors import annotate, error_body
+from ..core.nodes import Node
+from ..core.plan import CallPlan, Deliver, GiveUp, Send
+from ..core.request import GatewayRequest, prepare
+from ..core.retry import Kind
+from ..core.routes import Route
+from ..core.sse import StreamWatch
+from ..runtime import Runtime
+from .hedge import hedged_async, hedged_sync
+
+if TYPE_CHECKING:
+    from ..telemetry import CallTelemetry
+
+log = logging.getLogger("yibu_middleware.calls")
+
+# Headers describing a body we re-encode when we hand back a response of our own.
+BODY_HEADERS = frozenset({"content-length", "content-encoding", "transfer-encoding"})
+# Retry hints of an answer that is not a 429: none are read (shared, never written).
+_NO_HINTS: Mapping[str, str] = MappingProxyType({})
+
+
+class Failure(NamedTuple):
+    """An attempt that gave no response to judge: a transport error, or a stream that failed
+    before its first content, already mapped to the core's terms."""
+
+    kind: Kind
+    detail: str  # masked: it can quote the gateway's error text
+    timeout: bool  # a timeout: if no node answers at all, the call is answered 504, else 503
+
+
+class Exchange(NamedTuple):
+    """What one attempt's I/O produced, before any decision about it."""
+
+    action: Send
+    response: Any  # the client's response (to judge, then hand back or close), or None
+    status: int  # its status; 0 without a response
+    failure: Failure | None
+
+
+class Call:
+    """The state one call carries between attempts. Subclasses adapt one client library."""
+
+    __slots__ = (
+        "_over",
+        "gateway",
+        "plan",
+        "runtime",
+        "started",
+        "telemetry",
+        "timed_out",
+        "trace_headers",
+        "ttft",
+        "where",
+    )
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        route: Route,
+        method: str,
+        path: str,
+        query: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes | None,
+    ) -> None:
+        """``path`` and ``query`` as the app's URL has them; ``body`` None for a body that
+        can be sent once only (an upload, a generator): forwarded as it is, never replayed."""
+        self.runtime = runtime
+        self.started = time.perf_counter()
+        self._over = False
+        self.gateway: GatewayRequest = prepare(
+            route, method, path, query, headers, body, runtime.gateway_key, runtime.aliases
+        )
+        runtime.remember_swapped(self.gateway.swapped_keys)
+        retry_count, read_timeout = _stainless(headers)
+        if retry_count not in (b"0", b""):
+            runtime.budget.record_retry()  # the SDK retrying on its own still costs budget
+        deadline = _seconds(read_timeout) if read_timeout else None
+        self.plan = CallPlan(
+            runtime.pool,
+            runtime.budget,
+            runtime.policy,
+            replayable=body is not None,
+            timeout=deadline if deadline is not None else self.own_timeout(),
+            hedging=runtime.hedging,
+        )
+        self.ttft = runtime.settings.stream.first_token_timeout if self.gateway.stream else None
+        self.where = f"{method} {route.host}{path}"
+        self.timed_out = False  # the last failure was a timeout: answered with 504, else 503
+        self.telemetry: CallTelemetry | None = None
+        self.trace_headers: list[tuple[bytes, bytes]] = []
+        if "opentelemetry.trace" in sys.modules:  # no OpenTelemetry imported: no SDK, no spans
+            from ..telemetry import CallTelemetry, current_trace_headers
+
+            self.telemetry = CallTelemetry.start(self.gateway, runtime.redact)
+            # W3C trace context, so that the gateway's logs join the trace: our span's, or
+            # (when an instrumentation already spans this call) the current one's.
+            self.trace_headers = self.telemetry.traceparent() if self.telemetry else current_trace_headers()
+
+    # --- what an adapter supplies -----------------------------------------------------------
+
+    def own_timeout(self) -> float | None:
+        """The request's own read timeout: the call's deadline when the SDK states none."""
+        return None
+
+    def kind_of(self, exc: BaseException) -> Kind:
+        """The failure class of a transport error of this library."""
+        raise NotImplementedError
+
+    def is_timeout(self, exc: BaseException) -> bool:
+        raise NotImplementedError
+
+    def error_body(self, response: Any) -> bytes:
+        """The body of an error response, already read by the exchange."""
+        raise NotImplementedError
+
+    def retry_hints(self, response: Any) -> Mapping[str, str]:
+        """A 429's ``retry-after`` / ``retry-after-ms`` headers."""
+        raise NotImplementedError
+
+    def headers_of(self, response: Any) -> Iterable[tuple[str, str]]:
+        raise NotImplementedError
+
+    def watches_stream(self, response: Any) -> bool:
+        """An uncompressed event stream answering a request that asked for one."""
+        raise NotImplementedError
+
+    def answer(self, status: int, headers: list[tuple[str, str]], body: bytes, based_on: Any) -> Any:
+        """A complete response of the library's own type, built by us (``based_on``: the
+        node's response it replaces, or None when no node answered)."""
+        raise NotImplementedError
+
+    # --- client-side limits and policy ------------------------------------------------------
+
+    def admit(self) -> None:
+        """Before the first attempt of a sync call: client-side limits and policy checks go here
+        (wait for a slot, or raise). Whatever it takes is given back in ``finish``."""
+
+    async def admit_async(self) -> None:
+        """The async twin of ``admit``, before the first attempt of an async call."""
+
+    def finish(self, error_type: str | None = None) -> None:
+        """The call is over: reached on every path (a failed answer or our own handed back, a
+        body read or closed, a stream ended, broken or closed, an abort); only the first
+        time counts. Ends the span; client-side limits give back what ``admit`` took here."""
+        if self._over:
+            return
+        self._over = True
+        if self.telemetry is not None:
+            self.telemetry.finish(error_type=error_type)
+
+    # --- the loop of attempts ---------------------------------------------------------------
+
+    def run(
+        self,
+        exchange: Callable[[Send], Exchange],
+        close: Callable[[Any], None],
+        hand_back: Callable[[Deliver | GiveUp, Exchange | None], Any],
+    ) -> Any:
+        """Attempts until the plan delivers or gives up: ``exchange`` performs one (I/O only),
+        ``close`` discards a response not handed back, ``hand_back`` makes the caller's answer."""
+        plan = self.plan
+        done: Exchange | None = None
+        response: Any = None
+        try:
+            self.admit()
+            action: Send | Deliver | GiveUp = plan.start()
+            while isinstance(action, Send):
+                if action.delay:
+                    time.sleep(action.delay)
+                hedge_after = plan.hedge_after()
+                if hedge_after is None:
+                    done = exchange(action)
+                else:
+                    done = hedged_sync(self, action, hedge_after, exchange, close)
+                response = done.response
+                action = self.judge(done)
+                if isinstance(action, Send) and response is not None:
+                    close(response)
+                    response = None
+            return hand_back(action, done)
+        except BaseException:
+            # Interrupted, or an error we do not handle: no node slot may stay taken.
+            self.abort()
+            if response is not None:
+                close(response)
+            raise
+
+    async def run_async(
+        self,
+        exchange: Callable[[Send], Awaitable[Exchange]],
+        aclose: Callable[[Any], Awaitable[None]],
+        hand_back: Callable[[Deliver | GiveUp, Exchange | None], Any],
+    ) -> Any:
+        """The async twin of ``run``."""
+        plan = self.plan
+        done: Exchange | None = None
+        response: Any = None
+        try:
+            await self.admit_async()
+            action: Send | Deliver | GiveUp = plan.start()
+            while isinstance(action, Send):
+                if action.delay:
+                    await asyncio.sleep(action.delay)
+                hedge_after = plan.hedge_after()
+                if hedge_after is None:
+                    done = await exchange(action)
+                else:
+                    done = await hedged_async(self, action, hedge_after, exchange, aclose)
+                response = done.response
+                action = self.judge(done)
+                if isinstance(action, Send) and response is not None:
+                    await aclose(response)
+                    response = None
+            return hand_back(action, done)
+        except BaseException:
+            # Cancelled (a client gone, a timeout around the call), or an error we do not
+            # handle: no node slot may stay taken.
+            self.abort()
+            if response is not None:
+                await aclose(response)
+            raise
+
+    # --- one attempt's verdict --------------------------------------------------------------
+
+    def failure(self, exc: BaseException) -> Failure:
+        """A transport error, in the core's terms."""
+        return Failure(self.kind_of(exc), self.runtime.redact(str(exc) or type(exc).__name__), self.is_timeout(exc))
+
+    def stream_failed(self, why: str) -> Failure:
+        """A stream that failed before its first content (see ``Commit.failure``)."""
+        # The gateway's own error text can quote a key: masked like everything else.
+        detail = self.runtime.redact(f"stream failed before its first content: {why}")
+        return Failure(Kind.NODE_FAILED, detail, "timeout" in why)
+
+    def judge(self, done: Exchange) -> Send | Deliver | GiveUp:
+        """Report one exchange to the plan; its answer is what to do next."""
+        following = self._judge(done)
+        if self.telemetry is not None:
+            step = self.plan.steps[-1] if self.plan.steps else None
+            outcome = step.outcome if step is not None else ""
+            self.telemetry.attempt(done.action.node, outcome, done.action.why, done.action.delay)
+        return following
+
+    def _judge(self, done: Exchange) -> Send | Deliver | GiveUp:
+        failure = done.failure
+        if failure is not None:
+            self.timed_out = failure.timeout
+            return self.plan.failed(done.action, failure.kind, failure.detail)
+        status = done.status
+        if status < 400:
+            return self.plan.answered(done.action, status, _NO_HINTS, None)
+        # Error bodies are read before deciding: a gateway code can make a 5xx final.
+        hints = self.retry_hints(done.response) if status == 429 else _NO_HINTS  # only a 429's wait hints count
+        return self.plan.answered(done.action, status, hints, self.error_body(done.response))
+
+    def abort(self) -> None:
+        """The call was interrupted (cancelled, or an error we do not handle)."""
+        self.plan.release_all()
+        self.finish(error_type="cancelled")
+
+    def failed_exchange(self, done: Exchange) -> bool:
+        """Did this exchange fail (so that a hedge still running should be waited for)?"""
+        return done.failure is not None or done.status == 429 or done.status >= 500
+
+    def note_lost(self, done: Exchange) -> None:
+        """A failed exchange whose sibling (hedge or primary) is still running: account for it only."""
+        failure = done.failure
+        if failure is not None:
+            self.plan.record_failure(done.action, failure.kind, failure.detail)
+        else:
+            kind = Kind.RATE_LIMITED if done.status == 429 else Kind.NODE_FAILED
+            self.plan.record_failure(done.action, kind, str(done.status))
+
+    def first_token_overdue(self, started: float) -> bool:
+        return self.ttft is not None and time.monotonic() - started > self.ttft
+
+    # --- the end ----------------------------------------------------------------------------
+
+    def deliver(self, action: Deliver, done: Exchange) -> Any:
+        """The response to hand back; a failed one is marked so that the SDK does not retry it.
+
+        A successful one is returned as it is: its adapter hands it over (and calls
+        ``finish`` when its body has been read or closed)."""
+        response, status = done.response, done.status
+        self._log(action.node.label, status)
+        telemetry = self.telemetry
+        if telemetry is not None:
+            telemetry.answered(action.node, status, self.watches_stream(response))
+        if not action.final:
+            return response
+        body = self.error_body(response)
+        if telemetry is not None:
+            telemetry.chunk(body)
+        self.finish(error_type=str(status))
+        if self.plan.retried:
+            body = annotate(body, f"yibu-middleware tried: {self.plan.summary()}") or body
+        headers = [(k, v) for k, v in self.headers_of(response) if k.lower() not in BODY_HEADERS]
+        headers.append(("x-should-retry", "false"))
+        return self.answer(status, headers, body, response)
+
+    def give_up(self, action: GiveUp) -> Any:
+        """No node gave an answer to hand back: answer for the gateway, in the provider's format.
+
+        A response rather than an exception, with ``x-should-retry: false``, so that the
+        openai/anthropic SDKs raise at once instead of running retry rounds of their own."""
+        status = 504 if self.timed_out else 503
+        message = self.runtime.redact(
+            f"yibu-middleware: {self.where} got no answer from the gateway ({self.plan.summary()}); {action.reason}"
+        )
+        log.warning("%s", message)
+        self.finish(error_type="timeout" if self.timed_out else "yibu_no_answer")
+        body = error_body(self.gateway.route.provider, status, message, "yibu_no_answer")
+        return self.answer(status, [("content-type", "application/json"), ("x-should-retry", "false")], body, None)
+
+    def stream_broke(self, node: Node, detail: str) -> str:
+        """A stream broke after its first content: too late to retry, but the node is blamed.
+        Returns the message of the error the caller gets (each adapter raises its own type)."""
+        self.plan.stream_cut(node)
+        return self.runtime.redact(
+            f"yibu-middleware: the stream of {self.where} from gateway node {node.label} broke after its first content"
+            f" ({detail}); the answer is incomplete and was not retried, to avoid repeating what was already read"
+        )
+
+    def _log(self, node: str, status: int) -> None:
+        if not log.isEnabledFor(logging.INFO):
+            return
+        elapsed_ms = (time.perf_counter() - self.started) * 1000
+        gateway = self.gateway
+        model = (
+            gateway.model if gateway.requested_model == gateway.model else f"{gateway.requested_model}->{gateway.model}"
+        )
+        retried = f" (tried: {self.plan.summary()})" if self.plan.retried else ""
+        log.info("%s model=%s -> %s %s in %.1f ms%s", self.where, model, node, status, elapsed_ms, retried)
+
+
+class Commit:
+    """Reading an event stream up to its first content (the commit point; see ``core/sse.py``).
+
+    Shared by every adapter, sync and async: each feeds it the chunks it reads and, once
+    committed, replays ``read`` to the caller before the rest of the stream."""
+
+    __slots__ = ("call", "read", "started", "watch")
+
+    def __init__(self, call: Call) -> None:
+        self.call = call
+        self.watch = StreamWatch()
+        self.read: list[bytes] = []  # replayed to the caller once committed
+        self.started = time.monotonic()
+
+    def took(self, chunk: bytes) -> bool:
+        """Note one chunk; True when reading can stop."""
+        self.read.append(chunk)
+        self.watch.feed(chunk)
+        return self.watch.committed or bool(self.watch.error) or self.call.first_token_overdue(self.started)
+
+    def failure(self) -> str | None:
+        """None when the stream committed; else why it failed before its first content."""
+        watch = self.watch
+        if watch.error:
+            return watch.error
+        if watch.committed:
+            return None
+        if self.call.first_token_overdue(self.started):
+            return "no content within stream.first_token_timeout"
+        return "the stream ended with no content"
+
+
+def _stainless(raw: Iterable[tuple[bytes, bytes]]) -> tuple[bytes, bytes]:
+    """The openai/anthropic SDKs' retry count and read timeout headers, in one pass."""
+    retry_count = read_timeout = b""
+    for name, value in raw:
+        if name[:12].lower() == b"x-stainless-":
+            lower = name.lower()
+            if lower == b"x-stainless-retry-count":
+                retry_count = value
+            elif lower == b"x-stainless-read-timeout":
+                read_timeout = value
+    return retry_count, read_timeout
+
+
+def _seconds(stated: bytes) -> float | None:
+    try:
+        return float(stated)
+    except ValueError:
+        return None
