@@ -133,9 +133,9 @@ class CallTelemetry:
         return headers
 
     def attempt(self, node: Any, outcome: str, why: str, waited: float) -> None:
-        """One attempt. Events are written only for a call that was retried: a call answered at
-        its first attempt is fully told by the span's own server and status attributes, and
-        each event costs the SDK as much as a fifth of the span itself."""
+        """One attempt. Events are written only for a call that was retried: a call answered
+        at its first attempt is told by the span itself (its server attributes, and error.type
+        if it failed), and each event costs the SDK as much as a fifth of the span."""
         attributes: dict[str, Any] = {"server.address": node.host, "server.port": node.port, "yibu.outcome": outcome}
         if why:
             attributes["yibu.retry_reason"] = why
@@ -152,8 +152,9 @@ class CallTelemetry:
         self.span.add_event("yibu.attempt", attributes)
 
     def answered(self, node: Any, status: int, event_stream: bool) -> None:
-        """The node that answered: set on the span when it ends, with everything else."""
-        self._answer = {"server.address": node.host, "server.port": node.port, "http.response.status_code": status}
+        """The node that answered: set on the span when it ends, with everything else. The
+        status is not an attribute of GenAI spans: a failure's is its error.type."""
+        self._answer = {"server.address": node.host, "server.port": node.port}
         self._attributes["server.address"] = node.host
         self._attributes["server.port"] = node.port
         self._sse = event_stream

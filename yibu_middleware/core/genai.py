@@ -37,8 +37,9 @@ class ResponseFacts:
 
     def read_body(self, body: bytes) -> None:
         try:
-            document = json.loads(body)
-        except ValueError:
+            # Decoded first: json.loads would sniff a bytes body's encoding on every call.
+            document = json.loads(body.decode("utf-8"))
+        except ValueError:  # UnicodeDecodeError included
             return
         if isinstance(document, dict):
             self.absorb(document)
