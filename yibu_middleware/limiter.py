@@ -16,7 +16,6 @@ admitted at the very moment it was cancelled gives its slots back.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import threading
 import time
@@ -29,6 +28,8 @@ from .core.nodes import Clock
 from .errors import YibuError
 
 if TYPE_CHECKING:
+    import asyncio
+
     from .settings import LimitSettings
 
 
@@ -145,6 +146,8 @@ class Limiter:
 
     async def acquire_async(self, model: str | None, estimated_tokens: int = 0, timeout: float | None = None) -> Permit:
         """Wait for a turn without blocking the event loop; same queue as ``acquire``."""
+        import asyncio  # here, not at the top: a sync app with limits set never pays its import
+
         with self._lock:
             ticket = self._admission.enqueue(model, estimated_tokens)
             woken = self._pump()

@@ -12,13 +12,18 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from typing import TYPE_CHECKING
 
 from .core.nodes import NodePool
 from .core.plan import Hedging, RetryPolicy
+from .core.policy import Rules
 from .core.redact import redact_text
 from .core.retry import RetryBudget
 from .core.routes import Route, RouteTable
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .limiter import Limiter
 
 log = logging.getLogger("yibu_middleware")
 
@@ -31,9 +36,11 @@ class Runtime:
         "budget",
         "gateway_key",
         "hedging",
+        "limiter",
         "policy",
         "pool",
         "routes",
+        "rules",
         "settings",
         "swapped_keys",
     )
@@ -57,6 +64,13 @@ class Runtime:
         self.budget = RetryBudget(retry.budget_ratio, retry.budget_floor)
         hedge = settings.hedge
         self.hedging = Hedging(RetryBudget(hedge.max_share, 1), hedge.min_samples) if hedge.enabled else None
+        # Client-side limits (None: no limit set, nothing to pay) and policy rules.
+        self.limiter: Limiter | None = None
+        if settings.limits.active:
+            from .limiter import Limiter  # only when a limit is set
+
+            self.limiter = Limiter.from_settings(settings.limits)
+        self.rules = Rules.from_settings(settings.policy)
         self.gateway_key = settings.api_key.get_secret_value().encode() if settings.api_key else None
         self.aliases = dict(settings.model_aliases)
         # Provider keys swapped out at run time: kept only so they can be masked by value.
@@ -96,6 +110,8 @@ class Runtime:
         self.budget.reset()
         if self.hedging is not None:
             self.hedging.reset()
+        if self.limiter is not None:
+            self.limiter.reset()  # the parent's waiters and slots are not this process's
         self._lock = threading.Lock()
         self._checker = None  # threads do not survive fork; a new one starts on first use
 
