@@ -92,13 +92,13 @@ def otel_instrumentations() -> Iterator[None]:
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
     from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor
 
-    OpenAIInstrumentor().instrument()
+    OpenAIInstrumentor().instrument()  # type: ignore[no-untyped-call]
     HTTPXClientInstrumentor().instrument()
     try:
         yield
     finally:
         HTTPXClientInstrumentor().uninstrument()
-        OpenAIInstrumentor().uninstrument()
+        OpenAIInstrumentor().uninstrument()  # type: ignore[no-untyped-call]
 
 
 def direct_client(node_url: str) -> openai.OpenAI:
