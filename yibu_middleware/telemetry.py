@@ -28,7 +28,7 @@ from typing import Any
 from opentelemetry import metrics, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from .core.genai import ResponseFacts, operation_name
+from .core.genai import ResponseReader, operation_name
 from .core.request import GatewayRequest
 
 CAPTURE_CONTENT_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
@@ -76,32 +76,26 @@ class CallTelemetry:
         "_attributes",
         "_ended",
         "_first_attempt",
-        "_first_chunk",
-        "_pending",
         "_retried",
-        "_sse",
         "_started",
-        "body",
-        "facts",
+        "reader",
         "span",
     )
 
-    def __init__(self, span: Span, attributes: dict[str, Any]) -> None:
+    def __init__(self, span: Span, attributes: dict[str, Any], reader: ResponseReader) -> None:
         self.span = span
+        self.reader = reader  # what the response says (usage, ids), as the caller reads it
         self._attributes = attributes  # the metric attributes, completed as the call goes
         self._answer: dict[str, Any] = {}  # span attributes of the answering node
         self._first_attempt: tuple[dict[str, Any], int] | None = None
         self._retried = False
         self._started = time.monotonic()
-        self._first_chunk: float | None = None
         self._ended = False
-        self._sse = False
-        self._pending = b""
-        self.body = bytearray()
-        self.facts = ResponseFacts()
 
     @classmethod
-    def start(cls, gateway: GatewayRequest, redact: Any) -> CallTelemetry | None:
+    def start(cls, gateway: GatewayRequest, redact: Any, reader: ResponseReader | None = None) -> CallTelemetry | None:
+        """The call's span, or None when nothing would record it. ``reader``: one the call
+        already keeps for another reader of usage (the token limit), shared rather than doubled."""
         operation = operation_name(gateway.path)
         if operation is None or _genai_span_active():
             return None
@@ -119,7 +113,7 @@ class CallTelemetry:
             span.set_attribute("yibu.request.model_sent", gateway.model)  # the alias actually sent
         if _capture_content() and gateway.body:
             span.set_attribute("gen_ai.input.messages", redact(_messages(gateway.body)))
-        return cls(span, attributes)
+        return cls(span, attributes, reader if reader is not None else ResponseReader())
 
     def traceparent(self) -> list[tuple[bytes, bytes]]:
         """W3C ``traceparent`` (and ``tracestate``) of this call's span, written directly:
@@ -157,33 +151,18 @@ class CallTelemetry:
         self._answer = {"server.address": node.host, "server.port": node.port}
         self._attributes["server.address"] = node.host
         self._attributes["server.port"] = node.port
-        self._sse = event_stream
+        self.reader.sse = event_stream
 
     def chunk(self, data: bytes) -> None:
         """A chunk of the response body, as the caller reads it."""
-        if self._first_chunk is None:
-            self._first_chunk = time.monotonic()
-        if not self._sse:
-            if len(self.body) < 4_000_000:  # a JSON answer, read for its usage at the end
-                self.body += data
-            return
-        events = (self._pending + data).split(b"\n\n")
-        self._pending = events.pop()
-        for event in events:
-            # Only events that can carry usage, ids or finish reasons are parsed.
-            if b'"usage"' in event or b"finish_reason" in event or b"stop_reason" in event or b'"id"' in event:
-                for line in event.split(b"\n"):
-                    if line.startswith(b"data:"):
-                        self.facts.read_event(line[5:].strip())
+        self.reader.chunk(data)
 
     def finish(self, error_type: str | None = None) -> None:
         """End the span and record the metrics; safe to call more than once."""
         if self._ended:
             return
         self._ended = True
-        span, facts, attributes = self.span, self.facts, self._attributes
-        if self.body and not self._sse:
-            facts.read_body(bytes(self.body))
+        span, facts, attributes, reader = self.span, self.reader.done(), self._attributes, self.reader
         found: dict[str, Any] = self._answer
         if facts.response_id:
             found["gen_ai.response.id"] = facts.response_id
@@ -195,8 +174,9 @@ class CallTelemetry:
             found["gen_ai.usage.input_tokens"] = facts.input_tokens
         if facts.output_tokens is not None:
             found["gen_ai.usage.output_tokens"] = facts.output_tokens
-        if self._first_chunk is not None and self._sse:
-            found["gen_ai.response.time_to_first_chunk"] = self._first_chunk - self._started
+        first_chunk_after = None if reader.first_chunk is None else reader.first_chunk - self._started
+        if first_chunk_after is not None and reader.sse:
+            found["gen_ai.response.time_to_first_chunk"] = first_chunk_after
         if error_type is not None:
             found["error.type"] = attributes["error.type"] = error_type
             span.set_status(Status(StatusCode.ERROR, error_type))
@@ -207,8 +187,8 @@ class CallTelemetry:
         for kind, count in (("input", facts.input_tokens), ("output", facts.output_tokens)):
             if count is not None:
                 tokens.record(count, {**attributes, "gen_ai.token.type": kind})
-        if self._first_chunk is not None and self._sse:
-            first_chunk.record(self._first_chunk - self._started, attributes)
+        if first_chunk_after is not None and reader.sse:
+            first_chunk.record(first_chunk_after, attributes)
 
 
 def current_trace_headers() -> list[tuple[bytes, bytes]]:

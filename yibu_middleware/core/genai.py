@@ -9,6 +9,7 @@ body or from the events of a stream (OpenAI and Anthropic rules).
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 
@@ -90,3 +91,46 @@ class ResponseFacts:
 
 def _int(value: Any, default: int | None) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+class ResponseReader:
+    """Reads a response body as the caller consumes it, for its facts: a JSON answer whole at
+    the end, an event stream event by event. Shared by tracing and the token limit."""
+
+    __slots__ = ("_body", "_pending", "facts", "first_chunk", "sse")
+
+    def __init__(self) -> None:
+        self.facts = ResponseFacts()
+        self.sse = False  # set when the answer is known to be an event stream
+        self.first_chunk: float | None = None  # time.monotonic() of the first chunk
+        self._body = bytearray()
+        self._pending = b""
+
+    def chunk(self, data: bytes) -> None:
+        if self.first_chunk is None:
+            self.first_chunk = time.monotonic()
+        if not self.sse:
+            if len(self._body) < 4_000_000:  # a JSON answer, read for its usage at the end
+                self._body += data
+            return
+        events = (self._pending + data).split(b"\n\n")
+        self._pending = events.pop()
+        for event in events:
+            # Only events that can carry usage, ids or finish reasons are parsed.
+            if b'"usage"' in event or b"finish_reason" in event or b"stop_reason" in event or b'"id"' in event:
+                for line in event.split(b"\n"):
+                    if line.startswith(b"data:"):
+                        self.facts.read_event(line[5:].strip())
+
+    def done(self) -> ResponseFacts:
+        """The facts, once the body has been read (or closed): a JSON answer is parsed now, once."""
+        if self._body and not self.sse:
+            self.facts.read_body(bytes(self._body))
+            self._body = bytearray()
+        return self.facts
+
+    def total_tokens(self) -> int | None:
+        facts = self.facts
+        if facts.input_tokens is None and facts.output_tokens is None:
+            return None
+        return (facts.input_tokens or 0) + (facts.output_tokens or 0)
