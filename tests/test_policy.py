@@ -397,3 +397,26 @@ def test_bad_policy_settings_are_reported_with_their_source(
 )
 def test_format_names(name: str, expected: str) -> None:
     assert normalize_format(name) == expected
+
+
+def test_aliasing_and_policy_share_one_parse(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A body with media and an aliased model is parsed once, by whichever needs it first."""
+    from yibu_middleware.core import policy as policy_module
+    from yibu_middleware.core.request import prepare
+    from yibu_middleware.core.routes import Route
+
+    parses = []
+    real_loads = json.loads
+
+    def counting_loads(raw: Any) -> Any:
+        parses.append(len(raw))
+        return real_loads(raw)
+
+    monkeypatch.setattr(policy_module.json, "loads", counting_loads)  # the json module: every parse counts
+    body = chat(image_url(data_url("image/png", 3000)), model="vision")
+    parsed = ParsedBody(body)
+    route = Route("api.openai.com", "openai", "/v1")
+    gateway = prepare(route, "POST", "/v1/chat/completions", "", [], body, None, {"vision": "gpt-4o"}, parsed)
+    assert gateway.model == "gpt-4o" and real_loads(gateway.body or b"")["model"] == "gpt-4o"
+    assert check("openai", gateway.path, parsed, gateway.model, DEFAULT) is None
+    assert parses == [len(body)]

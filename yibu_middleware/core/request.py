@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
+from .policy import ParsedBody
 from .routes import Route, gateway_path
 
 RawHeaders = list[tuple[bytes, bytes]]
@@ -45,9 +46,11 @@ def prepare(
     body: bytes | None,
     gateway_key: bytes | None,
     aliases: Mapping[str, str],
+    parsed: ParsedBody | None = None,
 ) -> GatewayRequest:
+    """``parsed``: the body's parse, shared with the policy checks, so that it is parsed once."""
     new_headers, swapped = swap_credentials(headers, gateway_key)
-    requested, sent, new_body, stream = read_body(body, aliases)
+    requested, sent, new_body, stream = read_body(body, aliases, parsed)
     if stream:
         # The stream is watched as it passes (first content, final event): it must arrive
         # uncompressed, or a cut could not be told from an end.
@@ -88,13 +91,16 @@ _STREAM_FLAG = re.compile(rb'"stream"\s*:\s*true')
 _MODEL = re.compile(rb'"model"\s*:\s*"((?:[^"\\]|\\.){1,200})"')
 
 
-def read_body(body: bytes | None, aliases: Mapping[str, str]) -> tuple[str | None, str | None, bytes | None, bool]:
+def read_body(
+    body: bytes | None, aliases: Mapping[str, str], parsed: ParsedBody | None = None
+) -> tuple[str | None, str | None, bytes | None, bool]:
     """A JSON body's ``model`` (rewritten per ``aliases``) and ``stream`` flag.
 
     Returns (model as asked, model as sent, body to send, streamed). Reading the two
     fields is a scan, not a parse (a multimodal body can be megabytes); the body is
-    parsed and re-encoded only when its model is to be aliased. Anything that is not
-    a JSON object is forwarded untouched.
+    parsed and re-encoded only when its model is to be aliased (through ``parsed`` when
+    given, whose parse the policy checks then reuse). Anything that is not a JSON object is
+    forwarded untouched.
     """
     if not body or body.lstrip()[:1] != b"{":
         return None, None, body, False
@@ -103,10 +109,13 @@ def read_body(body: bytes | None, aliases: Mapping[str, str]) -> tuple[str | Non
     model = found.group(1).decode("utf-8", "replace") if found else None
     if model is None or model not in aliases:
         return model, model, body, stream
-    try:
-        document = json.loads(body)
-    except ValueError:
-        return model, model, body, stream  # not JSON after all: forwarded as it is
+    if parsed is not None:
+        document: object = parsed.document()
+    else:
+        try:
+            document = json.loads(body)
+        except ValueError:
+            return model, model, body, stream  # not JSON after all: forwarded as it is
     if not isinstance(document, dict) or document.get("model") != model:
         return model, model, body, stream
     target = aliases[model]
