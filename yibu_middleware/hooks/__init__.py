@@ -13,8 +13,10 @@ from types import ModuleType
 
 import wrapt
 
+from .aiohttp_hook import AiohttpHook
 from .base import Hook
 from .httpx_family import HttpxFamilyHook
+from .requests_hook import RequestsHook
 
 _HTTPX_CLASSES = {"HTTPTransport": "handle_request", "AsyncHTTPTransport": "handle_async_request"}
 _AIOHTTP_CLASSES = {"AiohttpTransport": "handle_async_request"}
@@ -33,6 +35,9 @@ HOOKS: list[Hook] = [
         "httpx2",
         "anthropic",
     ),
+    RequestsHook(),
+    # aiohttp itself, for apps and libraries (LiteLLM, ...) that send with a ClientSession.
+    AiohttpHook(),
 ]
 
 _registered = False

@@ -250,7 +250,11 @@ class Call:
 
     def failure(self, exc: BaseException) -> Failure:
         """A transport error, in the core's terms."""
-        return Failure(self.kind_of(exc), self.runtime.redact(str(exc) or type(exc).__name__), self.is_timeout(exc))
+        return Failure(self.kind_of(exc), self.runtime.redact(self.describe(exc)), self.is_timeout(exc))
+
+    def describe(self, exc: BaseException) -> str:
+        """A transport error in a few words, for the log line and the list of nodes tried."""
+        return str(exc) or type(exc).__name__
 
     def stream_failed(self, why: str) -> Failure:
         """A stream that failed before its first content (see ``Commit.failure``)."""

@@ -1,0 +1,473 @@
+"""Adapter for requests: ``HTTPAdapter.send`` hooked in place.
+
+``HTTPAdapter.send`` is where a Session (and ``requests.get``/``post``, which make one)
+hands a prepared request to urllib3: below the session's auth, cookies, redirects and
+hooks, so one call of the app is one call here, as with httpx's transport. A request
+whose host is not routed leaves after its URL is split and looked up. Attempts call
+the original method directly with the node's URL, which is not routed either, so a
+request is never handled twice, whatever runs on top of requests.
+
+Each attempt sends a copy of the app's ``PreparedRequest`` (the node's URL, the
+gateway's headers) with the caller's own ``stream``, ``verify``, ``cert`` and
+``proxies``, and its ``timeout`` cut to the call's deadline. urllib3 reads a body only
+when asked (``Response.raw``), so an error body is read before the verdict, and an
+event stream is read from ``raw`` up to its first content; ``raw`` is then replaced by
+:class:`_RelayRaw`, which replays what was read and passes the rest through, watched.
+A cut or a missing final event raises urllib3's ``ProtocolError``, which requests
+turns into ``ChunkedEncodingError`` (a ``RequestException``) naming the node.
+
+requests is never imported here: its types are taken from the module being hooked.
+"""
+
+from __future__ import annotations
+
+import http
+import importlib
+import io
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from types import ModuleType
+from typing import Any
+from urllib.parse import SplitResult, urlsplit
+
+from ..core.nodes import Node
+from ..core.plan import Deliver, GiveUp, Send
+from ..core.retry import Kind
+from ..core.routes import Route
+from ..core.sse import StreamWatch
+from ..runtime import Runtime, current
+from .base import Hook
+from .call import Call, Commit, Exchange
+
+# HTTPAdapter.send's parameters after the request, in order (requests 2.x).
+_OPTIONS = ("stream", "timeout", "verify", "cert", "proxies")
+
+
+class RequestsHook(Hook):
+    name = "requests"
+    module = "requests"
+    distribution = "requests"
+
+    def patch(self, module: ModuleType) -> None:
+        adapters = importlib.import_module("requests.adapters")  # already imported by requests itself
+        lib = _Lib(module, importlib.import_module("urllib3"))
+        self.wrap(adapters.HTTPAdapter, "send", _send_wrapper(lib))
+
+
+class _Lib:
+    """The requests and urllib3 types an attempt needs, taken once when requests is hooked."""
+
+    def __init__(self, requests: ModuleType, urllib3: ModuleType) -> None:
+        exceptions = urllib3.exceptions
+        self.requests = requests
+        self.CaseInsensitiveDict = requests.structures.CaseInsensitiveDict
+        self.HTTPResponse = urllib3.HTTPResponse
+        self.ProtocolError = exceptions.ProtocolError
+        # What an attempt may raise: requests' own errors from send() and response.content,
+        # urllib3's from reading response.raw ourselves.
+        self.errors = (requests.RequestException, exceptions.HTTPError)
+        self.not_sent = (requests.ConnectTimeout, requests.exceptions.SSLError)
+        self.never_reached = (exceptions.NewConnectionError, exceptions.ConnectTimeoutError)  # DNS too
+        # Our proxy or connection pool (not PoolError: a read timeout is one of those too).
+        self.ours = (
+            requests.exceptions.ProxyError,
+            requests.exceptions.InvalidURL,
+            exceptions.EmptyPoolError,
+            exceptions.ClosedPoolError,
+        )
+        self.node_failed = (
+            requests.ReadTimeout,
+            requests.exceptions.ChunkedEncodingError,
+            requests.exceptions.ContentDecodingError,
+            requests.ConnectionError,
+            exceptions.ProtocolError,
+            exceptions.ReadTimeoutError,
+            exceptions.SSLError,
+            exceptions.DecodeError,
+        )
+        self.timeouts = (requests.Timeout, exceptions.TimeoutError)
+        self.NewConnectionError = exceptions.NewConnectionError
+        self.MaxRetryError = exceptions.MaxRetryError
+        # urllib3 2 sends a str body as UTF-8, urllib3 1 as Latin-1 (as http.client does).
+        self.str_encoding = "latin-1" if urllib3.__version__.startswith("1.") else "utf-8"
+
+
+def _send_wrapper(lib: _Lib) -> Callable[..., Any]:
+    def send(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        runtime = current()
+        if runtime is None:
+            return wrapped(*args, **kwargs)
+        request = args[0] if args else kwargs["request"]
+        url = urlsplit(request.url)
+        route = runtime.routes.match(url.hostname or "")
+        if route is None:
+            return wrapped(*args, **kwargs)
+        options = dict(zip(_OPTIONS, args[1:], strict=False))
+        options.update((name, value) for name, value in kwargs.items() if name != "request")
+        call = RequestsCall(lib, runtime, instance, request, route, url, options)
+
+        def exchange(action: Send) -> Exchange:
+            return _exchange(call, wrapped, action)
+
+        def hand_back(action: Deliver | GiveUp, done: Exchange | None) -> Any:
+            return _hand_back(call, action, done)
+
+        return call.run(exchange, _close, hand_back)
+
+    return send
+
+
+def _close(response: Any) -> None:
+    response.close()
+
+
+def _exchange(call: RequestsCall, wrapped: Callable[..., Any], action: Send) -> Exchange:
+    response = None
+    try:
+        response = wrapped(call.request_for(action), **call.options_for_attempt())
+        status: int = response.status_code
+        if status >= 400:
+            _ = response.content  # error bodies are read before judging
+        elif call.watches_stream(response):
+            failure = _commit(call, action, response)
+            if failure is not None:
+                response.close()
+                return Exchange(action, None, 0, call.stream_failed(failure))
+        return Exchange(action, response, status, None)
+    except call.lib.errors as exc:
+        if response is not None:
+            response.close()
+        return Exchange(action, None, 0, call.failure(exc))
+    except BaseException:
+        if response is not None:
+            response.close()  # the caller's loop frees the node slot
+        raise
+
+
+def _commit(call: RequestsCall, action: Send, response: Any) -> str | None:
+    """Read to the first content. None: committed, ``response.raw`` replaced; else why not."""
+    commit = Commit(call)
+    raw = response.raw
+    # Chunks as they arrive (HTTP chunks of a chunked body), as iter_content(None) reads them.
+    chunks = raw.stream(None)
+    for chunk in chunks:  # a urllib3 error here is the exchange's error
+        if commit.took(chunk):
+            break
+    failure = commit.failure()
+    if failure is None:
+        response.raw = _RelayRaw(call, action.node, raw, commit.read, chunks, commit.watch)
+    return failure
+
+
+def _hand_back(call: RequestsCall, action: Deliver | GiveUp, done: Exchange | None) -> Any:
+    if isinstance(action, GiveUp):
+        return call.give_up(action)
+    assert done is not None  # a Deliver follows an answer
+    delivered = call.deliver(action, done)
+    if not action.final:
+        # As with httpx, the app sees its own request and URL on the response, not the node's.
+        delivered.request = call.original
+        delivered.url = call.original.url
+        if isinstance(delivered.raw, _RelayRaw):
+            pass  # a watched stream: it finishes the call when it ends or is closed
+        elif call.telemetry is not None:
+            delivered.raw = _RelayRaw(call, action.node, delivered.raw, [], None, None)  # the span ends with the body
+        else:
+            call.finish()  # nothing follows its body: the call is over once it is handed back
+    return delivered
+
+
+class RequestsCall(Call):
+    """The state one requests call carries between attempts."""
+
+    __slots__ = ("_no_body", "adapter", "lib", "options", "original")
+
+    def __init__(
+        self,
+        lib: _Lib,
+        runtime: Runtime,
+        adapter: Any,
+        original: Any,
+        route: Route,
+        url: SplitResult,
+        options: dict[str, Any],
+    ) -> None:
+        self.lib = lib
+        self.adapter = adapter
+        self.original = original
+        self.options = options
+        body = original.body
+        self._no_body = body is None
+        data: bytes | None
+        if body is None:
+            data = b""
+        elif isinstance(body, bytes):
+            data = body
+        elif isinstance(body, str):
+            data = body.encode(lib.str_encoding)
+        else:
+            data = None  # a file or a generator: forwarded as it is, and never replayed
+        headers = [(_raw(name), _raw(value)) for name, value in original.headers.items()]
+        Call.__init__(self, runtime, route, original.method or "GET", url.path or "/", url.query, headers, data)
+
+    def own_timeout(self) -> float | None:
+        return _connect_read(self.options.get("timeout"))[1]
+
+    # --- per attempt ------------------------------------------------------------------------
+
+    def request_for(self, action: Send) -> Any:
+        """A copy of the app's request with the node's URL and the gateway's headers."""
+        self.runtime.ensure_health_checker()
+        gateway = self.gateway
+        original = self.original
+        request = original.copy()
+        request.url = action.node.url_for(gateway.path, gateway.query)
+        headers = self.lib.CaseInsensitiveDict()
+        for name, value in gateway.headers:
+            headers[name.decode("latin-1")] = value.decode("latin-1")
+        for name, value in self.trace_headers:
+            headers[name.decode("latin-1")] = value.decode("latin-1")
+        body: Any = gateway.body
+        if body is None:
+            body = original.body  # sent as it is, with the length the app gave it, if any
+            length = original.headers.get("Content-Length")
+        elif self._no_body:
+            body = None
+            length = original.headers.get("Content-Length")
+        else:
+            length = str(len(body)) if "Content-Length" in original.headers else None
+        if length is not None:
+            headers["Content-Length"] = length
+        request.headers = headers
+        request.body = body
+        return request
+
+    def options_for_attempt(self) -> dict[str, Any]:
+        """The caller's send() options, its timeout cut to the call's deadline (and to
+        stream.first_token_timeout for a stream's reads)."""
+        left = self.plan.timeout_left()
+        if left is None and self.ttft is None:
+            return self.options
+        connect, read = _connect_read(self.options.get("timeout"))
+        if left is not None:
+            connect = left if connect is None else min(connect, left)
+            read = left if read is None else min(read, left)
+        if self.ttft is not None:
+            read = self.ttft if read is None else min(read, self.ttft)
+        return {**self.options, "timeout": (connect, read)}
+
+    # --- requests' objects, for the shared call ---------------------------------------------
+
+    def kind_of(self, exc: BaseException) -> Kind:
+        lib = self.lib
+        if isinstance(exc, lib.not_sent):
+            return Kind.NOT_SENT  # a connect timeout, or TLS with the node failed: nothing was sent
+        if isinstance(exc, lib.ours):
+            return Kind.FINAL  # our proxy or connection pool, not the node: no node would help
+        if isinstance(exc, lib.requests.ConnectionError):
+            cause = _cause(exc, lib)
+            if isinstance(cause, lib.never_reached):
+                return Kind.NOT_SENT  # refused, unresolvable, or a connect timeout
+            if isinstance(cause, lib.ours):
+                return Kind.FINAL  # our connection pool is full or closed
+        if isinstance(exc, lib.node_failed):
+            return Kind.NODE_FAILED
+        return Kind.FINAL
+
+    def is_timeout(self, exc: BaseException) -> bool:
+        lib = self.lib
+        if isinstance(exc, lib.requests.ConnectionError):
+            exc = _cause(exc, lib)  # requests reports a read timeout inside a body as a ConnectionError
+        # urllib3's NewConnectionError is a ConnectTimeoutError by inheritance only.
+        return isinstance(exc, lib.timeouts) and not isinstance(exc, lib.NewConnectionError)
+
+    def describe(self, exc: BaseException) -> str:
+        # requests wraps urllib3's error, which wraps the socket's: the last says it best
+        # ("[Errno 111] Connection refused"), as httpx's own message does.
+        cause = _cause(exc, self.lib)
+        if isinstance(cause.__cause__, OSError):
+            cause = cause.__cause__
+        return str(cause) or type(cause).__name__
+
+    def error_body(self, response: Any) -> bytes:
+        body: bytes = response.content or b""
+        return body
+
+    def retry_hints(self, response: Any) -> Mapping[str, str]:
+        headers = response.headers
+        return {name: headers[name] for name in ("retry-after", "retry-after-ms") if name in headers}
+
+    def headers_of(self, response: Any) -> Iterable[tuple[str, str]]:
+        items: Iterable[tuple[str, str]] = response.headers.items()
+        return items
+
+    def watches_stream(self, response: Any) -> bool:
+        headers = response.headers
+        return (
+            self.gateway.stream
+            and response.status_code == 200
+            and headers.get("content-type", "").startswith("text/event-stream")
+            and "content-encoding" not in headers
+        )
+
+    def answer(self, status: int, headers: list[tuple[str, str]], body: bytes, based_on: Any) -> Any:
+        """A response as the adapter builds one from the wire (HTTPAdapter.build_response),
+        over an in-memory body: ``stream=True`` callers can still iterate it."""
+        raw = self.lib.HTTPResponse(
+            body=_Body(body),
+            headers=[*headers, ("content-length", str(len(body)))],
+            status=status,
+            reason=_reason(status),
+            preload_content=False,
+            decode_content=False,
+        )
+        return self.adapter.build_response(self.original, raw)
+
+    def stream_error(self, node: Node, detail: str) -> Exception:
+        """The error a caller gets when a stream breaks after its first content: urllib3's,
+        which requests raises as ChunkedEncodingError."""
+        error: Exception = self.lib.ProtocolError(self.stream_broke(node, detail))
+        return error
+
+
+class _RelayRaw:
+    """Stands in for urllib3's response as ``Response.raw``: what was read first, then the
+    rest as it comes; an event stream watched for a cut or a missing final event, and the
+    call finished (its span ended) when the body ends or is closed.
+
+    requests reads ``raw.stream()`` (iter_content, iter_lines, content); ``read()`` and line
+    iteration are there for apps that read ``raw`` themselves; anything else is urllib3's."""
+
+    def __init__(
+        self,
+        call: RequestsCall,
+        node: Node,
+        inner: Any,
+        read: list[bytes],
+        rest: Iterator[bytes] | None,
+        watch: StreamWatch | None,
+    ) -> None:
+        self._call, self._node, self._inner = call, node, inner
+        self._pending = b"".join(read)  # replayed first
+        self._rest = rest  # None: not started (a body nobody has read yet)
+        self._watch = watch
+        self._telemetry = call.telemetry
+        self._ended = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)  # headers, status, release_conn, _original_response...
+
+    def stream(self, amt: int | None = 2**16, decode_content: bool | None = None) -> Iterator[bytes]:
+        while chunk := self._next(amt, decode_content):
+            yield chunk
+
+    def read(self, amt: int | None = None, decode_content: bool | None = None, cache_content: bool = False) -> bytes:
+        if amt is None or amt < 0:
+            return b"".join(self.stream(None, decode_content))
+        pieces = []
+        while amt > 0 and (chunk := self._next(amt, decode_content)):
+            pieces.append(chunk)
+            amt -= len(chunk)
+        return b"".join(pieces)
+
+    def __iter__(self) -> Iterator[bytes]:
+        """Lines, as urllib3's response yields them."""
+        pending = b""
+        for chunk in self.stream(None):
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                yield line + b"\n"
+        if pending:
+            yield pending
+
+    def close(self) -> None:
+        self._inner.close()
+        self._call.finish()
+
+    def _next(self, amt: int | None, decode_content: bool | None) -> bytes:
+        """Up to ``amt`` bytes (all that has come, with None); b"" at the end."""
+        if not self._pending and not self._ended:
+            self._pending = self._pull(decode_content)
+        chunk = self._pending
+        if amt is not None and len(chunk) > amt:
+            chunk, self._pending = chunk[:amt], chunk[amt:]
+        else:
+            self._pending = b""
+        if chunk and self._telemetry is not None:
+            self._telemetry.chunk(chunk)
+        return chunk
+
+    def _pull(self, decode_content: bool | None) -> bytes:
+        """The next chunk from the network, watched; b"" at its end, when the call finishes."""
+        if self._rest is None:
+            self._rest = self._inner.stream(None, decode_content=decode_content)
+        call = self._call
+        try:
+            chunk: bytes = next(self._rest, b"")
+        except call.lib.errors as exc:
+            self._ended = True
+            if self._watch is None:
+                call.finish(error_type=type(exc).__name__)
+                raise
+            raise self._broken(str(exc) or type(exc).__name__) from exc
+        if chunk:
+            if self._watch is not None:
+                self._watch.feed(chunk)
+            return chunk
+        self._ended = True
+        if self._watch is not None and self._watch.truncated():
+            raise self._broken("it ended before its final event")
+        call.finish()
+        return b""
+
+    def _broken(self, detail: str) -> Exception:
+        error = self._call.stream_error(self._node, detail)
+        self._call.finish(error_type=type(error).__name__)
+        return error
+
+
+class _Body(io.BytesIO):
+    """The in-memory body of an answer of our own. urllib3 reads a body until its file says it is
+    closed, as a socket's does at its end; a plain BytesIO never does, and iter_content(None)
+    would spin forever."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self._length = len(data)
+
+    def isclosed(self) -> bool:
+        return self.closed or self.tell() >= self._length
+
+
+def _raw(value: str | bytes) -> bytes:
+    return value if isinstance(value, bytes) else value.encode("latin-1")
+
+
+def _connect_read(timeout: Any) -> tuple[float | None, float | None]:
+    """(connect, read) seconds of a requests timeout: a number, a pair, or urllib3's Timeout."""
+    if timeout is None:
+        return None, None
+    if isinstance(timeout, tuple):
+        connect, read = timeout
+        return connect, read
+    if isinstance(timeout, (int, float)):
+        return float(timeout), float(timeout)
+    connect = getattr(timeout, "connect_timeout", None)
+    read = getattr(timeout, "read_timeout", None)
+    return (
+        connect if isinstance(connect, (int, float)) else None,
+        read if isinstance(read, (int, float)) else None,
+    )
+
+
+def _cause(exc: BaseException, lib: _Lib) -> BaseException:
+    """The urllib3 error a requests ConnectionError carries (the reason of a MaxRetryError)."""
+    inner = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else exc
+    reason = getattr(inner, "reason", None) if isinstance(inner, lib.MaxRetryError) else None
+    return reason if isinstance(reason, BaseException) else inner
+
+
+def _reason(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return ""
