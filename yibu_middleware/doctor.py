@@ -15,14 +15,16 @@ from .core.redact import mask, redact_text
 from .errors import ConfigError
 from .settings import Settings, load_settings, unknown_env_names
 
-# Client libraries worth reporting, and what they travel over.
+# Client libraries worth reporting: those hooked (where), and those that travel over them.
 LIBRARIES = [
-    ("httpx", "hooked at HTTPTransport / AsyncHTTPTransport"),
-    ("httpx2", "hooked at HTTPTransport / AsyncHTTPTransport"),
+    ("httpx", "at HTTPTransport / AsyncHTTPTransport"),
+    ("httpx2", "at HTTPTransport / AsyncHTTPTransport"),
+    ("requests", "at HTTPAdapter.send"),
+    ("aiohttp", "at ClientSession._request (a client middleware of ours, innermost)"),
     ("openai", "travels over httpx2 (or a given httpx client, or its aiohttp transport)"),
     ("anthropic", "travels over httpx2 (or a given httpx client, or its aiohttp transport)"),
     ("langchain-openai", "travels over openai"),
-    ("aiohttp", "hooked only under openai/anthropic's aiohttp transport"),
+    ("litellm", "travels over httpx, and aiohttp for async calls"),
 ]
 
 
@@ -45,7 +47,8 @@ def doctor(timeout: float = 3.0) -> int:
         if version is None:
             print(f"  {distribution:<18} not installed")
             continue
-        state = {True: "hooked", False: "NOT HOOKED", None: how}[hooked.get(distribution)]
+        landed = hooked.get(distribution)
+        state = how if landed is None else f"hooked {how}" if landed else f"NOT HOOKED ({how})"
         aiohttp = hooked.get(f"{distribution}-aiohttp")
         if aiohttp is not None:
             state += "; its aiohttp transport: " + ("hooked" if aiohttp else "unavailable (aiohttp not installed)")
