@@ -24,7 +24,7 @@ LIBRARIES = [
     ("openai", "travels over httpx2 (or a given httpx client, or its aiohttp transport)"),
     ("anthropic", "travels over httpx2 (or a given httpx client, or its aiohttp transport)"),
     ("langchain-openai", "travels over openai"),
-    ("litellm", "travels over httpx, and aiohttp for async calls"),
+    ("litellm", "travels over openai, httpx or aiohttp"),
 ]
 
 

@@ -435,6 +435,7 @@ class _Unpaced:
     connection whose reading could be paused or resumed."""
 
     connected = True
+    _reading_paused = False  # read by StreamReader itself in aiohttp 3.12-3.13
 
     def pause_reading(self) -> None:
         pass

@@ -261,14 +261,12 @@ class RequestsCall(Call):
         lib = self.lib
         if isinstance(exc, lib.not_sent):
             return Kind.NOT_SENT  # a connect timeout, or TLS with the node failed: nothing was sent
-        if isinstance(exc, lib.ours):
+        # requests wraps urllib3's errors, and older requests let some through unwrapped.
+        cause = _cause(exc, lib)
+        if isinstance(exc, lib.ours) or isinstance(cause, lib.ours):
             return Kind.FINAL  # our proxy or connection pool, not the node: no node would help
-        if isinstance(exc, lib.requests.ConnectionError):
-            cause = _cause(exc, lib)
-            if isinstance(cause, lib.never_reached):
-                return Kind.NOT_SENT  # refused, unresolvable, or a connect timeout
-            if isinstance(cause, lib.ours):
-                return Kind.FINAL  # our connection pool is full or closed
+        if isinstance(cause, lib.never_reached):
+            return Kind.NOT_SENT  # refused, unresolvable, or a connect timeout
         if isinstance(exc, lib.node_failed):
             return Kind.NODE_FAILED
         return Kind.FINAL
