@@ -80,7 +80,7 @@ class Permit:
 class Limiter:
     """The client-side limits of one process, shared by every thread and event loop."""
 
-    __slots__ = ("_admission", "_clock", "_lock", "queue_timeout")
+    __slots__ = ("_admission", "_clock", "_lock", "counts_tokens", "follows_gateway", "queue_timeout")
 
     def __init__(
         self,
@@ -98,6 +98,11 @@ class Limiter:
             quota, per_model, follow_gateway_headers=follow_gateway_headers, clock=clock, wall=wall
         )
         self.queue_timeout = queue_timeout
+        # What a call must report back: its usage (a tokens-per-minute limit is set somewhere),
+        # and the rate-limit headers of each answer.
+        scopes = [quota, *(per_model or {}).values()]
+        self.counts_tokens = any(scope.tokens_per_minute is not None for scope in scopes)
+        self.follows_gateway = follow_gateway_headers
 
     @classmethod
     def from_settings(cls, limits: LimitSettings) -> Limiter | None:

@@ -195,7 +195,7 @@ def _hand_back(call: AiohttpCall, action: Deliver | GiveUp, done: Exchange | Non
     if not action.final:
         if isinstance(delivered.content, _Relay):
             pass  # a watched stream: it finishes the call when it ends or is closed
-        elif call.telemetry is not None:  # the span ends with the body
+        elif call.reader is not None:  # the span (and the usage a token limit counts) end with the body
             delivered.content = _relay_reader(call, action.node, delivered.content, [], None)
         else:
             call.finish()  # nothing follows its body: the call is over once it is handed back
@@ -392,9 +392,9 @@ class _Relay(_ReaderBase):
         self._gap = call.ttft if watch is not None else None  # a stream's reads, as httpx's read timeout
 
     def take(self, chunk: bytes) -> None:
-        telemetry = self._call.telemetry
-        if telemetry is not None:
-            telemetry.chunk(chunk)
+        reader = self._call.reader
+        if reader is not None:
+            reader.chunk(chunk)
         self.feed_data(chunk)
 
     async def _wait(self, func_name: str) -> None:

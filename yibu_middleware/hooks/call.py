@@ -24,16 +24,20 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..core.errors import annotate, error_body
+from ..core.genai import ResponseReader
+from ..core.limits import estimate_tokens
 from ..core.nodes import Node
 from ..core.plan import CallPlan, Deliver, GiveUp, Send
+from ..core.policy import ParsedBody, check, describe_gateway_refusal
 from ..core.request import GatewayRequest, prepare
-from ..core.retry import Kind
+from ..core.retry import Kind, gateway_code
 from ..core.routes import Route
 from ..core.sse import StreamWatch
 from ..runtime import Runtime
 from .hedge import hedged_async, hedged_sync
 
 if TYPE_CHECKING:
+    from ..limiter import Permit
     from ..telemetry import CallTelemetry
 
 log = logging.getLogger("yibu_middleware.calls")
@@ -67,8 +71,11 @@ class Call:
 
     __slots__ = (
         "_over",
+        "_parsed",
         "gateway",
+        "permit",
         "plan",
+        "reader",
         "runtime",
         "started",
         "telemetry",
@@ -93,9 +100,12 @@ class Call:
         self.runtime = runtime
         self.started = time.perf_counter()
         self._over = False
+        # One parse of the body, shared by aliasing and the policy checks (made only if needed).
+        self._parsed = ParsedBody(body) if runtime.rules.active else None
         self.gateway: GatewayRequest = prepare(
-            route, method, path, query, headers, body, runtime.gateway_key, runtime.aliases
+            route, method, path, query, headers, body, runtime.gateway_key, runtime.aliases, self._parsed
         )
+        self.permit: Permit | None = None  # the client-side limits' admission, given back in finish()
         runtime.remember_swapped(self.gateway.swapped_keys)
         retry_count, read_timeout = _stainless(headers)
         if retry_count not in (b"0", b""):
@@ -112,12 +122,17 @@ class Call:
         self.ttft = runtime.settings.stream.first_token_timeout if self.gateway.stream else None
         self.where = f"{method} {route.host}{path}"
         self.timed_out = False  # the last failure was a timeout: answered with 504, else 503
+        # The response is read for its usage (and ids) when a span or a token limit wants it.
+        limiter = runtime.limiter
+        self.reader = ResponseReader() if limiter is not None and limiter.counts_tokens else None
         self.telemetry: CallTelemetry | None = None
         self.trace_headers: list[tuple[bytes, bytes]] = []
         if "opentelemetry.trace" in sys.modules:  # no OpenTelemetry imported: no SDK, no spans
             from ..telemetry import CallTelemetry, current_trace_headers
 
-            self.telemetry = CallTelemetry.start(self.gateway, runtime.redact)
+            self.telemetry = CallTelemetry.start(self.gateway, runtime.redact, self.reader)
+            if self.telemetry is not None:
+                self.reader = self.telemetry.reader
             # W3C trace context, so that the gateway's logs join the trace: our span's, or
             # (when an instrumentation already spans this call) the current one's.
             self.trace_headers = self.telemetry.traceparent() if self.telemetry else current_trace_headers()
@@ -157,22 +172,79 @@ class Call:
 
     # --- client-side limits and policy ------------------------------------------------------
 
-    def admit(self) -> None:
-        """Before the first attempt of a sync call: client-side limits and policy checks go here
-        (wait for a slot, or raise). Whatever it takes is given back in ``finish``."""
+    def admit(self) -> Any:
+        """Before the first attempt of a sync call: the policy checks, then a turn under the
+        client-side limits (waiting for it). None to go on; else the answer to hand back at once,
+        a refusal nothing was sent for. What is taken here is given back in ``finish``."""
+        refusal = self._policy_refusal()
+        if refusal is not None or self.runtime.limiter is None:
+            return refusal
+        from ..limiter import QueueTimeout
 
-    async def admit_async(self) -> None:
-        """The async twin of ``admit``, before the first attempt of an async call."""
+        limiter = self.runtime.limiter
+        try:
+            self.permit = limiter.acquire(self.gateway.model, self._estimate(), self._queue_timeout())
+        except QueueTimeout as exc:
+            return self.refuse(exc.status, exc.code, str(exc))
+        return None
+
+    async def admit_async(self) -> Any:
+        """The async twin of ``admit``: waits without blocking the event loop."""
+        refusal = self._policy_refusal()
+        if refusal is not None or self.runtime.limiter is None:
+            return refusal
+        from ..limiter import QueueTimeout
+
+        limiter = self.runtime.limiter
+        try:
+            self.permit = await limiter.acquire_async(self.gateway.model, self._estimate(), self._queue_timeout())
+        except QueueTimeout as exc:
+            return self.refuse(exc.status, exc.code, str(exc))
+        return None
+
+    def _policy_refusal(self) -> Any:
+        if self._parsed is None:
+            return None
+        gateway = self.gateway
+        violation = check(gateway.route.provider, gateway.path, self._parsed, gateway.model, self.runtime.rules)
+        self._parsed = None  # the parse is not needed any more: let a large document go
+        if violation is None:
+            return None
+        return self.refuse(violation.status, violation.code, violation.message)
+
+    def _estimate(self) -> int:
+        """Tokens the call may use, before it is sent (its real usage replaces this at the end)."""
+        limiter = self.runtime.limiter
+        return estimate_tokens(self.gateway.body) if limiter is not None and limiter.counts_tokens else 0
+
+    def _queue_timeout(self) -> float:
+        assert self.runtime.limiter is not None
+        left = self.plan.timeout_left()
+        queue_timeout = self.runtime.limiter.queue_timeout
+        return queue_timeout if left is None else min(queue_timeout, left)
+
+    def refuse(self, status: int, code: str, message: str) -> Any:
+        """Our own answer to a call that is not sent: in the provider's format, never retried."""
+        message = self.runtime.redact(message)
+        log.warning("%s: %s", self.where, message)
+        self.finish(error_type=code)
+        body = error_body(self.gateway.route.provider, status, message, code)
+        return self.answer(status, [("content-type", "application/json"), ("x-should-retry", "false")], body, None)
 
     def finish(self, error_type: str | None = None) -> None:
         """The call is over: reached on every path (a failed answer or our own handed back, a
         body read or closed, a stream ended, broken or closed, an abort); only the first
-        time counts. Ends the span; client-side limits give back what ``admit`` took here."""
+        time counts. Ends the span, and gives the client-side limits back what ``admit``
+        took, with the tokens the gateway reported (when it did, else the estimate stands)."""
         if self._over:
             return
         self._over = True
+        if self.reader is not None:
+            self.reader.done()
         if self.telemetry is not None:
             self.telemetry.finish(error_type=error_type)
+        if self.permit is not None:
+            self.permit.release(self.reader.total_tokens() if self.reader is not None else None)
 
     # --- the loop of attempts ---------------------------------------------------------------
 
@@ -188,7 +260,9 @@ class Call:
         done: Exchange | None = None
         response: Any = None
         try:
-            self.admit()
+            refusal = self.admit()
+            if refusal is not None:
+                return refusal
             action: Send | Deliver | GiveUp = plan.start()
             while isinstance(action, Send):
                 if action.delay:
@@ -222,7 +296,9 @@ class Call:
         done: Exchange | None = None
         response: Any = None
         try:
-            await self.admit_async()
+            refusal = await self.admit_async()
+            if refusal is not None:
+                return refusal
             action: Send | Deliver | GiveUp = plan.start()
             while isinstance(action, Send):
                 if action.delay:
@@ -277,6 +353,11 @@ class Call:
             self.timed_out = failure.timeout
             return self.plan.failed(done.action, failure.kind, failure.detail)
         status = done.status
+        limiter = self.runtime.limiter
+        if limiter is not None and limiter.follows_gateway:
+            # Slow down before the gateway says no: its rate-limit headers hold back later calls.
+            headers = {name.lower(): value for name, value in self.headers_of(done.response)}
+            limiter.observe(self.gateway.model, status, headers)
         if status < 400:
             return self.plan.answered(done.action, status, _NO_HINTS, None)
         # Error bodies are read before deciding: a gateway code can make a 5xx final.
@@ -316,11 +397,21 @@ class Call:
         telemetry = self.telemetry
         if telemetry is not None:
             telemetry.answered(action.node, status, self.watches_stream(response))
+        elif self.reader is not None:
+            self.reader.sse = self.watches_stream(response)
         if not action.final:
             return response
         body = self.error_body(response)
-        if telemetry is not None:
-            telemetry.chunk(body)
+        if self.reader is not None:
+            self.reader.chunk(body)
+        explained = describe_gateway_refusal(status, gateway_code(body))
+        if explained is not None:
+            # A quota or permission refusal: retrying cannot help, the log and span say what to do.
+            explained = self.runtime.redact(explained)
+            log.warning("%s: %s", self.where, explained)
+            if telemetry is not None:
+                telemetry.span.set_attribute("yibu.gateway_refusal", explained)
+            body = annotate(body, f"yibu-middleware: {explained}") or body
         self.finish(error_type=str(status))
         if self.plan.retried:
             body = annotate(body, f"yibu-middleware tried: {self.plan.summary()}") or body

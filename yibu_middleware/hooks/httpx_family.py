@@ -197,8 +197,8 @@ def _hand_back(call: HttpxCall, action: Deliver | GiveUp, done: Exchange | None,
     assert done is not None  # a Deliver follows an answer
     delivered = call.deliver(action, done)
     if not action.final:
-        if call.telemetry is not None:
-            delivered.stream = traced_class(call, delivered.stream)  # the span ends with the body
+        if call.reader is not None:
+            delivered.stream = traced_class(call, delivered.stream)  # the span (and usage) end with the body
         elif not isinstance(delivered.stream, _WatchedStream):
             call.finish()  # nothing follows its body: the call is over once it is handed back
     return delivered
@@ -282,13 +282,13 @@ class _TracedStream:
     """Mixed with the library's SyncByteStream in ``_sync_wrapper``."""
 
     def __init__(self, call: HttpxCall, inner: Any) -> None:
-        assert call.telemetry is not None
-        self._call, self._telemetry, self._inner = call, call.telemetry, inner
+        assert call.reader is not None
+        self._call, self._reader, self._inner = call, call.reader, inner
 
     def __iter__(self) -> Iterator[bytes]:
         try:
             for chunk in self._inner:
-                self._telemetry.chunk(chunk)
+                self._reader.chunk(chunk)
                 yield chunk
         except Exception as exc:
             self._call.finish(error_type=type(exc).__name__)
@@ -306,7 +306,7 @@ class _AsyncTracedStream(_TracedStream):
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
             async for chunk in self._inner:
-                self._telemetry.chunk(chunk)
+                self._reader.chunk(chunk)
                 yield chunk
         except Exception as exc:
             self._call.finish(error_type=type(exc).__name__)

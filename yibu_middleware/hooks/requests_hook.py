@@ -169,8 +169,8 @@ def _hand_back(call: RequestsCall, action: Deliver | GiveUp, done: Exchange | No
         delivered.url = call.original.url
         if isinstance(delivered.raw, _RelayRaw):
             pass  # a watched stream: it finishes the call when it ends or is closed
-        elif call.telemetry is not None:
-            delivered.raw = _RelayRaw(call, action.node, delivered.raw, [], None, None)  # the span ends with the body
+        elif call.reader is not None:  # the span (and the usage a token limit counts) end with the body
+            delivered.raw = _RelayRaw(call, action.node, delivered.raw, [], None, None)
         else:
             call.finish()  # nothing follows its body: the call is over once it is handed back
     return delivered
@@ -348,7 +348,7 @@ class _RelayRaw:
         self._pending = b"".join(read)  # replayed first
         self._rest = rest  # None: not started (a body nobody has read yet)
         self._watch = watch
-        self._telemetry = call.telemetry
+        self._reader = call.reader
         self._ended = False
 
     def __getattr__(self, name: str) -> Any:
@@ -390,8 +390,8 @@ class _RelayRaw:
             chunk, self._pending = chunk[:amt], chunk[amt:]
         else:
             self._pending = b""
-        if chunk and self._telemetry is not None:
-            self._telemetry.chunk(chunk)
+        if chunk and self._reader is not None:
+            self._reader.chunk(chunk)
         return chunk
 
     def _pull(self, decode_content: bool | None) -> bytes:
