@@ -79,6 +79,19 @@ def test_alias_rewrites_model_and_nothing_else() -> None:
     assert json.loads(new) == {**json.loads(body), "model": "gpt-5.2"}
 
 
+def test_alias_swaps_the_value_in_place_and_keeps_every_other_byte() -> None:
+    body = b'{"messages": [{"role": "user", "content": "h\\u00e9 \\"model\\": \\"gpt-4\\""}], "model" : "gpt-4"}'
+    new = read_body(body, {"gpt-4": 'gpt-"5"'})[2]
+    assert new == body.replace(b'"model" : "gpt-4"', b'"model" : "gpt-\\"5\\""')
+    assert json.loads(new or b"")["model"] == 'gpt-"5"'
+
+
+def test_alias_with_a_nested_model_key_rewrites_the_top_level_one_only() -> None:
+    body = json.dumps({"metadata": {"model": "gpt-4"}, "model": "gpt-4", "messages": []}).encode()
+    new = json.loads(read_body(body, {"gpt-4": "gpt-5.2"})[2] or b"")
+    assert new == {"metadata": {"model": "gpt-4"}, "model": "gpt-5.2", "messages": []}
+
+
 @pytest.mark.parametrize(
     "body",
     [None, b"", b"not json", b'["model"]', b'{"model": 3}', b'{"input": "no model here"}', b'{"model": "x"'],

@@ -120,4 +120,9 @@ def read_body(
         return model, model, body, stream
     target = aliases[model]
     document["model"] = target
+    if found is not None and _MODEL.search(body, found.end()) is None:
+        # The only "model" key is the top-level one: swap its value in place. Re-encoding a
+        # megabyte of base64 images costs more than parsing it did.
+        value = json.dumps(target, ensure_ascii=False)[1:-1].encode()
+        return model, target, body[: found.start(1)] + value + body[found.end(1) :], stream
     return model, target, json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode(), stream
