@@ -83,7 +83,11 @@ class HttpxCall(Call):
         request = object.__new__(type(original))
         request.__dict__.update(original.__dict__)
         request.url = url
-        request.headers = self.lib.Headers([*headers, (b"Host", url.netloc), (b"Content-Length", b"%d" % len(body))])
+        # Headers built from their parts: every name and value is bytes already, so httpx's
+        # per-header checks and normalisation have nothing to do (checked by _clonable).
+        request.headers = fresh = self.lib.Headers()
+        fresh._list = [(name, name.lower(), value) for name, value in headers]
+        fresh._list += ((b"Host", b"host", url.netloc), (b"Content-Length", b"content-length", b"%d" % len(body)))
         request.extensions = extensions
         return request
 
@@ -126,6 +130,16 @@ class HttpxCall(Call):
         items: Iterable[tuple[str, str]] = response.headers.multi_items()
         return items
 
+    def reads_whole(self, response: Any) -> bool:
+        """A JSON answer whose usage is wanted (a span, a token limit) is read whole before it
+        is handed back, as the SDK would read it at once anyway: cheaper than watching its
+        body go by, and a connection lost while reading it can still be retried."""
+        return (
+            self.reader is not None
+            and not self.gateway.stream
+            and response.headers.get("content-type", "").startswith("application/json")
+        )
+
     def watches_stream(self, response: Any) -> bool:
         return (
             self.gateway.stream
@@ -145,8 +159,9 @@ class HttpxCall(Call):
         return error
 
 
-# The request attributes a clone copies (httpx since 0.18, and httpx2): checked once per
-# library, so that a release that changes them falls back to the constructor.
+# The request attributes a clone copies, and the headers' inner list (httpx since 0.18, and
+# httpx2): checked once per library, so that a release that changes them falls back to the
+# constructor.
 _REQUEST_FIELDS = frozenset({"method", "url", "headers", "extensions", "stream", "_content"})
 _clonable_libs: dict[str, bool] = {}
 
@@ -155,7 +170,10 @@ def _clonable(lib: ModuleType) -> bool:
     known = _clonable_libs.get(lib.__name__)
     if known is None:
         probe = lib.Request("POST", "http://127.0.0.1/", content=b"{}")
-        known = _clonable_libs[lib.__name__] = set(vars(probe)) == _REQUEST_FIELDS
+        headers = lib.Headers([(b"X-A", b"b")])
+        known = _clonable_libs[lib.__name__] = set(vars(probe)) == _REQUEST_FIELDS and getattr(
+            headers, "_list", None
+        ) == [(b"X-A", b"x-a", b"b")]
     return known
 
 

@@ -92,8 +92,8 @@ def _exchange_sync(call: HttpxCall, wrapped: Callable[..., Any], action: Send, s
     try:
         response = wrapped(call.request_for(action))
         status: int = response.status_code
-        if status >= 400:
-            response.read()  # error bodies are read before judging
+        if status >= 400 or call.reads_whole(response):
+            response.read()  # error bodies are read before judging; see reads_whole for the rest
         elif call.watches_stream(response):
             failure = _commit_sync(call, action, response, stream_class)
             if failure is not None:
@@ -160,7 +160,7 @@ async def _exchange_async(call: HttpxCall, wrapped: Callable[..., Any], action: 
     try:
         response = await wrapped(call.request_for(action))
         status: int = response.status_code
-        if status >= 400:
+        if status >= 400 or call.reads_whole(response):
             await response.aread()
         elif call.watches_stream(response):
             failure = await _commit_async(call, action, response, stream_class)
@@ -197,7 +197,10 @@ def _hand_back(call: HttpxCall, action: Deliver | GiveUp, done: Exchange | None,
     assert done is not None  # a Deliver follows an answer
     delivered = call.deliver(action, done)
     if not action.final:
-        if call.reader is not None:
+        if call.reader is not None and delivered.is_stream_consumed:
+            call.reader.chunk(delivered.content)  # read whole already: the call ends here
+            call.finish()
+        elif call.reader is not None:
             delivered.stream = traced_class(call, delivered.stream)  # the span (and usage) end with the body
         elif not isinstance(delivered.stream, _WatchedStream):
             call.finish()  # nothing follows its body: the call is over once it is handed back
