@@ -238,6 +238,7 @@ def test_message_content_only_when_asked_and_then_redacted(
     assert "gen_ai.input.messages" not in (genai_spans()[0].attributes or {})
     EXPORTER.clear()
     monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "true")
+    install_for(gateway)  # read when the middleware is installed, as at a process's start
     client.chat.completions.create(model="gpt-4o-mini", messages=secret_message)  # type: ignore[arg-type]
     captured = str((genai_spans()[0].attributes or {})["gen_ai.input.messages"])
     assert "my key is" in captured and PROVIDER_KEYS[0] not in captured

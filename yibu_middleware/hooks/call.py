@@ -130,7 +130,7 @@ class Call:
         if "opentelemetry.trace" in sys.modules:  # no OpenTelemetry imported: no SDK, no spans
             from ..telemetry import CallTelemetry, current_trace_headers
 
-            self.telemetry = CallTelemetry.start(self.gateway, runtime.redact, self.reader)
+            self.telemetry = CallTelemetry.start(self.gateway, runtime.redact, self.reader, runtime.capture_content)
             if self.telemetry is not None:
                 self.reader = self.telemetry.reader
             # W3C trace context, so that the gateway's logs join the trace: our span's, or
