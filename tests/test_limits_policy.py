@@ -271,3 +271,38 @@ def test_requests_and_aiohttp_share_the_pool(gateway: GatewaySimulator) -> None:
     for thread in threads:
         thread.join()
     assert len(gateway.records) == 14 and most_at_once(gateway) == 2
+
+
+# --- the same limits through each plain client --------------------------------------------------
+
+
+def post_with(client: str, body: dict[str, Any]) -> tuple[int, str]:
+    """One POST to OpenAI's chat API with a plain client, body read to its end (a stream too)."""
+    headers = {"Authorization": f"Bearer {OPENAI_KEY}"}
+    if client == "requests":
+        with requests.post(OPENAI_URL, json=body, headers=headers, timeout=10, stream=True) as reply:
+            return reply.status_code, "".join(line.decode() + "\n" for line in reply.iter_lines())
+    if client == "httpx2":
+        with httpx2.Client(timeout=10) as session, session.stream("POST", OPENAI_URL, json=body, headers=headers) as r:
+            return r.status_code, "".join(r.iter_text())
+
+    async def with_aiohttp() -> tuple[int, str]:
+        async with aiohttp.ClientSession() as session, session.post(OPENAI_URL, json=body, headers=headers) as reply:
+            text = b"".join([chunk async for chunk in reply.content.iter_any()]).decode()
+            return reply.status, text
+
+    return asyncio.run(with_aiohttp())
+
+
+@pytest.mark.parametrize("client", ["requests", "aiohttp", "httpx2"])
+def test_each_client_counts_streamed_usage_and_times_out_in_the_queue(gateway: GatewaySimulator, client: str) -> None:
+    install_for(gateway, limits={"tokens_per_minute": 200, "queue_timeout": 0.3})
+    streamed = {"model": "gpt-4o", "messages": MESSAGES, "max_tokens": 150, "stream": True}
+    status, text = post_with(client, {**streamed, "stream_options": {"include_usage": True}})
+    assert status == 200 and '"usage"' in text and text.rstrip().endswith("data: [DONE]")
+    status, _ = post_with(client, {"model": "gpt-4o", "messages": MESSAGES, "max_tokens": 120})
+    assert status == 200  # fits only because the stream's usage replaced its estimate
+    status, text = post_with(client, {"model": "gpt-4o", "messages": MESSAGES, "max_tokens": 190})
+    error = json.loads(text)["error"]
+    assert status == 429 and error["code"] == "client_rate_limited" and "limits.tokens_per_minute" in error["message"]
+    assert len(gateway.records) == 2

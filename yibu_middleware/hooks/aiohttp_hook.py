@@ -194,7 +194,7 @@ def _hand_back(call: AiohttpCall, action: Deliver | GiveUp, done: Exchange | Non
     delivered = call.deliver(action, done)
     if not action.final:
         if isinstance(delivered.content, _Relay):
-            pass  # a watched stream: it finishes the call when it ends or is closed
+            delivered.content.chosen()  # a watched stream: it finishes the call when it ends or is closed
         elif call.reader is not None:  # the span (and the usage a token limit counts) end with the body
             delivered.content = _relay_reader(call, action.node, delivered.content, [], None)
         else:
@@ -356,7 +356,8 @@ def _relay_reader(call: AiohttpCall, node: Node, inner: Any, read: list[bytes], 
     reader = call.lib.RelayReader(_Unpaced(), 2**16, loop=asyncio.get_running_loop())
     reader.relay(call, node, inner, watch)
     for chunk in read:  # replayed first
-        reader.take(chunk)
+        reader.feed_data(chunk)
+    reader.replayed = read  # shown to the call's reader only if this answer is the one handed back
     return reader
 
 
@@ -390,6 +391,16 @@ class _Relay(_ReaderBase):
     def relay(self, call: AiohttpCall, node: Node, inner: Any, watch: StreamWatch | None) -> None:
         self._call, self._node, self._inner, self._watch = call, node, inner, watch
         self._gap = call.ttft if watch is not None else None  # a stream's reads, as httpx's read timeout
+        self.replayed: list[bytes] = []
+
+    def chosen(self) -> None:
+        """This answer is handed back: the call's reader (usage, ids) sees what was read before.
+        Not earlier: a hedge's losing stream, or one read before the call knew it was a stream,
+        must not count."""
+        reader = self._call.reader
+        if reader is not None:
+            for chunk in self.replayed:
+                reader.chunk(chunk)
 
     def take(self, chunk: bytes) -> None:
         reader = self._call.reader
