@@ -35,6 +35,10 @@ class GatewayRequest(NamedTuple):
     requested_model: str | None  # as the app asked
     swapped_keys: list[str]  # provider keys taken out
     stream: bool  # the body asks for a streamed answer
+    # The openai/anthropic SDKs' own headers: how many times the SDK has retried this call, and
+    # its read timeout (the call's deadline); b"" when absent. Read in the same pass as the keys.
+    sdk_retry_count: bytes = b""
+    sdk_read_timeout: bytes = b""
 
 
 def prepare(
@@ -49,7 +53,7 @@ def prepare(
     parsed: ParsedBody | None = None,
 ) -> GatewayRequest:
     """``parsed``: the body's parse, shared with the policy checks, so that it is parsed once."""
-    new_headers, swapped = swap_credentials(headers, gateway_key)
+    new_headers, swapped, sdk = _scan_headers(headers, gateway_key)
     requested, sent, new_body, stream = read_body(body, aliases, parsed)
     if stream:
         # The stream is watched as it passes (first content, final event): it must arrive
@@ -57,7 +61,18 @@ def prepare(
         new_headers = [(name, value) for name, value in new_headers if name.lower() != b"accept-encoding"]
         new_headers.append((b"accept-encoding", b"identity"))
     return GatewayRequest(
-        route, method, gateway_path(route, path), query, new_headers, new_body, sent, requested, swapped, stream
+        route,
+        method,
+        gateway_path(route, path),
+        query,
+        new_headers,
+        new_body,
+        sent,
+        requested,
+        swapped,
+        stream,
+        sdk.get(b"x-stainless-retry-count", b""),
+        sdk.get(b"x-stainless-read-timeout", b""),
     )
 
 
@@ -67,13 +82,25 @@ def swap_credentials(headers: Iterable[tuple[bytes, bytes]], gateway_key: bytes 
     With no gateway key configured the caller's credentials pass through unchanged
     (some users give their apps gateway keys directly).
     """
+    out, swapped, _ = _scan_headers(headers, gateway_key)
+    return out, swapped
+
+
+def _scan_headers(
+    headers: Iterable[tuple[bytes, bytes]], gateway_key: bytes | None
+) -> tuple[RawHeaders, list[str], dict[bytes, bytes]]:
+    """``swap_credentials``, and the SDKs' ``x-stainless-*`` headers, in one pass over the headers
+    (each name lowered once: this runs on every call)."""
     out: RawHeaders = []
     swapped: list[str] = []
+    sdk: dict[bytes, bytes] = {}
     for name, value in headers:
         lower = name.lower()
         if lower in _RECOMPUTED:
             continue
-        if gateway_key is not None and lower in CREDENTIAL_HEADERS:
+        if lower[:12] == b"x-stainless-":
+            sdk[lower] = value
+        elif gateway_key is not None and lower in CREDENTIAL_HEADERS:
             old = value
             if lower == b"authorization":
                 scheme, _, credential = value.partition(b" ")
@@ -84,7 +111,7 @@ def swap_credentials(headers: Iterable[tuple[bytes, bytes]], gateway_key: bytes 
             if old and old != gateway_key:
                 swapped.append(old.decode("latin-1"))
         out.append((name, value))
-    return out, swapped
+    return out, swapped, sdk
 
 
 _STREAM_FLAG = re.compile(rb'"stream"\s*:\s*true')

@@ -107,7 +107,7 @@ class Call:
         )
         self.permit: Permit | None = None  # the client-side limits' admission, given back in finish()
         runtime.remember_swapped(self.gateway.swapped_keys)
-        retry_count, read_timeout = _stainless(headers)
+        retry_count, read_timeout = self.gateway.sdk_retry_count, self.gateway.sdk_read_timeout
         if retry_count not in (b"0", b""):
             runtime.budget.record_retry()  # the SDK retrying on its own still costs budget
         deadline = _seconds(read_timeout) if read_timeout else None
@@ -484,19 +484,6 @@ class Commit:
         if self.call.first_token_overdue(self.started):
             return "no content within stream.first_token_timeout"
         return "the stream ended with no content"
-
-
-def _stainless(raw: Iterable[tuple[bytes, bytes]]) -> tuple[bytes, bytes]:
-    """The openai/anthropic SDKs' retry count and read timeout headers, in one pass."""
-    retry_count = read_timeout = b""
-    for name, value in raw:
-        if name[:12].lower() == b"x-stainless-":
-            lower = name.lower()
-            if lower == b"x-stainless-retry-count":
-                retry_count = value
-            elif lower == b"x-stainless-read-timeout":
-                read_timeout = value
-    return retry_count, read_timeout
 
 
 def _seconds(stated: bytes) -> float | None:
