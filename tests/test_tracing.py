@@ -279,3 +279,17 @@ def test_with_opentelemetrys_openai_and_httpx_instrumentations_no_double_genai_s
     for record, span in zip(served, genai, strict=True):
         assert span["trace_id"] in record.headers["traceparent"]
         assert record.headers["authorization"] == f"Bearer {GATEWAY_KEY}"
+
+
+def test_gateway_quota_refusal_is_on_the_span(gateway: GatewaySimulator) -> None:
+    quota = {"error": {"message": "quota used up", "type": "new_api_error", "code": "insufficient_user_quota"}}
+    for node in gateway.nodes:
+        gateway.set_faults(node.name, status_override=403, status_body=quota)
+    install_for(gateway)
+    with pytest.raises(openai.PermissionDeniedError):
+        openai.OpenAI(api_key=OPENAI_KEY).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+    (span,) = genai_spans()
+    attributes = dict(span.attributes or {})
+    assert attributes["error.type"] == "403"
+    assert "insufficient_user_quota" in str(attributes["yibu.gateway_refusal"])
+    assert len(gateway.records) == 1
