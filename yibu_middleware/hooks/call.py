@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..core.errors import annotate, error_body
 from ..core.genai import ResponseReader
-from ..core.limits import estimate_tokens
 from ..core.nodes import Node
 from ..core.plan import CallPlan, Deliver, GiveUp, Send
 from ..core.policy import ParsedBody, check, describe_gateway_refusal
@@ -215,7 +214,11 @@ class Call:
     def _estimate(self) -> int:
         """Tokens the call may use, before it is sent (its real usage replaces this at the end)."""
         limiter = self.runtime.limiter
-        return estimate_tokens(self.gateway.body) if limiter is not None and limiter.counts_tokens else 0
+        if limiter is None or not limiter.counts_tokens:
+            return 0
+        from ..core.limits import estimate_tokens  # here: only a process with a token limit needs it
+
+        return estimate_tokens(self.gateway.body)
 
     def _queue_timeout(self) -> float:
         assert self.runtime.limiter is not None
