@@ -545,3 +545,20 @@ def test_install_wraps_once_and_uninstall_restores_exactly(gateway: GatewaySimul
     assert not any(hook.patched for hook in HOOKS)
     answer = post("requests", f"{gateway.node('a').base_url}/chat/completions", headers={"Authorization": "Bearer x"})
     assert answer.status == 401  # not installed: nothing is routed or swapped
+
+
+# --- hedging, through the shared code -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_hedge_first_answer_wins(gateway: GatewaySimulator, client: str) -> None:
+    """As with httpx: once the p95 is known, a slow pinned node's call is hedged on another node,
+    whose answer is the one handed back; the slow attempt is dropped."""
+    install_for(gateway, pin=gateway.node("a").base_url, hedge={"enabled": True, "min_samples": 16})
+    for _ in range(16):  # learn the p95 time to an answer
+        assert "'a'" in content_of(post(client))
+    gateway.set_faults("a", latency=1.0)
+    answer = post(client)
+    assert answer.status == 200 and answer.error is None
+    assert "'a'" not in content_of(answer)  # the hedge on another node answered first
+    assert [record.status for record in gateway.records if record.node != "a"] == [200]
