@@ -89,21 +89,27 @@ def swap_credentials(headers: Iterable[tuple[bytes, bytes]], gateway_key: bytes 
 def _scan_headers(
     headers: Iterable[tuple[bytes, bytes]], gateway_key: bytes | None
 ) -> tuple[RawHeaders, list[str], dict[bytes, bytes]]:
-    """``swap_credentials``, and the SDKs' ``x-stainless-*`` headers, in one pass over the headers
-    (each name lowered once: this runs on every call)."""
+    """``swap_credentials``, and the SDKs' ``x-stainless-*`` headers, in one pass over the headers.
+
+    This runs on every call, over the same dozen names: what each name is, is looked up
+    rather than worked out again (``_kind``)."""
     out: RawHeaders = []
     swapped: list[str] = []
     sdk: dict[bytes, bytes] = {}
+    kinds = _kinds
     for pair in headers:
         name, value = pair
-        lower = name.lower()
-        if lower in _RECOMPUTED:
-            continue
-        if lower[:12] == b"x-stainless-":
-            sdk[lower] = value
-        elif gateway_key is not None and lower in CREDENTIAL_HEADERS:
+        kind = kinds.get(name)
+        if kind is None:
+            kind = _kind(name)
+        if kind is _PASS:
+            out.append(pair)  # the caller's own pair: fewer objects per call
+        elif kind.__class__ is bytes:  # an SDK header: its kind is its lowered name
+            sdk[kind] = value  # type: ignore[index]
+            out.append(pair)
+        elif kind is _CREDENTIAL and gateway_key is not None:
             old = value
-            if lower == b"authorization":
+            if name.lower() == b"authorization":
                 scheme, _, credential = value.partition(b" ")
                 old = credential if credential else scheme
                 value = b"Bearer " + gateway_key
@@ -111,9 +117,35 @@ def _scan_headers(
                 value = gateway_key
             if old and old != gateway_key:
                 swapped.append(old.decode("latin-1"))
-            pair = (name, value)
-        out.append(pair)  # the caller's own pair when unchanged: fewer objects for the GC per call
+            out.append((name, value))
+        elif kind is _CREDENTIAL:
+            out.append(pair)
+        # _DROPPED: recomputed by the client library for the new URL and body
     return out, swapped, sdk
+
+
+_PASS, _CREDENTIAL, _DROPPED = "pass", "credential", "dropped"
+_kinds: dict[bytes, str | bytes] = {}
+
+
+def _kind(name: bytes) -> str | bytes:
+    """What a header name is to ``_scan_headers``, remembered (a bounded set: apps that put
+    ids in header names do not grow it without end). An SDK's ``x-stainless-*`` header's kind
+    is its lowered name, the key it is reported under."""
+    lower = name.lower()
+    kind: str | bytes
+    if lower in _RECOMPUTED:
+        kind = _DROPPED
+    elif lower[:12] == b"x-stainless-":
+        kind = lower
+    elif lower in CREDENTIAL_HEADERS:
+        kind = _CREDENTIAL
+    else:
+        kind = _PASS
+    if len(_kinds) > 1024:
+        _kinds.clear()
+    _kinds[name] = kind
+    return kind
 
 
 _STREAM_FLAG = re.compile(rb'"stream"\s*:\s*true')

@@ -53,10 +53,10 @@ class HttpxCall(Call):
         gateway = self.gateway
         extensions = dict(self.original.extensions)
         extensions["timeout"] = self._timeouts(extensions.get("timeout") or {})
-        url = _url(self.lib, action.node.url_for(gateway.path, gateway.query))
-        headers = [*gateway.headers, *self.trace_headers] if self.trace_headers else gateway.headers
+        url, netloc = _url(self.lib, action.node.url_for(gateway.path, gateway.query))
         if gateway.body is not None and gateway.body is self._original_body and _clonable(self.lib):
-            return self._clone(url, headers, extensions, gateway.body)
+            return self._clone(url, netloc, extensions, gateway.body)
+        headers = [*gateway.headers, *self.trace_headers] if self.trace_headers else gateway.headers
         if gateway.body is None:
             # A streamed body (an upload, a generator): its length headers as the app sent them,
             # and a Host for the node, which httpx adds only when it builds the body itself.
@@ -73,7 +73,7 @@ class HttpxCall(Call):
             return request
         return type(self.original)(gateway.method, url, headers=headers, content=gateway.body, extensions=extensions)
 
-    def _clone(self, url: Any, headers: list[tuple[bytes, bytes]], extensions: dict[str, Any], body: bytes) -> Any:
+    def _clone(self, url: Any, netloc: bytes, extensions: dict[str, Any], body: bytes) -> Any:
         """The app's request with the node's URL and our headers, its body object reused.
 
         Building a request from scratch re-encodes the body and normalises every header
@@ -86,8 +86,10 @@ class HttpxCall(Call):
         # Headers built from their parts: every name and value is bytes already, so httpx's
         # per-header checks and normalisation have nothing to do (checked by _clonable).
         request.headers = fresh = self.lib.Headers()
-        fresh._list = [(name, name.lower(), value) for name, value in headers]
-        fresh._list += ((b"Host", b"host", url.netloc), (b"Content-Length", b"content-length", b"%d" % len(body)))
+        fresh._list = listed = [(name, name.lower(), value) for name, value in self.gateway.headers]
+        listed += [(name, name.lower(), value) for name, value in self.trace_headers]
+        listed.append((b"Host", b"host", netloc))
+        listed.append((b"Content-Length", b"content-length", b"%d" % len(body)))
         request.extensions = extensions
         return request
 
@@ -177,16 +179,18 @@ def _clonable(lib: ModuleType) -> bool:
     return known
 
 
-_urls: dict[tuple[str, str], Any] = {}
+_urls: dict[tuple[str, str], tuple[Any, bytes]] = {}
 
 
-def _url(lib: ModuleType, text: str) -> Any:
-    """Parsed URL objects, reused: parsing is a third of building a request, and a process
-    sends to few distinct node URLs. Bounded, for apps that put ids in their paths."""
+def _url(lib: ModuleType, text: str) -> tuple[Any, bytes]:
+    """Parsed URL objects and their Host header value, reused: parsing is a third of building
+    a request, and a process sends to few distinct node URLs. Bounded, for apps that put ids
+    in their paths."""
     key = (lib.__name__, text)  # httpx and httpx2 have URL types of their own
-    url = _urls.get(key)
-    if url is None:
+    found = _urls.get(key)
+    if found is None:
         if len(_urls) > 512:
             _urls.clear()
-        url = _urls[key] = lib.URL(text)
-    return url
+        url = lib.URL(text)
+        found = _urls[key] = (url, url.netloc)
+    return found
