@@ -20,7 +20,11 @@ With --instructions, each side also runs alone under valgrind's callgrind, twice
 (100 and 400 calls), and the difference gives instructions per call: a count that
 machine load does not move, to read next to the times.
 
-Usage: python benchmarks/overhead.py [--calls 2000] [--rounds 5] [--tracing] [--compare-otel] [--instructions]
+With --processor batch, the SDK's BatchSpanProcessor (what production setups use) takes
+the place of the SimpleSpanProcessor, which exports each span on the caller's thread.
+
+Usage: python benchmarks/overhead.py [--calls 2000] [--rounds 5] [--tracing] [--processor simple|batch]
+                                     [--compare-otel] [--instructions]
 """
 
 from __future__ import annotations
@@ -69,10 +73,15 @@ def timed_calls(client: openai.OpenAI, count: int, cpu: list[float] | None = Non
     return times
 
 
-def enable_tracing() -> None:
+def enable_tracing(processor: str = "simple") -> None:
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        SimpleSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
 
     class Discard(SpanExporter):
         """Every span is processed and exported, to nowhere: an in-memory exporter would
@@ -82,7 +91,12 @@ def enable_tracing() -> None:
             return SpanExportResult.SUCCESS
 
     provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(Discard()))
+    # "simple" exports each span as it ends, on the caller's thread: the strict measure, and the
+    # default. "batch" is what production setups use: spans are queued and exported from a
+    # thread of the SDK's, whose CPU still counts in the cpu line.
+    provider.add_span_processor(
+        BatchSpanProcessor(Discard()) if processor == "batch" else SimpleSpanProcessor(Discard())
+    )
     trace.set_tracer_provider(provider)
 
 
@@ -123,13 +137,19 @@ def child(side: str, calls: int, node_url: str) -> None:
     timed_calls(client, 20 + calls)
 
 
-def instructions(side: str, node_url: str, tracing: bool) -> float:
+def instructions(side: str, node_url: str, tracing: bool, processor: str) -> float:
     """Instructions per call on one side: (400 calls - 100 calls) / 300, so start-up cancels out."""
     counts = []
     for calls in (100, 400):
         command = [sys.executable, __file__, "--child", side, "--calls", str(calls), "--node", node_url]
         result = subprocess.run(
-            ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *command, *(["--tracing"] * tracing)],
+            [
+                "valgrind",
+                "--tool=callgrind",
+                "--callgrind-out-file=/dev/null",
+                *command,
+                *(["--tracing", "--processor", processor] if tracing else []),
+            ],
             env={**os.environ, "PYTHONHASHSEED": "0"},
             capture_output=True,
             text=True,
@@ -147,6 +167,12 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000, help="calls per side in all")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tracing", action="store_true", help="with an OpenTelemetry SDK tracer provider")
+    parser.add_argument(
+        "--processor",
+        choices=("simple", "batch"),
+        default="simple",
+        help="the SDK's span processor with --tracing (default: simple, each span exported as it ends)",
+    )
     parser.add_argument("--instructions", action="store_true", help="also count instructions with callgrind")
     parser.add_argument(
         "--compare-otel", action="store_true", help="also OpenTelemetry's openai-v2 + httpx instrumentations"
@@ -156,7 +182,7 @@ def main() -> None:
     args = parser.parse_args()
     args.tracing = args.tracing or args.compare_otel
     if args.tracing:
-        enable_tracing()
+        enable_tracing(args.processor)
     if args.child:
         child(args.child, args.calls, args.node)
         return
@@ -186,7 +212,10 @@ def main() -> None:
                 with otel_instrumentations():
                     otel_times += timed_calls(direct, per_block, otel_cpu)
         counted = (
-            (instructions("direct", node_url, args.tracing), instructions("through", node_url, args.tracing))
+            (
+                instructions("direct", node_url, args.tracing, args.processor),
+                instructions("through", node_url, args.tracing, args.processor),
+            )
             if args.instructions
             else None
         )
