@@ -122,5 +122,5 @@ def test_prepare_builds_the_gateway_request() -> None:
         "gpt-5.2",
         "gpt-4",
     )
-    assert call.headers == [(b"authorization", b"Bearer sk-gw")]
-    assert call.swapped_keys == ["sk-p"]
+    assert call.headers == ((b"authorization", b"Bearer sk-gw"),)
+    assert call.swapped_keys == ("sk-p",)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 from .core.nodes import NodePool
@@ -83,7 +84,7 @@ class Runtime:
         self._lock = threading.Lock()
         self._checker: threading.Thread | None = None
 
-    def remember_swapped(self, keys: list[str]) -> None:
+    def remember_swapped(self, keys: Collection[str]) -> None:
         if keys and not self.swapped_keys.issuperset(keys):
             with self._lock:
                 self.swapped_keys.update(keys)

@@ -25,6 +25,7 @@ import time
 from typing import Any
 
 from opentelemetry import metrics, trace
+from opentelemetry.context import Context, get_current
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from .core.genai import ResponseReader, operation_name
@@ -59,9 +60,9 @@ def _get_instruments() -> tuple[metrics.Histogram, metrics.Histogram, metrics.Hi
     return _instruments
 
 
-def _genai_span_active() -> bool:
+def _genai_span_active(current: Context) -> bool:
     """OpenTelemetry's own openai/anthropic instrumentation already made this call's span."""
-    attributes = getattr(trace.get_current_span(), "attributes", None)
+    attributes = getattr(trace.get_current_span(current), "attributes", None)
     return bool(attributes) and "gen_ai.operation.name" in attributes  # type: ignore[operator]
 
 
@@ -69,11 +70,9 @@ class CallTelemetry:
     """The span (and metrics) of one redirected call."""
 
     __slots__ = (
-        "_answer",
         "_attributes",
         "_ended",
-        "_first_attempt",
-        "_retried",
+        "_node",
         "_started",
         "reader",
         "span",
@@ -83,9 +82,7 @@ class CallTelemetry:
         self.span = span
         self.reader = reader  # what the response says (usage, ids), as the caller reads it
         self._attributes = attributes  # the metric attributes, completed as the call goes
-        self._answer: dict[str, Any] = {}  # span attributes of the answering node
-        self._first_attempt: tuple[dict[str, Any], int] | None = None
-        self._retried = False
+        self._node: Any = None  # the gateway node that answered
         self._started = time.monotonic()
         self._ended = False
 
@@ -96,7 +93,10 @@ class CallTelemetry:
         """The call's span, or None when nothing would record it. ``reader``: one the call
         already keeps for another reader of usage (the token limit), shared rather than doubled."""
         operation = operation_name(gateway.path)
-        if operation is None or _genai_span_active():
+        if operation is None:
+            return None
+        current = get_current()  # looked up once, for our check and the tracer's parent
+        if _genai_span_active(current):
             return None
         model = gateway.requested_model or ""
         attributes: dict[str, Any] = {
@@ -105,7 +105,9 @@ class CallTelemetry:
         }
         if model:
             attributes["gen_ai.request.model"] = model
-        span = _get_tracer().start_span(f"{operation} {model}".strip(), kind=SpanKind.CLIENT, attributes=attributes)
+        span = _get_tracer().start_span(
+            f"{operation} {model}".strip(), context=current, kind=SpanKind.CLIENT, attributes=attributes
+        )
         if not span.is_recording():
             return None  # no SDK: nothing to record, nothing to pay
         if gateway.model and gateway.model != model:
@@ -118,43 +120,27 @@ class CallTelemetry:
         """W3C ``traceparent`` (and ``tracestate``) of this call's span, written directly:
         the generic propagator API costs more than the rest of a span's life."""
         context = self.span.get_span_context()
-        headers = [
-            (b"traceparent", f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}".encode())
-        ]
+        headers = [(b"traceparent", b"00-%032x-%016x-%02x" % (context.trace_id, context.span_id, context.trace_flags))]
         if context.trace_state:
             headers.append((b"tracestate", context.trace_state.to_header().encode()))
         return headers
 
     def attempt(self, node: Any, outcome: str, why: str, waited: float) -> None:
-        """One attempt. Events are written only for a call that was retried: a call answered
-        at its first attempt is told by the span itself (its server attributes, and error.type
-        if it failed), and each event costs the SDK as much as a fifth of the span."""
+        """One attempt of a call that was retried (or is about to be): a call answered at its
+        first attempt is told by the span itself (its server attributes, and error.type if it
+        failed), and each event costs the SDK as much as a fifth of the span."""
         attributes: dict[str, Any] = {"server.address": node.host, "server.port": node.port, "yibu.outcome": outcome}
         if why:
             attributes["yibu.retry_reason"] = why
         if waited:
             attributes["yibu.wait_s"] = waited
-        first = self._first_attempt
-        if first is None and not self._retried:
-            self._first_attempt = (attributes, time.time_ns())  # written if a retry follows
-            return
-        if first is not None:
-            self.span.add_event("yibu.attempt", first[0], timestamp=first[1])
-            self._first_attempt = None
-        self._retried = True
         self.span.add_event("yibu.attempt", attributes)
 
-    def answered(self, node: Any, status: int, event_stream: bool) -> None:
+    def answered(self, node: Any, event_stream: bool) -> None:
         """The node that answered: set on the span when it ends, with everything else. The
         status is not an attribute of GenAI spans: a failure's is its error.type."""
-        self._answer = {"server.address": node.host, "server.port": node.port}
-        self._attributes["server.address"] = node.host
-        self._attributes["server.port"] = node.port
+        self._node = node
         self.reader.sse = event_stream
-
-    def chunk(self, data: bytes) -> None:
-        """A chunk of the response body, as the caller reads it."""
-        self.reader.chunk(data)
 
     def finish(self, error_type: str | None = None) -> None:
         """End the span and record the metrics; safe to call more than once."""
@@ -162,7 +148,11 @@ class CallTelemetry:
             return
         self._ended = True
         span, facts, attributes, reader = self.span, self.reader.done(), self._attributes, self.reader
-        found: dict[str, Any] = self._answer
+        found: dict[str, Any] = {}
+        node = self._node
+        if node is not None:
+            found["server.address"] = attributes["server.address"] = node.host
+            found["server.port"] = attributes["server.port"] = node.port
         if facts.response_id:
             found["gen_ai.response.id"] = facts.response_id
         if facts.model:
@@ -182,6 +172,11 @@ class CallTelemetry:
         span.set_attributes(found)  # one call: each attribute set on its own takes the span's lock
         span.end()
         duration, tokens, first_chunk = _get_instruments()
+        if getattr(duration, "_real_instrument", True) is None:
+            # The API's stand-in for a meter provider the app has not set (yet): it drops every
+            # value, so the records and their attribute dicts are skipped. Any other instrument
+            # (the SDK's, or a stand-in the app's provider has replaced) records.
+            return
         duration.record(time.monotonic() - self._started, attributes)
         for kind, count in (("input", facts.input_tokens), ("output", facts.output_tokens)):
             if count is not None:

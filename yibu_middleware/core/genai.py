@@ -53,27 +53,32 @@ class ResponseFacts:
             self.read_body(data)
 
     def absorb(self, document: dict[str, Any]) -> None:
-        message = document.get("message")
-        if isinstance(message, dict):  # Anthropic message_start
+        get = document.get
+        message = get("message")
+        if message.__class__ is dict:  # Anthropic message_start
             self.absorb(message)
-        if isinstance(document.get("response"), dict):  # OpenAI Responses API events
-            self.absorb(document["response"])
-        if isinstance(document.get("id"), str) and self.response_id is None:
-            self.response_id = document["id"]
-        if isinstance(document.get("model"), str):
-            self.model = document["model"]
-        for choice in document.get("choices") or ():
-            reason = choice.get("finish_reason") if isinstance(choice, dict) else None
-            if isinstance(reason, str):
+        response = get("response")
+        if response.__class__ is dict:  # OpenAI Responses API events
+            self.absorb(response)
+        found = get("id")
+        if found.__class__ is str and self.response_id is None:
+            self.response_id = found
+        found = get("model")
+        if found.__class__ is str:
+            self.model = found
+        choices = get("choices")
+        for choice in choices if choices.__class__ is list else ():
+            reason = choice.get("finish_reason") if choice.__class__ is dict else None
+            if reason.__class__ is str:
                 self.finish_reasons.append(reason)
-        reason = document.get("stop_reason")
-        delta = document.get("delta")
-        if isinstance(delta, dict) and isinstance(delta.get("stop_reason"), str):
+        reason = get("stop_reason")
+        delta = get("delta")
+        if delta.__class__ is dict and delta.get("stop_reason").__class__ is str:
             reason = delta["stop_reason"]
-        if isinstance(reason, str):
+        if reason.__class__ is str:
             self.finish_reasons.append(reason)
-        usage = document.get("usage")
-        if isinstance(usage, dict):
+        usage = get("usage")
+        if usage.__class__ is dict:
             self._usage(usage)
 
     def _usage(self, usage: dict[str, Any]) -> None:
@@ -124,6 +129,13 @@ class ResponseReader:
                 for line in event.split(b"\n"):
                     if line.startswith(b"data:"):
                         self.facts.read_event(line[5:].strip())
+
+    def whole(self, body: bytes) -> None:
+        """The complete body at once (read before it was handed back): parsed now, not copied."""
+        if self.sse or self._body:
+            self.chunk(body)
+        else:
+            self.facts.read_body(body)
 
     def done(self) -> ResponseFacts:
         """The facts, once the body has been read (or closed): a JSON answer is parsed now, once."""

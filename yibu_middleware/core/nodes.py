@@ -45,6 +45,7 @@ class Node:
     """One gateway node and what the pool has learnt about it. Identity is the node."""
 
     __slots__ = (
+        "_prefix",
         "base_path",
         "base_url",
         "ejected_until",
@@ -53,6 +54,7 @@ class Node:
         "failures_in_row",
         "host",
         "in_flight",
+        "label",
         "pending_since",
         "port",
         "scheme",
@@ -70,6 +72,9 @@ class Node:
         self.host = (parts.hostname or "").lower()
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
         self.base_path = parts.path.rstrip("/")  # e.g. "/v1"
+        host = f"[{self.host}]" if ":" in self.host else self.host  # IPv6
+        self.label = f"{host}:{self.port}"  # "host:port", in log lines and spans
+        self._prefix = f"{self.scheme}://{self.label}{self.base_path}"  # what every path is joined to
         self.weight = weight
         self.reset()
 
@@ -85,13 +90,8 @@ class Node:
         self.sent = 0  # counters for `yibu doctor`, the demo and the benchmarks
         self.failed = 0
 
-    @property
-    def label(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host  # IPv6
-        return f"{host}:{self.port}"
-
     def url_for(self, gateway_path: str, query: str) -> str:
-        url = f"{self.scheme}://{self.label}{self.base_path}{gateway_path}"
+        url = self._prefix + gateway_path
         return f"{url}?{query}" if query else url
 
     def __repr__(self) -> str:
@@ -145,10 +145,10 @@ class NodePool:
         The node counts as busy until the caller reports the attempt with ``finished``."""
         with self._lock:
             now = self._clock()
-            candidates = [node for node in self.nodes if node not in exclude]
+            candidates = [node for node in self.nodes if node not in exclude] if exclude else self.nodes
             if not candidates:
                 return None
-            healthy = [node for node in candidates if self._admits(node, now)]
+            healthy = [node for node in candidates if node.ejected_until == 0.0 or self._admits(node, now)]
             pinned = self.pinned
             if pinned is not None and pinned in healthy:
                 return self._take(pinned, now)  # otherwise the others are its fallback

@@ -127,7 +127,6 @@ class CallPlan:
         "_clock",
         "_deadline",
         "_hedging",
-        "_nodes_by_attempt",
         "_policy",
         "_pool",
         "_replayable",
@@ -156,9 +155,9 @@ class CallPlan:
         self._rng = rng or _JITTER
         now = clock()
         self._deadline = None if timeout is None else now + timeout
-        self._starts: dict[int, tuple[float, float]] = {}  # attempt -> (chosen at, delay) while in flight
+        # attempt -> (its node, when it was chosen, its delay), while it is in flight
+        self._starts: dict[int, tuple[Node, float, float]] = {}
         self._attempts = 0
-        self._nodes_by_attempt: dict[int, Node] = {}
         self._hedging = hedging
         self.steps: list[Step] = []
         budget.record_request()
@@ -247,27 +246,24 @@ class CallPlan:
     # --- internals ----------------------------------------------------------------------------
 
     def _send(self, node: Node, delay: float, why: str) -> Send:
-        self._attempts += 1
-        self._starts[self._attempts] = (self._clock(), delay)
-        self._nodes_by_attempt[self._attempts] = node
-        return Send(node, delay, why, self._attempts)
+        self._attempts = attempt = self._attempts + 1
+        self._starts[attempt] = (node, self._clock(), delay)
+        return Send(node, delay, why, attempt)
 
     def _finish(self, action: Send, ok: bool | None) -> None:
         held = self._starts.pop(action.attempt, None)
-        self._nodes_by_attempt.pop(action.attempt, None)
         if held is None:
             return  # already released
-        chosen_at, delay = held
+        node, chosen_at, delay = held
         seconds = max(self._clock() - chosen_at - delay, 0.0)
-        self._pool.finished(action.node, seconds, ok, chosen_at=chosen_at)
+        self._pool.finished(node, seconds, ok, chosen_at=chosen_at)
         if ok and self._hedging is not None:
             self._hedging.observe(seconds)
 
     def _release(self, attempt: int) -> None:
         held = self._starts.pop(attempt, None)
         if held is not None:
-            node = self._nodes_by_attempt.pop(attempt)
-            self._pool.finished(node, None, None, chosen_at=held[0])
+            self._pool.finished(held[0], None, None, chosen_at=held[1])
 
     def _next(self, kind: Kind, wait_hint: float | None) -> Send | str:
         """The retry for a failure of ``kind``, or why there is none."""

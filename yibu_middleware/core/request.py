@@ -15,6 +15,10 @@ from .policy import ParsedBody
 from .routes import Route, gateway_path
 
 RawHeaders = list[tuple[bytes, bytes]]
+# Headers as they are sent: shared by every call that came with the same headers, so a tuple.
+SentHeaders = tuple[tuple[bytes, bytes], ...]
+# The same with each name's lowered form beside it: (name, lowered name, value), httpx's inner form.
+LoweredHeaders = tuple[tuple[bytes, bytes, bytes], ...]
 
 # Header names that carry a provider credential (OpenAI and compatibles, Anthropic, Azure).
 CREDENTIAL_HEADERS = frozenset({b"authorization", b"x-api-key", b"api-key"})
@@ -29,16 +33,17 @@ class GatewayRequest(NamedTuple):
     method: str
     path: str  # the gateway-side path, e.g. "/chat/completions"
     query: str
-    headers: RawHeaders
+    headers: SentHeaders
     body: bytes | None  # None: a streamed body the library did not read
     model: str | None  # as sent, after aliasing
     requested_model: str | None  # as the app asked
-    swapped_keys: list[str]  # provider keys taken out
+    swapped_keys: tuple[str, ...]  # provider keys taken out
     stream: bool  # the body asks for a streamed answer
     # The openai/anthropic SDKs' own headers: how many times the SDK has retried this call, and
     # its read timeout (the call's deadline); b"" when absent. Read in the same pass as the keys.
     sdk_retry_count: bytes = b""
     sdk_read_timeout: bytes = b""
+    lowered_headers: LoweredHeaders = ()  # ``headers`` with lowered names, for clients that keep both
 
 
 def prepare(
@@ -53,27 +58,68 @@ def prepare(
     parsed: ParsedBody | None = None,
 ) -> GatewayRequest:
     """``parsed``: the body's parse, shared with the policy checks, so that it is parsed once."""
-    new_headers, swapped, sdk = _scan_headers(headers, gateway_key)
     requested, sent, new_body, stream = read_body(body, aliases, parsed)
-    if stream:
-        # The stream is watched as it passes (first content, final event): it must arrive
-        # uncompressed, or a cut could not be told from an end.
-        new_headers = [(name, value) for name, value in new_headers if name.lower() != b"accept-encoding"]
-        new_headers.append((b"accept-encoding", b"identity"))
+    scan = scan_headers(headers, gateway_key, stream)
     return GatewayRequest(
         route,
         method,
         gateway_path(route, path),
         query,
-        new_headers,
+        scan.headers,
         new_body,
         sent,
         requested,
-        swapped,
+        scan.swapped,
         stream,
-        sdk.get(b"x-stainless-retry-count", b""),
-        sdk.get(b"x-stainless-read-timeout", b""),
+        scan.sdk_retry_count,
+        scan.sdk_read_timeout,
+        scan.lowered,
     )
+
+
+class HeaderScan(NamedTuple):
+    """The headers of a call as they are sent, and what was learnt reading them."""
+
+    headers: SentHeaders  # credentials swapped; Host and Content-Length dropped
+    lowered: LoweredHeaders
+    swapped: tuple[str, ...]  # the provider keys taken out
+    # The openai/anthropic SDKs' own headers: how many times the SDK has retried this call, and
+    # its read timeout (the call's deadline); b"" when absent.
+    sdk_retry_count: bytes
+    sdk_read_timeout: bytes
+
+
+_scans: dict[tuple[object, ...], HeaderScan] = {}
+
+
+def scan_headers(headers: Iterable[tuple[bytes, bytes]], gateway_key: bytes | None, stream: bool) -> HeaderScan:
+    """The headers to send for a call, remembered by the headers the app sent.
+
+    A client sends the same headers call after call (the SDKs: the same key, user agent and
+    ``x-stainless-*`` values), so a call usually costs a tuple and its hash here rather than
+    a pass over every header in Python. Bounded, for apps that send ids in their headers.
+    The result is shared by the calls that had the same headers: it is made of tuples."""
+    sent = tuple(headers)
+    key = (sent, gateway_key, stream)
+    found = _scans.get(key)
+    if found is None:
+        out, swapped, sdk = _scan_headers(sent, gateway_key)
+        if stream:
+            # The stream is watched as it passes (first content, final event): it must arrive
+            # uncompressed, or a cut could not be told from an end.
+            out = [(name, value) for name, value in out if name.lower() != b"accept-encoding"]
+            out.append((b"accept-encoding", b"identity"))
+        found = HeaderScan(
+            tuple(out),
+            tuple((name, name.lower(), value) for name, value in out),
+            tuple(swapped),
+            sdk.get(b"x-stainless-retry-count", b""),
+            sdk.get(b"x-stainless-read-timeout", b""),
+        )
+        if len(_scans) >= 128:
+            _scans.clear()
+        _scans[key] = found
+    return found
 
 
 def swap_credentials(headers: Iterable[tuple[bytes, bytes]], gateway_key: bytes | None) -> tuple[RawHeaders, list[str]]:
@@ -105,7 +151,7 @@ def _scan_headers(
         if kind is _PASS:
             out.append(pair)  # the caller's own pair: fewer objects per call
         elif kind.__class__ is bytes:  # an SDK header: its kind is its lowered name
-            sdk[kind] = value  # type: ignore[index]
+            sdk[kind] = value
             out.append(pair)
         elif kind is _CREDENTIAL and gateway_key is not None:
             old = value
@@ -165,7 +211,7 @@ def read_body(
     """
     if not body or body.lstrip()[:1] != b"{":
         return None, None, body, False
-    stream = _STREAM_FLAG.search(body) is not None
+    stream = b'"stream"' in body and _STREAM_FLAG.search(body) is not None
     found = _MODEL.search(body)
     model = found.group(1).decode("utf-8", "replace") if found else None
     if model is None or model not in aliases:

@@ -36,6 +36,8 @@ from ..runtime import Runtime
 from .hedge import hedged_async, hedged_sync
 
 if TYPE_CHECKING:
+    from types import ModuleType
+
     from ..limiter import Permit
     from ..telemetry import CallTelemetry
 
@@ -69,6 +71,7 @@ class Call:
     """The state one call carries between attempts. Subclasses adapt one client library."""
 
     __slots__ = (
+        "_app_path",
         "_over",
         "_parsed",
         "gateway",
@@ -81,7 +84,6 @@ class Call:
         "timed_out",
         "trace_headers",
         "ttft",
-        "where",
     )
 
     def __init__(
@@ -119,7 +121,7 @@ class Call:
             hedging=runtime.hedging,
         )
         self.ttft = runtime.settings.stream.first_token_timeout if self.gateway.stream else None
-        self.where = f"{method} {route.host}{path}"
+        self._app_path = path
         self.timed_out = False  # the last failure was a timeout: answered with 504, else 503
         # The response is read for its usage (and ids) when a span or a token limit wants it.
         limiter = runtime.limiter
@@ -127,14 +129,20 @@ class Call:
         self.telemetry: CallTelemetry | None = None
         self.trace_headers: list[tuple[bytes, bytes]] = []
         if "opentelemetry.trace" in sys.modules:  # no OpenTelemetry imported: no SDK, no spans
-            from ..telemetry import CallTelemetry, current_trace_headers
-
-            self.telemetry = CallTelemetry.start(self.gateway, runtime.redact, self.reader, runtime.capture_content)
+            tracing = _telemetry or _load_telemetry()
+            self.telemetry = tracing.CallTelemetry.start(
+                self.gateway, runtime.redact, self.reader, runtime.capture_content
+            )
             if self.telemetry is not None:
                 self.reader = self.telemetry.reader
             # W3C trace context, so that the gateway's logs join the trace: our span's, or
             # (when an instrumentation already spans this call) the current one's.
-            self.trace_headers = self.telemetry.traceparent() if self.telemetry else current_trace_headers()
+            self.trace_headers = self.telemetry.traceparent() if self.telemetry else tracing.current_trace_headers()
+
+    @property
+    def where(self) -> str:
+        """The call in a few words, for log lines and error messages: "POST api.openai.com/v1/..."."""
+        return f"{self.gateway.method} {self.gateway.route.host}{self._app_path}"
 
     # --- what an adapter supplies -----------------------------------------------------------
 
@@ -344,10 +352,13 @@ class Call:
     def judge(self, done: Exchange) -> Send | Deliver | GiveUp:
         """Report one exchange to the plan; its answer is what to do next."""
         following = self._judge(done)
-        if self.telemetry is not None:
+        telemetry = self.telemetry
+        if telemetry is not None and (self.plan.retried or isinstance(following, Send)):
+            # Attempt events only for a call that was retried: the first attempt's is written
+            # here, when the retry it leads to is decided.
             step = self.plan.steps[-1] if self.plan.steps else None
             outcome = step.outcome if step is not None else ""
-            self.telemetry.attempt(done.action.node, outcome, done.action.why, done.action.delay)
+            telemetry.attempt(done.action.node, outcome, done.action.why, done.action.delay)
         return following
 
     def _judge(self, done: Exchange) -> Send | Deliver | GiveUp:
@@ -399,7 +410,7 @@ class Call:
         self._log(action.node.label, status)
         telemetry = self.telemetry
         if telemetry is not None:
-            telemetry.answered(action.node, status, self.watches_stream(response))
+            telemetry.answered(action.node, self.watches_stream(response))
         elif self.reader is not None:
             self.reader.sse = self.watches_stream(response)
         if not action.final:
@@ -487,6 +498,19 @@ class Commit:
         if self.call.first_token_overdue(self.started):
             return "no content within stream.first_token_timeout"
         return "the stream ended with no content"
+
+
+_telemetry: ModuleType | None = None
+
+
+def _load_telemetry() -> ModuleType:
+    """``telemetry``, imported on the first call made once the app has imported OpenTelemetry
+    (an import statement on every call would cost more than the span's attributes)."""
+    global _telemetry
+    from .. import telemetry
+
+    _telemetry = telemetry
+    return telemetry
 
 
 def _seconds(stated: bytes) -> float | None:

@@ -21,6 +21,7 @@ from .call import Call
 # The length of a streamed request body (dropped by prepare(), which cannot know the body);
 # copied when the body is forwarded as it is. Transfer-Encoding is never dropped.
 _FRAMING = ("content-length",)
+_TIMEOUTS = ("connect", "read", "write", "pool")
 
 
 class HttpxCall(Call):
@@ -48,11 +49,13 @@ class HttpxCall(Call):
 
     def request_for(self, action: Send) -> Any:
         """The request for one attempt: the node's URL, and timeouts cut to the deadline."""
-        runtime = self.runtime
-        runtime.ensure_health_checker()
+        self.runtime.ensure_health_checker()
         gateway = self.gateway
-        extensions = dict(self.original.extensions)
-        extensions["timeout"] = self._timeouts(extensions.get("timeout") or {})
+        extensions = self.original.extensions
+        own = extensions.get("timeout") or {}
+        timeouts = self._timeouts(own)
+        if timeouts is not own:
+            extensions = {**extensions, "timeout": timeouts}
         url, netloc = _url(self.lib, action.node.url_for(gateway.path, gateway.query))
         if gateway.body is not None and gateway.body is self._original_body and _clonable(self.lib):
             return self._clone(url, netloc, extensions, gateway.body)
@@ -86,24 +89,29 @@ class HttpxCall(Call):
         # Headers built from their parts: every name and value is bytes already, so httpx's
         # per-header checks and normalisation have nothing to do (checked by _clonable).
         request.headers = fresh = self.lib.Headers()
-        fresh._list = listed = [(name, name.lower(), value) for name, value in self.gateway.headers]
-        listed += [(name, name.lower(), value) for name, value in self.trace_headers]
+        fresh._list = listed = [*self.gateway.lowered_headers]
+        if self.trace_headers:
+            listed += [(name, name.lower(), value) for name, value in self.trace_headers]
         listed.append((b"Host", b"host", netloc))
         listed.append((b"Content-Length", b"content-length", b"%d" % len(body)))
         request.extensions = extensions
         return request
 
     def _timeouts(self, original: dict[str, float | None]) -> dict[str, float | None]:
-        left = self.plan.timeout_left()
+        """The request's timeouts cut to what is left of the call's deadline, and the read
+        timeout to a stream's first-token timeout: ``original`` itself when nothing is cut
+        (most first attempts), so that the request's extensions are shared, not copied."""
+        left, ttft = self.plan.timeout_left(), self.ttft
+        if left is None and ttft is None:
+            return original
+        read_limit = left if ttft is None else ttft if left is None else min(left, ttft)
         timeouts = dict(original)
-        if left is not None:
-            for name in ("connect", "read", "write", "pool"):
+        for name in _TIMEOUTS:
+            limit = read_limit if name == "read" else left
+            if limit is not None:
                 current = timeouts.get(name)
-                timeouts[name] = left if current is None else min(current, left)
-        if self.ttft is not None:
-            read = timeouts.get("read")
-            timeouts["read"] = self.ttft if read is None else min(read, self.ttft)
-        return timeouts
+                timeouts[name] = limit if current is None else min(current, limit)
+        return original if timeouts == original else timeouts
 
     # --- httpx's objects, for the shared call -----------------------------------------------
 
@@ -139,16 +147,14 @@ class HttpxCall(Call):
         return (
             self.reader is not None
             and not self.gateway.stream
-            and response.headers.get("content-type", "").startswith("application/json")
+            and _body_type(self.lib, response)[0].startswith(b"application/json")
         )
 
     def watches_stream(self, response: Any) -> bool:
-        return (
-            self.gateway.stream
-            and response.status_code == 200
-            and response.headers.get("content-type", "").startswith("text/event-stream")
-            and "content-encoding" not in response.headers
-        )
+        if not self.gateway.stream or response.status_code != 200:
+            return False
+        content_type, encoded = _body_type(self.lib, response)
+        return content_type.startswith(b"text/event-stream") and not encoded
 
     def answer(self, status: int, headers: list[tuple[str, str]], body: bytes, based_on: Any) -> Any:
         if based_on is None:
@@ -177,6 +183,23 @@ def _clonable(lib: ModuleType) -> bool:
             headers, "_list", None
         ) == [(b"X-A", b"x-a", b"b")]
     return known
+
+
+def _body_type(lib: ModuleType, response: Any) -> tuple[bytes, bool]:
+    """A response's Content-Type (lowered, b"" if none) and whether it has a Content-Encoding.
+
+    Read from the headers' inner list where that is known to hold lowered names: a
+    lookup through ``Headers`` first works out the headers' encoding and lowers the name."""
+    if _clonable(lib):
+        content_type, encoded = b"", False
+        for _, name, value in response.headers._list:
+            if name == b"content-type":
+                content_type = value.lower()
+            elif name == b"content-encoding":
+                encoded = True
+        return content_type, encoded
+    headers = response.headers
+    return headers.get("content-type", "").lower().encode("latin-1"), "content-encoding" in headers
 
 
 _urls: dict[tuple[str, str], tuple[Any, bytes]] = {}

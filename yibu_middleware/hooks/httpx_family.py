@@ -198,7 +198,7 @@ def _hand_back(call: HttpxCall, action: Deliver | GiveUp, done: Exchange | None,
     delivered = call.deliver(action, done)
     if not action.final:
         if call.reader is not None and delivered.is_stream_consumed:
-            call.reader.chunk(delivered.content)  # read whole already: the call ends here
+            call.reader.whole(delivered.content)  # read whole already: the call ends here
             call.finish()
         elif call.reader is not None:
             delivered.stream = traced_class(call, delivered.stream)  # the span (and usage) end with the body
