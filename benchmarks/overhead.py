@@ -203,14 +203,24 @@ def main() -> None:
         through_cpu: list[float] = []
         otel_times: list[float] = []
         otel_cpu: list[float] = []
+        # Per round, the difference of the two blocks' medians: blocks run side by side, so
+        # a slow spell of the machine moves both, and the median of these differences is the
+        # steadiest wall-time figure on a shared machine.
+        paired: list[float] = []
+        paired_otel: list[float] = []
         for _ in range(args.rounds):
-            direct_times += timed_calls(direct, per_block, direct_cpu)
+            direct_block = timed_calls(direct, per_block, direct_cpu)
             yibu_middleware.install(settings)
-            through_times += timed_calls(through, per_block, through_cpu)
+            through_block = timed_calls(through, per_block, through_cpu)
             yibu_middleware.uninstall()
+            direct_times += direct_block
+            through_times += through_block
+            paired.append(statistics.median(through_block) - statistics.median(direct_block))
             if args.compare_otel:
                 with otel_instrumentations():
-                    otel_times += timed_calls(direct, per_block, otel_cpu)
+                    otel_block = timed_calls(direct, per_block, otel_cpu)
+                otel_times += otel_block
+                paired_otel.append(statistics.median(otel_block) - statistics.median(direct_block))
         counted = (
             (
                 instructions("direct", node_url, args.tracing, args.processor),
@@ -226,6 +236,11 @@ def main() -> None:
     for name, pick in (("median", statistics.median), ("mean", statistics.fmean)):
         d, t = pick(direct_times) * 1e6, pick(through_times) * 1e6
         print(f"{name:<6} direct {d:8.0f} us  through {t:8.0f} us  {t - d:+6.0f} us  x{t / d:.3f}  (target {target})")
+    difference, base = statistics.median(paired) * 1e6, statistics.median(direct_times) * 1e6
+    print(
+        f"paired through - direct: {difference:+.0f} us  x{(base + difference) / base:.3f}"
+        f"  (median of per-round differences; target {target})"
+    )
     # CPU time is steadier than wall time on a shared machine: the best block of each side.
     d, t = min(direct_cpu) * 1e6, min(through_cpu) * 1e6
     print(f"cpu    direct {d:8.0f} us  through {t:8.0f} us  {t - d:+6.0f} us  x{t / d:.3f}  (best block, this process)")
@@ -234,6 +249,8 @@ def main() -> None:
         print(f"otel   direct {d:8.0f} us  otel     {o:8.0f} us  {o - d:+6.0f} us  x{o / d:.3f}  (median)")
         d, o = min(direct_cpu) * 1e6, min(otel_cpu) * 1e6
         print(f"otel   direct {d:8.0f} us  otel     {o:8.0f} us  {o - d:+6.0f} us  x{o / d:.3f}  (cpu, best block)")
+        otel_difference = statistics.median(paired_otel) * 1e6
+        print(f"paired otel - direct:    {otel_difference:+.0f} us  (median of per-round differences)")
     if counted is not None:
         d, t = counted
         # Scaled to time with the direct side's own instructions per microsecond.

@@ -196,6 +196,8 @@ def _kind(name: bytes) -> str | bytes:
 
 _STREAM_FLAG = re.compile(rb'"stream"\s*:\s*true')
 _MODEL = re.compile(rb'"model"\s*:\s*"((?:[^"\\]|\\.){1,200})"')
+# The same for a value with no escapes, the usual case: tried first where the first key is.
+_PLAIN_MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]{1,200})"')
 
 
 def read_body(
@@ -212,7 +214,8 @@ def read_body(
     if not body or body.lstrip()[:1] != b"{":
         return None, None, body, False
     stream = b'"stream"' in body and _STREAM_FLAG.search(body) is not None
-    found = _MODEL.search(body)
+    first = body.find(b'"model"')
+    found = None if first == -1 else _PLAIN_MODEL.match(body, first) or _MODEL.search(body, first)
     model = found.group(1).decode("utf-8", "replace") if found else None
     if model is None or model not in aliases:
         return model, model, body, stream
