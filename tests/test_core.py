@@ -6,8 +6,9 @@ import json
 
 import pytest
 
+from yibu_middleware.core import request as request_module
 from yibu_middleware.core.nodes import Node
-from yibu_middleware.core.request import prepare, read_body, swap_credentials
+from yibu_middleware.core.request import prepare, read_body, scan_headers, swap_credentials
 from yibu_middleware.core.routes import Route, RouteTable, gateway_path
 
 OPENAI = Route("api.openai.com", "openai", "/v1")
@@ -124,3 +125,35 @@ def test_prepare_builds_the_gateway_request() -> None:
     )
     assert call.headers == ((b"authorization", b"Bearer sk-gw"),)
     assert call.swapped_keys == ("sk-p",)
+
+
+def test_header_scan_is_remembered_per_header_set_and_never_mixes_calls() -> None:
+    def sent(key: bytes, stream: bool = False) -> tuple[object, ...]:
+        headers = [
+            (b"Authorization", b"Bearer " + key),
+            (b"Host", b"api.openai.com"),
+            (b"X-Stainless-Retry-Count", b"0"),
+        ]
+        scan = scan_headers(headers, b"sk-gw", stream)
+        return scan.headers, scan.swapped, scan.sdk_retry_count
+
+    first = sent(b"sk-one")
+    assert first == (((b"Authorization", b"Bearer sk-gw"), (b"X-Stainless-Retry-Count", b"0")), ("sk-one",), b"0")
+    assert sent(b"sk-one")[0] is first[0]  # the same headers again: the remembered scan
+    assert sent(b"sk-two")[1] == ("sk-two",)  # another key: its own scan
+    assert sent(b"sk-one", stream=True)[0][-1] == (b"accept-encoding", b"identity")
+    assert sent(b"sk-one")[1] == ("sk-one",)
+
+
+def test_header_scan_memory_is_bounded() -> None:
+    for number in range(1000):
+        scan_headers([(b"x-request-id", b"%d" % number)], None, False)
+    assert len(request_module._scans) <= 128
+
+
+def test_lowered_headers_match_the_headers_sent() -> None:
+    call = prepare(
+        OPENAI, "POST", "/v1/chat/completions", "", [(b"X-Api-Key", b"sk-p"), (b"Accept", b"*/*")], b"{}", b"sk-gw", {}
+    )
+    assert call.lowered_headers == ((b"X-Api-Key", b"x-api-key", b"sk-gw"), (b"Accept", b"accept", b"*/*"))
+    assert [(name, value) for name, _, value in call.lowered_headers] == list(call.headers)

@@ -270,3 +270,45 @@ def test_x_api_key_and_azure_api_key_are_swapped_too(gateway: GatewaySimulator) 
         ).raise_for_status()
     assert [(r.key_header, r.key) for r in gateway.records] == [("x-api-key", GATEWAY_KEY), ("api-key", GATEWAY_KEY)]
     assert_no_provider_key(gateway)
+
+
+@pytest.mark.parametrize(
+    ("sdk_read_timeout", "cut"),
+    [(None, False), (b"600", False), (b"2", True)],
+)
+def test_attempt_timeouts_cut_to_the_deadline_else_the_apps_own(
+    gateway: GatewaySimulator, sdk_read_timeout: bytes | None, cut: bool
+) -> None:
+    """Each attempt's timeouts are cut to what is left of the call's deadline (here the SDK's
+    read timeout); when nothing is cut, the app's own extensions are sent as they are."""
+    from yibu_middleware.core.plan import Send
+    from yibu_middleware.hooks.httpx_call import HttpxCall
+    from yibu_middleware.runtime import current
+
+    install_for(gateway)
+    runtime = current()
+    assert runtime is not None
+    headers = {"authorization": f"Bearer {OPENAI_KEY}"}
+    if sdk_read_timeout is not None:
+        headers["x-stainless-read-timeout"] = sdk_read_timeout.decode()
+    own = {"connect": 5.0, "read": 600.0, "write": 600.0, "pool": 600.0}
+    request = httpx2.Request(
+        "POST",
+        "https://api.openai.com/v1/chat/completions",
+        headers=headers,
+        content=b"{}",
+        extensions={"timeout": own},
+    )
+    route = runtime.routes.match("api.openai.com")
+    assert route is not None
+    call = HttpxCall(httpx2, runtime, request, route)
+    action = call.plan.start()
+    assert isinstance(action, Send)
+    sent = call.request_for(action)
+    call.abort()
+    timeouts = sent.extensions["timeout"]
+    if cut:
+        assert all(0 < value <= 2.0 for value in timeouts.values())
+        assert request.extensions["timeout"] == own  # the app's own are left as they were
+    else:
+        assert sent.extensions is request.extensions

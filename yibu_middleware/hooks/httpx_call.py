@@ -22,6 +22,7 @@ from .call import Call
 # copied when the body is forwarded as it is. Transfer-Encoding is never dropped.
 _FRAMING = ("content-length",)
 _TIMEOUTS = ("connect", "read", "write", "pool")
+_SLACK = 0.05  # seconds
 
 
 class HttpxCall(Call):
@@ -106,12 +107,16 @@ class HttpxCall(Call):
             return original
         read_limit = left if ttft is None else ttft if left is None else min(left, ttft)
         timeouts = dict(original)
+        cut = False
         for name in _TIMEOUTS:
             limit = read_limit if name == "read" else left
-            if limit is not None:
-                current = timeouts.get(name)
-                timeouts[name] = limit if current is None else min(current, limit)
-        return original if timeouts == original else timeouts
+            current = timeouts.get(name)
+            # A timeout at most _SLACK over the limit is kept: on a first attempt the deadline is
+            # the SDK's own read timeout, less the microseconds spent so far.
+            if limit is not None and (current is None or current > limit + _SLACK):
+                timeouts[name] = limit
+                cut = True
+        return timeouts if cut else original
 
     # --- httpx's objects, for the shared call -----------------------------------------------
 
