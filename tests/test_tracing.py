@@ -293,3 +293,30 @@ def test_gateway_quota_refusal_is_on_the_span(gateway: GatewaySimulator) -> None
     assert attributes["error.type"] == "403"
     assert "insufficient_user_quota" in str(attributes["yibu.gateway_refusal"])
     assert len(gateway.records) == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"id":"chatcmpl-1","model":"gpt-4o-mini","choices":[{"finish_reason":"stop"}],'
+        b'"usage":{"prompt_tokens":5,"completion_tokens":7}}',
+        b'  {"id":"msg_1","model":"claude","stop_reason":"end_turn","usage":{"input_tokens":3,'
+        b'"cache_read_input_tokens":2,"output_tokens":4}}\n',
+        b'{"id":"x","usage":{"prompt_tokens":1,"completion_tokens":2}} trailing data',
+        b'{"id":"x","model":NaN}',
+        b"not json",
+        b"\xff\xfe",
+    ],
+)
+def test_answer_facts_are_the_same_with_or_without_orjson(body: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    from yibu_middleware.core import genai
+
+    def facts() -> tuple[object, ...]:
+        read = genai.ResponseFacts()
+        read.read_body(body)
+        return read.response_id, read.model, read.finish_reasons, read.input_tokens, read.output_tokens
+
+    with_orjson = facts()
+    assert genai._fast_loads is not None and genai._fast_loads is not genai._unresolved  # orjson was used
+    monkeypatch.setattr(genai, "_fast_loads", None)
+    assert facts() == with_orjson

@@ -10,9 +10,32 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 _DECODER = json.JSONDecoder()
+
+
+def _unresolved(data: bytes) -> Any:
+    """Stands for orjson's ``loads`` until the first answer is decoded (see ``_decode``)."""
+    raise NotImplementedError
+
+
+_fast_loads: Callable[[bytes], Any] | None = _unresolved
+
+
+def _find_fast_loads() -> Callable[[bytes], Any] | None:
+    """orjson's ``loads`` when orjson is installed (LangChain brings it, through langsmith):
+    it decodes a chat answer in well under half the standard decoder's time. Imported on
+    the first answer, not at start: it imports a few standard modules the app may not need."""
+    global _fast_loads
+    try:
+        from orjson import loads
+    except ImportError:  # pragma: no cover - orjson is in the test environment
+        _fast_loads = None
+    else:
+        _fast_loads = loads
+    return _fast_loads
 
 
 def operation_name(path: str) -> str | None:
@@ -39,12 +62,7 @@ class ResponseFacts:
         self.output_tokens: int | None = None
 
     def read_body(self, body: bytes) -> None:
-        try:
-            # The decoder itself: json.loads would sniff the encoding and check for trailing
-            # data on every call, a third of the time for a small answer.
-            document = _DECODER.raw_decode(body.decode("utf-8").lstrip())[0]
-        except ValueError:  # UnicodeDecodeError included
-            return
+        document = _decode(body)
         if isinstance(document, dict):
             self.absorb(document)
 
@@ -95,6 +113,22 @@ class ResponseFacts:
                 self.input_tokens = base + cached + created
         # Anthropic's message_delta carries a cumulative output count; the last one wins.
         self.output_tokens = _int(usage.get("output_tokens"), self.output_tokens)
+
+
+def _decode(data: bytes) -> Any:
+    """A JSON document; None when the data is not JSON."""
+    fast = _fast_loads if _fast_loads is not _unresolved else _find_fast_loads()
+    if fast is not None:
+        try:
+            return fast(data)
+        except ValueError:  # orjson refused it (trailing data, NaN...): the standard decoder
+            pass  # has the last word. (Integers beyond 64 bits it reads as floats: no token count.)
+    try:
+        # The decoder itself: json.loads would sniff the encoding and check for trailing
+        # data on every call, a third of the time for a small answer.
+        return _DECODER.raw_decode(data.decode("utf-8").lstrip())[0]
+    except ValueError:  # UnicodeDecodeError included
+        return None
 
 
 def _int(value: Any, default: int | None) -> int | None:
