@@ -135,14 +135,36 @@ def test_header_scan_is_remembered_per_header_set_and_never_mixes_calls() -> Non
             (b"X-Stainless-Retry-Count", b"0"),
         ]
         scan = scan_headers(headers, b"sk-gw", stream)
-        return scan.headers, scan.swapped, scan.sdk_retry_count
+        return scan.headers, scan.swapped, scan.sdk_retried
 
     first = sent(b"sk-one")
-    assert first == (((b"Authorization", b"Bearer sk-gw"), (b"X-Stainless-Retry-Count", b"0")), ("sk-one",), b"0")
+    assert first == (((b"Authorization", b"Bearer sk-gw"), (b"X-Stainless-Retry-Count", b"0")), ("sk-one",), False)
     assert sent(b"sk-one")[0] is first[0]  # the same headers again: the remembered scan
     assert sent(b"sk-two")[1] == ("sk-two",)  # another key: its own scan
     assert sent(b"sk-one", stream=True)[0][-1] == (b"accept-encoding", b"identity")
     assert sent(b"sk-one")[1] == ("sk-one",)
+
+
+def test_header_scan_takes_httpx_triples_like_pairs_and_reads_the_sdk_headers() -> None:
+    pairs = [
+        (b"X-Api-Key", b"sk-provider"),
+        (b"Content-Length", b"2"),
+        (b"X-Stainless-Retry-Count", b"2"),
+        (b"X-Stainless-Read-Timeout", b"12.5"),
+    ]
+    from_pairs = scan_headers(pairs, b"sk-gw", False)
+    from_triples = scan_headers([(name, name.lower(), value) for name, value in pairs], b"sk-gw", False)
+    assert from_triples == from_pairs
+    assert from_pairs.headers == (
+        (b"X-Api-Key", b"sk-gw"),
+        (b"X-Stainless-Retry-Count", b"2"),
+        (b"X-Stainless-Read-Timeout", b"12.5"),
+    )
+    assert from_pairs.swapped == ("sk-provider",)
+    assert from_pairs.sdk_retried is True
+    assert from_pairs.sdk_read_timeout == 12.5
+    unreadable = scan_headers([(b"x-stainless-read-timeout", b"soon")], None, False)
+    assert unreadable.sdk_read_timeout is None and unreadable.sdk_retried is False
 
 
 def test_header_scan_memory_is_bounded() -> None:

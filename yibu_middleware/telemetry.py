@@ -147,27 +147,25 @@ class CallTelemetry:
         if self._ended:
             return
         self._ended = True
-        span, facts, attributes, reader = self.span, self.reader.done(), self._attributes, self.reader
-        found: dict[str, Any] = {}
+        span, reader = self.span, self.reader
+        facts = reader.done()
         node = self._node
-        if node is not None:
-            found["server.address"] = attributes["server.address"] = node.host
-            found["server.port"] = attributes["server.port"] = node.port
+        found: dict[str, Any] = {} if node is None else {"server.address": node.host, "server.port": node.port}
         if facts.response_id:
             found["gen_ai.response.id"] = facts.response_id
         if facts.model:
-            found["gen_ai.response.model"] = attributes["gen_ai.response.model"] = facts.model
+            found["gen_ai.response.model"] = facts.model
         if facts.finish_reasons:
             found["gen_ai.response.finish_reasons"] = facts.finish_reasons
         if facts.input_tokens is not None:
             found["gen_ai.usage.input_tokens"] = facts.input_tokens
         if facts.output_tokens is not None:
             found["gen_ai.usage.output_tokens"] = facts.output_tokens
-        first_chunk_after = None if reader.first_chunk is None else reader.first_chunk - self._started
-        if first_chunk_after is not None and reader.sse:
+        first_chunk_after = None if reader.first_chunk is None or not reader.sse else reader.first_chunk - self._started
+        if first_chunk_after is not None:
             found["gen_ai.response.time_to_first_chunk"] = first_chunk_after
         if error_type is not None:
-            found["error.type"] = attributes["error.type"] = error_type
+            found["error.type"] = error_type
             span.set_status(Status(StatusCode.ERROR, error_type))
         span.set_attributes(found)  # one call: each attribute set on its own takes the span's lock
         span.end()
@@ -177,11 +175,15 @@ class CallTelemetry:
             # value, so the records and their attribute dicts are skipped. Any other instrument
             # (the SDK's, or a stand-in the app's provider has replaced) records.
             return
+        attributes = self._attributes  # the metrics': the span's start attributes, and these
+        for name in ("server.address", "server.port", "gen_ai.response.model", "error.type"):
+            if name in found:
+                attributes[name] = found[name]
         duration.record(time.monotonic() - self._started, attributes)
         for kind, count in (("input", facts.input_tokens), ("output", facts.output_tokens)):
             if count is not None:
                 tokens.record(count, {**attributes, "gen_ai.token.type": kind})
-        if first_chunk_after is not None and reader.sse:
+        if first_chunk_after is not None:
             first_chunk.record(first_chunk_after, attributes)
 
 

@@ -72,12 +72,6 @@ class ResponseFacts:
 
     def absorb(self, document: dict[str, Any]) -> None:
         get = document.get
-        message = get("message")
-        if message.__class__ is dict:  # Anthropic message_start
-            self.absorb(message)
-        response = get("response")
-        if response.__class__ is dict:  # OpenAI Responses API events
-            self.absorb(response)
         found = get("id")
         if found.__class__ is str and self.response_id is None:
             self.response_id = found
@@ -85,24 +79,37 @@ class ResponseFacts:
         if found.__class__ is str:
             self.model = found
         choices = get("choices")
-        for choice in choices if choices.__class__ is list else ():
-            reason = choice.get("finish_reason") if choice.__class__ is dict else None
+        if choices.__class__ is list:  # OpenAI chat and completions, and their stream chunks
+            for choice in choices:
+                reason = choice.get("finish_reason") if choice.__class__ is dict else None
+                if reason.__class__ is str:
+                    self.finish_reasons.append(reason)
+        else:  # Anthropic messages and their events, the Responses API's events
+            message = get("message")
+            if message.__class__ is dict:  # Anthropic message_start
+                self.absorb(message)
+            response = get("response")
+            if response.__class__ is dict:  # OpenAI Responses API events
+                self.absorb(response)
+            reason = get("stop_reason")
+            delta = get("delta")
+            if delta.__class__ is dict and delta.get("stop_reason").__class__ is str:
+                reason = delta["stop_reason"]
             if reason.__class__ is str:
                 self.finish_reasons.append(reason)
-        reason = get("stop_reason")
-        delta = get("delta")
-        if delta.__class__ is dict and delta.get("stop_reason").__class__ is str:
-            reason = delta["stop_reason"]
-        if reason.__class__ is str:
-            self.finish_reasons.append(reason)
         usage = get("usage")
         if usage.__class__ is dict:
             self._usage(usage)
 
     def _usage(self, usage: dict[str, Any]) -> None:
-        if "prompt_tokens" in usage or "completion_tokens" in usage:  # OpenAI chat, embeddings
-            self.input_tokens = _int(usage.get("prompt_tokens"), self.input_tokens)
-            self.output_tokens = _int(usage.get("completion_tokens"), self.output_tokens)
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if prompt is not None or completion is not None:  # OpenAI chat, embeddings
+            # A count is an int, never a bool (whose class is bool): checked by class, inline,
+            # as this runs on every answer.
+            if prompt.__class__ is int:
+                self.input_tokens = prompt
+            if completion.__class__ is int:
+                self.output_tokens = completion
             return
         if "input_tokens" in usage:
             # Anthropic counts cached input apart; the conventions want it all in input.

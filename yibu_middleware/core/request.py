@@ -15,6 +15,8 @@ from .policy import ParsedBody
 from .routes import Route, gateway_path
 
 RawHeaders = list[tuple[bytes, bytes]]
+# A header as an app's request holds it: a (name, value) pair, or httpx's (name, lowered name, value).
+AppHeader = tuple[bytes, bytes] | tuple[bytes, bytes, bytes]
 # Headers as they are sent: shared by every call that came with the same headers, so a tuple.
 SentHeaders = tuple[tuple[bytes, bytes], ...]
 # The same with each name's lowered form beside it: (name, lowered name, value), httpx's inner form.
@@ -39,10 +41,10 @@ class GatewayRequest(NamedTuple):
     requested_model: str | None  # as the app asked
     swapped_keys: tuple[str, ...]  # provider keys taken out
     stream: bool  # the body asks for a streamed answer
-    # The openai/anthropic SDKs' own headers: how many times the SDK has retried this call, and
-    # its read timeout (the call's deadline); b"" when absent. Read in the same pass as the keys.
-    sdk_retry_count: bytes = b""
-    sdk_read_timeout: bytes = b""
+    # From the openai/anthropic SDKs' own headers, read in the same pass as the keys: whether
+    # the SDK is retrying this call on its own, and its read timeout (the call's deadline).
+    sdk_retried: bool = False
+    sdk_read_timeout: float | None = None
     lowered_headers: LoweredHeaders = ()  # ``headers`` with lowered names, for clients that keep both
 
 
@@ -51,13 +53,14 @@ def prepare(
     method: str,
     path: str,
     query: str,
-    headers: Iterable[tuple[bytes, bytes]],
+    headers: Iterable[AppHeader],
     body: bytes | None,
     gateway_key: bytes | None,
     aliases: Mapping[str, str],
     parsed: ParsedBody | None = None,
 ) -> GatewayRequest:
-    """``parsed``: the body's parse, shared with the policy checks, so that it is parsed once."""
+    """``headers``: see ``scan_headers``. ``parsed``: the body's parse, shared with the policy
+    checks, so that it is parsed once."""
     requested, sent, new_body, stream = read_body(body, aliases, parsed)
     scan = scan_headers(headers, gateway_key, stream)
     return GatewayRequest(
@@ -71,7 +74,7 @@ def prepare(
         requested,
         scan.swapped,
         stream,
-        scan.sdk_retry_count,
+        scan.sdk_retried,
         scan.sdk_read_timeout,
         scan.lowered,
     )
@@ -83,17 +86,21 @@ class HeaderScan(NamedTuple):
     headers: SentHeaders  # credentials swapped; Host and Content-Length dropped
     lowered: LoweredHeaders
     swapped: tuple[str, ...]  # the provider keys taken out
-    # The openai/anthropic SDKs' own headers: how many times the SDK has retried this call, and
-    # its read timeout (the call's deadline); b"" when absent.
-    sdk_retry_count: bytes
-    sdk_read_timeout: bytes
+    # From the openai/anthropic SDKs' own headers: whether the SDK is retrying this call on its
+    # own (``x-stainless-retry-count`` over 0), and its read timeout in seconds (the call's
+    # deadline; None when absent or unreadable).
+    sdk_retried: bool
+    sdk_read_timeout: float | None
 
 
 _scans: dict[tuple[object, ...], HeaderScan] = {}
 
 
-def scan_headers(headers: Iterable[tuple[bytes, bytes]], gateway_key: bytes | None, stream: bool) -> HeaderScan:
+def scan_headers(headers: Iterable[AppHeader], gateway_key: bytes | None, stream: bool) -> HeaderScan:
     """The headers to send for a call, remembered by the headers the app sent.
+
+    ``headers``: (name, value) pairs, or httpx's inner (name, lowered name, value) triples as
+    they are, so that an httpx request's headers need no conversion to be looked up.
 
     A client sends the same headers call after call (the SDKs: the same key, user agent and
     ``x-stainless-*`` values), so a call usually costs a tuple and its hash here rather than
@@ -103,7 +110,8 @@ def scan_headers(headers: Iterable[tuple[bytes, bytes]], gateway_key: bytes | No
     key = (sent, gateway_key, stream)
     found = _scans.get(key)
     if found is None:
-        out, swapped, sdk = _scan_headers(sent, gateway_key)
+        # A name is an item's first part and its value the last, in pairs and triples alike.
+        out, swapped, sdk = _scan_headers([(item[0], item[-1]) for item in sent], gateway_key)
         if stream:
             # The stream is watched as it passes (first content, final event): it must arrive
             # uncompressed, or a cut could not be told from an end.
@@ -113,8 +121,8 @@ def scan_headers(headers: Iterable[tuple[bytes, bytes]], gateway_key: bytes | No
             tuple(out),
             tuple((name, name.lower(), value) for name, value in out),
             tuple(swapped),
-            sdk.get(b"x-stainless-retry-count", b""),
-            sdk.get(b"x-stainless-read-timeout", b""),
+            sdk.get(b"x-stainless-retry-count", b"0") not in (b"0", b""),
+            _seconds(sdk.get(b"x-stainless-read-timeout", b"")),
         )
         if len(_scans) >= 128:
             _scans.clear()
@@ -168,6 +176,13 @@ def _scan_headers(
             out.append(pair)
         # _DROPPED: recomputed by the client library for the new URL and body
     return out, swapped, sdk
+
+
+def _seconds(stated: bytes) -> float | None:
+    try:
+        return float(stated) if stated else None
+    except ValueError:
+        return None
 
 
 _PASS, _CREDENTIAL, _DROPPED = "pass", "credential", "dropped"

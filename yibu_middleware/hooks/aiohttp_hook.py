@@ -136,14 +136,8 @@ async def _middleware(lib: _Lib, timeout: Any, request: Any, handler: Any) -> An
     else:
         data = None  # a file, a stream or a multipart form: forwarded as it is, and never replayed
     call = AiohttpCall(lib, runtime, route, request, handler, data, timeout)
-
-    async def exchange(action: Send) -> Exchange:
-        return await _exchange(call, action)
-
-    def hand_back(action: Deliver | GiveUp, done: Exchange | None) -> Any:
-        return _hand_back(call, action, done)
-
-    return await call.run_async(exchange, _aclose, hand_back)
+    # Partials rather than closures: calling one adds no Python frame of its own.
+    return await call.run_async(functools.partial(_exchange, call), _aclose, functools.partial(_hand_back, call))
 
 
 async def _aclose(response: Any) -> None:

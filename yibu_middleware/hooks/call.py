@@ -27,8 +27,8 @@ from ..core.errors import annotate, error_body
 from ..core.genai import ResponseReader
 from ..core.nodes import Node
 from ..core.plan import CallPlan, Deliver, GiveUp, Send
-from ..core.policy import ParsedBody, check, describe_gateway_refusal
-from ..core.request import GatewayRequest, prepare
+from ..core.policy import ParsedBody, check, describe_gateway_refusal, needs_document
+from ..core.request import AppHeader, GatewayRequest, prepare
 from ..core.retry import Kind, gateway_code
 from ..core.routes import Route
 from ..core.sse import StreamWatch
@@ -93,25 +93,28 @@ class Call:
         method: str,
         path: str,
         query: str,
-        headers: list[tuple[bytes, bytes]],
+        headers: Iterable[AppHeader],
         body: bytes | None,
     ) -> None:
-        """``path`` and ``query`` as the app's URL has them; ``body`` None for a body that
+        """``path`` and ``query`` as the app's URL has them; ``headers`` as ``prepare`` takes
+        them; ``body`` None for a body that
         can be sent once only (an upload, a generator): forwarded as it is, never replayed."""
         self.runtime = runtime
         self.started = time.perf_counter()
         self._over = False
-        # One parse of the body, shared by aliasing and the policy checks (made only if needed).
-        self._parsed = ParsedBody(body) if runtime.rules.active else None
+        # One parse of the body, shared by aliasing and the policy checks (made only if needed),
+        # for a call a rule has something to check in: a model allow-list, or a body that may
+        # carry media. Any other call skips the checks.
+        rules = runtime.rules
+        self._parsed = ParsedBody(body) if rules.allowed or needs_document(body, rules) else None
         self.gateway: GatewayRequest = prepare(
             route, method, path, query, headers, body, runtime.gateway_key, runtime.aliases, self._parsed
         )
         self.permit: Permit | None = None  # the client-side limits' admission, given back in finish()
         runtime.remember_swapped(self.gateway.swapped_keys)
-        retry_count, read_timeout = self.gateway.sdk_retry_count, self.gateway.sdk_read_timeout
-        if retry_count not in (b"0", b""):
+        if self.gateway.sdk_retried:
             runtime.budget.record_retry()  # the SDK retrying on its own still costs budget
-        deadline = _seconds(read_timeout) if read_timeout else None
+        deadline = self.gateway.sdk_read_timeout
         self.plan = CallPlan(
             runtime.pool,
             runtime.budget,
@@ -250,10 +253,10 @@ class Call:
         if self._over:
             return
         self._over = True
-        if self.reader is not None:
-            self.reader.done()
         if self.telemetry is not None:
-            self.telemetry.finish(error_type=error_type)
+            self.telemetry.finish(error_type=error_type)  # reads the answer's facts (reader.done())
+        elif self.reader is not None:
+            self.reader.done()
         if self.permit is not None:
             self.permit.release(self.reader.total_tokens() if self.reader is not None else None)
 
@@ -511,10 +514,3 @@ def _load_telemetry() -> ModuleType:
 
     _telemetry = telemetry
     return telemetry
-
-
-def _seconds(stated: bytes) -> float | None:
-    try:
-        return float(stated)
-    except ValueError:
-        return None

@@ -28,7 +28,7 @@ _SLACK = 0.05  # seconds
 class HttpxCall(Call):
     """The state one httpx/httpx2 call carries between attempts."""
 
-    __slots__ = ("_original_body", "lib", "original")
+    __slots__ = ("_inner_known", "_original_body", "lib", "original")
 
     def __init__(self, lib: ModuleType, runtime: Runtime, original: Any, route: Route) -> None:
         self.lib = lib
@@ -38,9 +38,13 @@ class HttpxCall(Call):
         except lib.RequestNotRead:
             body = None  # a streamed body: forwarded as it is, and never replayed
         self._original_body = body
+        self._inner_known = _clonable(lib)  # the library's inner forms are the known ones
         url = original.url
         query = url.query.decode("ascii")
-        Call.__init__(self, runtime, route, original.method, url.path, query, original.headers.raw, body)
+        # The headers' inner triples as they are where their form is known (see _clonable):
+        # ``.raw`` would build a list of pairs from them on every call.
+        headers = original.headers._list if self._inner_known else original.headers.raw
+        Call.__init__(self, runtime, route, original.method, url.path, query, headers, body)
 
     def own_timeout(self) -> float | None:
         timeout = (self.original.extensions.get("timeout") or {}).get("read")
@@ -58,7 +62,7 @@ class HttpxCall(Call):
         if timeouts is not own:
             extensions = {**extensions, "timeout": timeouts}
         url, netloc = _url(self.lib, action.node.url_for(gateway.path, gateway.query))
-        if gateway.body is not None and gateway.body is self._original_body and _clonable(self.lib):
+        if gateway.body is not None and gateway.body is self._original_body and self._inner_known:
             return self._clone(url, netloc, extensions, gateway.body)
         headers = [*gateway.headers, *self.trace_headers] if self.trace_headers else gateway.headers
         if gateway.body is None:
@@ -103,8 +107,15 @@ class HttpxCall(Call):
         timeout to a stream's first-token timeout: ``original`` itself when nothing is cut
         (most first attempts), so that the request's extensions are shared, not copied."""
         left, ttft = self.plan.timeout_left(), self.ttft
-        if left is None and ttft is None:
-            return original
+        if ttft is None:
+            if left is None:
+                return original
+            ceiling = left + _SLACK
+            for current in original.values():
+                if current is None or current > ceiling:
+                    break
+            else:
+                return original  # every timeout within the deadline: nothing to cut
         read_limit = left if ttft is None else ttft if left is None else min(left, ttft)
         timeouts = dict(original)
         cut = False
@@ -152,14 +163,16 @@ class HttpxCall(Call):
         return (
             self.reader is not None
             and not self.gateway.stream
-            and _body_type(self.lib, response)[0].startswith(b"application/json")
+            and _content_type(response, self._inner_known).startswith(b"application/json")
         )
 
     def watches_stream(self, response: Any) -> bool:
         if not self.gateway.stream or response.status_code != 200:
             return False
-        content_type, encoded = _body_type(self.lib, response)
-        return content_type.startswith(b"text/event-stream") and not encoded
+        inner_known = self._inner_known
+        return _content_type(response, inner_known).startswith(b"text/event-stream") and not _encoded(
+            response, inner_known
+        )
 
     def answer(self, status: int, headers: list[tuple[str, str]], body: bytes, based_on: Any) -> Any:
         if based_on is None:
@@ -190,21 +203,27 @@ def _clonable(lib: ModuleType) -> bool:
     return known
 
 
-def _body_type(lib: ModuleType, response: Any) -> tuple[bytes, bool]:
-    """A response's Content-Type (lowered, b"" if none) and whether it has a Content-Encoding.
+def _content_type(response: Any, inner_known: bool) -> bytes:
+    """A response's Content-Type, lowered (b"" if none).
 
-    Read from the headers' inner list where that is known to hold lowered names: a
-    lookup through ``Headers`` first works out the headers' encoding and lowers the name."""
-    if _clonable(lib):
-        content_type, encoded = b"", False
+    Read from the headers' inner list where that is known to hold lowered names, stopping
+    at the first match: a lookup through ``Headers`` first works out the headers' encoding,
+    lowers the name and collects every match."""
+    if inner_known:
         for _, name, value in response.headers._list:
             if name == b"content-type":
-                content_type = value.lower()
-            elif name == b"content-encoding":
-                encoded = True
-        return content_type, encoded
-    headers = response.headers
-    return headers.get("content-type", "").lower().encode("latin-1"), "content-encoding" in headers
+                lowered: bytes = value.lower()
+                return lowered
+        return b""
+    stated: str = response.headers.get("content-type", "")
+    return stated.lower().encode("latin-1")
+
+
+def _encoded(response: Any, inner_known: bool) -> bool:
+    """Whether a response has a Content-Encoding (read like ``_content_type``)."""
+    if inner_known:
+        return any(name == b"content-encoding" for _, name, _ in response.headers._list)
+    return "content-encoding" in response.headers
 
 
 _urls: dict[tuple[str, str], tuple[Any, bytes]] = {}

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import AsyncIterator, Callable, Iterator
+from functools import partial
 from types import ModuleType
 from typing import Any
 
@@ -71,14 +72,9 @@ def _sync_wrapper(lib: ModuleType) -> Callable[..., Any]:
         if route is None or runtime is None:
             return wrapped(*args, **kwargs)
         call = HttpxCall(lib, runtime, request, route)
-
-        def exchange(action: Send) -> Exchange:
-            return _exchange_sync(call, wrapped, action, stream_class)
-
-        def hand_back(action: Deliver | GiveUp, done: Exchange | None) -> Any:
-            return _hand_back(call, action, done, traced_class)
-
-        return call.run(exchange, _close, hand_back)
+        # Partials rather than closures: calling one adds no Python frame of its own.
+        exchange = partial(_exchange_sync, call, wrapped, stream_class)
+        return call.run(exchange, _close, partial(_hand_back, call, traced_class))
 
     return handle_request
 
@@ -87,7 +83,7 @@ def _close(response: Any) -> None:
     response.close()
 
 
-def _exchange_sync(call: HttpxCall, wrapped: Callable[..., Any], action: Send, stream_class: type) -> Exchange:
+def _exchange_sync(call: HttpxCall, wrapped: Callable[..., Any], stream_class: type, action: Send) -> Exchange:
     response = None
     try:
         response = wrapped(call.request_for(action))
@@ -139,14 +135,8 @@ def _async_wrapper(lib: ModuleType) -> Callable[..., Any]:
         if route is None or runtime is None:
             return await wrapped(*args, **kwargs)
         call = HttpxCall(lib, runtime, request, route)
-
-        async def exchange(action: Send) -> Exchange:
-            return await _exchange_async(call, wrapped, action, stream_class)
-
-        def hand_back(action: Deliver | GiveUp, done: Exchange | None) -> Any:
-            return _hand_back(call, action, done, traced_class)
-
-        return await call.run_async(exchange, _aclose, hand_back)
+        exchange = partial(_exchange_async, call, wrapped, stream_class)
+        return await call.run_async(exchange, _aclose, partial(_hand_back, call, traced_class))
 
     return handle_async_request
 
@@ -155,7 +145,7 @@ async def _aclose(response: Any) -> None:
     await response.aclose()
 
 
-async def _exchange_async(call: HttpxCall, wrapped: Callable[..., Any], action: Send, stream_class: type) -> Exchange:
+async def _exchange_async(call: HttpxCall, wrapped: Callable[..., Any], stream_class: type, action: Send) -> Exchange:
     response = None
     try:
         response = await wrapped(call.request_for(action))
@@ -191,7 +181,7 @@ async def _commit_async(call: HttpxCall, action: Send, response: Any, stream_cla
     return failure
 
 
-def _hand_back(call: HttpxCall, action: Deliver | GiveUp, done: Exchange | None, traced_class: type) -> Any:
+def _hand_back(call: HttpxCall, traced_class: type, action: Deliver | GiveUp, done: Exchange | None) -> Any:
     if isinstance(action, GiveUp):
         return call.give_up(action)
     assert done is not None  # a Deliver follows an answer
