@@ -18,7 +18,8 @@ OpenTelemetry's own openai-v2 and httpx instrumentations, for the cost they add.
 
 With --instructions, each side also runs alone under valgrind's callgrind, twice
 (100 and 400 calls), and the difference gives instructions per call: a count that
-machine load does not move, to read next to the times.
+machine load does not move, to read next to the times. With --compare-otel, the third
+side (OpenTelemetry's instrumentations) is counted too.
 
 With --processor batch, the SDK's BatchSpanProcessor (what production setups use) takes
 the place of the SimpleSpanProcessor, which exports each span on the caller's thread.
@@ -129,12 +130,14 @@ def through_client(node_url: str) -> tuple[openai.OpenAI, dict[str, object]]:
 
 def child(side: str, calls: int, node_url: str) -> None:
     """One side alone, for callgrind: a warm-up, then ``calls`` calls."""
-    if side == "direct":
-        client = direct_client(node_url)
-    else:
+    if side == "through":
         client, settings = through_client(node_url)
         yibu_middleware.install(settings)
-    timed_calls(client, 20 + calls)
+        timed_calls(client, 20 + calls)
+        return
+    client = direct_client(node_url)
+    with otel_instrumentations() if side == "otel" else contextlib.nullcontext():
+        timed_calls(client, 20 + calls)
 
 
 def instructions(side: str, node_url: str, tracing: bool, processor: str) -> float:
@@ -177,7 +180,7 @@ def main() -> None:
     parser.add_argument(
         "--compare-otel", action="store_true", help="also OpenTelemetry's openai-v2 + httpx instrumentations"
     )
-    parser.add_argument("--child", choices=("direct", "through"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("direct", "through", "otel"), help=argparse.SUPPRESS)
     parser.add_argument("--node", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.tracing = args.tracing or args.compare_otel
@@ -222,10 +225,10 @@ def main() -> None:
                 otel_times += otel_block
                 paired_otel.append(statistics.median(otel_block) - statistics.median(direct_block))
         counted = (
-            (
-                instructions("direct", node_url, args.tracing, args.processor),
-                instructions("through", node_url, args.tracing, args.processor),
-            )
+            {
+                side: instructions(side, node_url, args.tracing, args.processor)
+                for side in ("direct", "through", *(("otel",) if args.compare_otel else ()))
+            }
             if args.instructions
             else None
         )
@@ -252,10 +255,14 @@ def main() -> None:
         otel_difference = statistics.median(paired_otel) * 1e6
         print(f"paired otel - direct:    {otel_difference:+.0f} us  (median of per-round differences)")
     if counted is not None:
-        d, t = counted
-        # Scaled to time with the direct side's own instructions per microsecond.
-        scaled = (t - d) / d * statistics.median(direct_times) * 1e6
-        print(f"instr  direct {d:8.0f}     through {t:8.0f}     x{t / d:.3f}  (~{scaled:+.0f} us at the direct median)")
+        d = counted.pop("direct")
+        for side, t in counted.items():
+            # Scaled to time with the direct side's own instructions per microsecond.
+            scaled = (t - d) / d * statistics.median(direct_times) * 1e6
+            print(
+                f"instr  direct {d:8.0f}     {side:<8} {t:8.0f}     x{t / d:.3f}  {t - d:+8.0f} per call"
+                f"  (~{scaled:+.0f} us at the direct median)"
+            )
 
 
 if __name__ == "__main__":

@@ -97,7 +97,7 @@ class CallTelemetry:
             return None
         current = get_current()  # looked up once, for our check and the tracer's parent
         if _genai_span_active(current):
-            return None
+            return None  # OpenTelemetry's own openai/anthropic instrumentation spans this call
         model = gateway.requested_model or ""
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": operation,
@@ -105,7 +105,7 @@ class CallTelemetry:
         }
         if model:
             attributes["gen_ai.request.model"] = model
-        span = _get_tracer().start_span(
+        span = (_tracer or _get_tracer()).start_span(
             f"{operation} {model}".strip(), context=current, kind=SpanKind.CLIENT, attributes=attributes
         )
         if not span.is_recording():
@@ -169,7 +169,7 @@ class CallTelemetry:
             span.set_status(Status(StatusCode.ERROR, error_type))
         span.set_attributes(found)  # one call: each attribute set on its own takes the span's lock
         span.end()
-        duration, tokens, first_chunk = _get_instruments()
+        duration, tokens, first_chunk = _instruments or _get_instruments()
         if getattr(duration, "_real_instrument", True) is None:
             # The API's stand-in for a meter provider the app has not set (yet): it drops every
             # value, so the records and their attribute dicts are skipped. Any other instrument

@@ -274,9 +274,10 @@ class Call:
         done: Exchange | None = None
         response: Any = None
         try:
-            refusal = self.admit()
-            if refusal is not None:
-                return refusal
+            if self._parsed is not None or self.runtime.limiter is not None:  # a rule or a limit applies
+                refusal = self.admit()
+                if refusal is not None:
+                    return refusal
             action: Send | Deliver | GiveUp = plan.start()
             while isinstance(action, Send):
                 if action.delay:
@@ -310,9 +311,10 @@ class Call:
         done: Exchange | None = None
         response: Any = None
         try:
-            refusal = await self.admit_async()
-            if refusal is not None:
-                return refusal
+            if self._parsed is not None or self.runtime.limiter is not None:  # a rule or a limit applies
+                refusal = await self.admit_async()
+                if refusal is not None:
+                    return refusal
             action: Send | Deliver | GiveUp = plan.start()
             while isinstance(action, Send):
                 if action.delay:
@@ -410,12 +412,14 @@ class Call:
         A successful one is returned as it is: its adapter hands it over (and calls
         ``finish`` when its body has been read or closed)."""
         response, status = done.response, done.status
-        self._log(action.node.label, status)
+        if log.isEnabledFor(logging.INFO):
+            self._log(action.node.label, status)
         telemetry = self.telemetry
+        event_stream = self.gateway.stream and self.watches_stream(response)  # only a stream asked for is one
         if telemetry is not None:
-            telemetry.answered(action.node, self.watches_stream(response))
+            telemetry.answered(action.node, event_stream)
         elif self.reader is not None:
-            self.reader.sse = self.watches_stream(response)
+            self.reader.sse = event_stream
         if not action.final:
             return response
         body = self.error_body(response)
@@ -460,8 +464,7 @@ class Call:
         )
 
     def _log(self, node: str, status: int) -> None:
-        if not log.isEnabledFor(logging.INFO):
-            return
+        """The call's log line at INFO (the caller checks that INFO is on)."""
         elapsed_ms = (time.perf_counter() - self.started) * 1000
         gateway = self.gateway
         model = (

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from types import ModuleType
 from typing import Any
 
+from ..core.nodes import Node
 from ..core.plan import Send
 from ..core.retry import Kind
 from ..core.routes import Route
@@ -61,7 +62,7 @@ class HttpxCall(Call):
         timeouts = self._timeouts(own)
         if timeouts is not own:
             extensions = {**extensions, "timeout": timeouts}
-        url, netloc = _url(self.lib, action.node.url_for(gateway.path, gateway.query))
+        url, netloc = _url(self.lib, action.node, gateway.path, gateway.query)
         if gateway.body is not None and gateway.body is self._original_body and self._inner_known:
             return self._clone(url, netloc, extensions, gateway.body)
         headers = [*gateway.headers, *self.trace_headers] if self.trace_headers else gateway.headers
@@ -226,18 +227,18 @@ def _encoded(response: Any, inner_known: bool) -> bool:
     return "content-encoding" in response.headers
 
 
-_urls: dict[tuple[str, str], tuple[Any, bytes]] = {}
+_urls: dict[tuple[str, Node, str, str], tuple[Any, bytes]] = {}
 
 
-def _url(lib: ModuleType, text: str) -> tuple[Any, bytes]:
-    """Parsed URL objects and their Host header value, reused: parsing is a third of building
-    a request, and a process sends to few distinct node URLs. Bounded, for apps that put ids
-    in their paths."""
-    key = (lib.__name__, text)  # httpx and httpx2 have URL types of their own
+def _url(lib: ModuleType, node: Node, path: str, query: str) -> tuple[Any, bytes]:
+    """A node's parsed URL for a gateway path and query, and its Host header value, reused:
+    parsing is a third of building a request, and a process sends to few distinct node URLs.
+    Bounded, for apps that put ids in their paths."""
+    key = (lib.__name__, node, path, query)  # httpx and httpx2 have URL types of their own
     found = _urls.get(key)
     if found is None:
         if len(_urls) > 512:
             _urls.clear()
-        url = lib.URL(text)
+        url = lib.URL(node.url_for(path, query))
         found = _urls[key] = (url, url.netloc)
     return found
