@@ -54,6 +54,25 @@ def test_slow_node_gets_little_traffic_without_herding() -> None:
     assert min(counts[a], counts[b]) > 100  # and no herding onto one fast node
 
 
+def test_two_choices_are_two_different_nodes_drawn_evenly() -> None:
+    clock = Clock()
+    pool = make_pool(clock)
+    a, b, c = pool.nodes
+    for node, seconds in ((a, 0.01), (b, 0.01), (c, 5.0)):
+        assert pool.choose(exclude=[other for other in pool.nodes if other is not node]) is node
+        serve(pool, node, seconds)
+    counts = {a: 0, b: 0, c: 0}
+    for _ in range(3000):
+        node = pool.choose()
+        assert node is not None
+        counts[node] += 1
+        serve(pool, node, 0.01)
+    # c is never chosen: it is always drawn against a faster node, never against itself.
+    assert counts[c] == 0
+    # a and b tie on cost, so the first drawn wins: each is drawn first about half the time.
+    assert 1300 < counts[a] < 1700
+
+
 def test_in_flight_load_spreads_concurrent_calls() -> None:
     pool = make_pool(Clock())
     chosen = [pool.choose() for _ in range(30)]  # none finished yet
