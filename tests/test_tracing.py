@@ -77,7 +77,8 @@ def test_sync_chat_span_follows_the_conventions(gateway: GatewaySimulator) -> No
     assert "connection failed" in str(attempts[0]["yibu.outcome"])
     # W3C trace context reached the gateway, so its logs join this trace
     traceparent = gateway.records[-1].headers["traceparent"]
-    assert format(span.context.trace_id, "032x") in traceparent
+    context = span.context
+    assert traceparent == f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
     no_key_in([span])
 
 

@@ -120,7 +120,16 @@ class CallTelemetry:
         """W3C ``traceparent`` (and ``tracestate``) of this call's span, written directly:
         the generic propagator API costs more than the rest of a span's life."""
         context = self.span.get_span_context()
-        headers = [(b"traceparent", b"00-%032x-%016x-%02x" % (context.trace_id, context.span_id, context.trace_flags))]
+        # Hex through to_bytes: a third of the time of %x formatting of a 128-bit int.
+        value = b"-".join(
+            (
+                b"00",
+                context.trace_id.to_bytes(16, "big").hex().encode(),
+                context.span_id.to_bytes(8, "big").hex().encode(),
+                b"%02x" % context.trace_flags,
+            )
+        )
+        headers = [(b"traceparent", value)]
         if context.trace_state:
             headers.append((b"tracestate", context.trace_state.to_header().encode()))
         return headers
