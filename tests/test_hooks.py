@@ -273,11 +273,17 @@ def test_x_api_key_and_azure_api_key_are_swapped_too(gateway: GatewaySimulator) 
 
 
 @pytest.mark.parametrize(
-    ("sdk_read_timeout", "cut"),
-    [(None, False), (b"600", False), (b"2", True)],
+    ("sdk_read_timeout", "cut", "own"),
+    [
+        (None, False, {"connect": 5.0, "read": 600.0, "write": 600.0, "pool": 600.0}),
+        (b"600", False, {"connect": 5.0, "read": 600.0, "write": 600.0, "pool": 600.0}),
+        (b"2", True, {"connect": 5.0, "read": 600.0, "write": 600.0, "pool": 600.0}),
+        (b"2", True, {"connect": 5.0, "read": 600.0, "write": None, "pool": 600.0}),  # None: no limit
+        (b"2", True, {"connect": 1.0}),  # the ones missing get the deadline
+    ],
 )
 def test_attempt_timeouts_cut_to_the_deadline_else_the_apps_own(
-    gateway: GatewaySimulator, sdk_read_timeout: bytes | None, cut: bool
+    gateway: GatewaySimulator, sdk_read_timeout: bytes | None, cut: bool, own: dict[str, float | None]
 ) -> None:
     """Each attempt's timeouts are cut to what is left of the call's deadline (here the SDK's
     read timeout); when nothing is cut, the app's own extensions are sent as they are."""
@@ -291,7 +297,7 @@ def test_attempt_timeouts_cut_to_the_deadline_else_the_apps_own(
     headers = {"authorization": f"Bearer {OPENAI_KEY}"}
     if sdk_read_timeout is not None:
         headers["x-stainless-read-timeout"] = sdk_read_timeout.decode()
-    own = {"connect": 5.0, "read": 600.0, "write": 600.0, "pool": 600.0}
+    own = dict(own)
     request = httpx2.Request(
         "POST",
         "https://api.openai.com/v1/chat/completions",
@@ -308,7 +314,8 @@ def test_attempt_timeouts_cut_to_the_deadline_else_the_apps_own(
     call.abort()
     timeouts = sent.extensions["timeout"]
     if cut:
-        assert all(0 < value <= 2.0 for value in timeouts.values())
+        assert sorted(timeouts) == ["connect", "pool", "read", "write"]
+        assert all(value is not None and 0 < value <= 2.0 for value in timeouts.values())
         assert request.extensions["timeout"] == own  # the app's own are left as they were
     else:
         assert sent.extensions is request.extensions

@@ -112,7 +112,8 @@ class HttpxCall(Call):
             if left is None:
                 return original
             ceiling = left + _SLACK
-            for current in original.values():
+            for name in _TIMEOUTS:  # a timeout missing or None is none at all: it gets the deadline
+                current = original.get(name)
                 if current is None or current > ceiling:
                     break
             else:
