@@ -21,17 +21,24 @@ With --instructions, each side also runs alone under valgrind's callgrind, twice
 machine load does not move, to read next to the times. With --compare-otel, the third
 side (OpenTelemetry's instrumentations) is counted too.
 
+With --span-floor (implies --tracing), a fourth side runs the direct call through a transport
+that adds one span per call and does nothing else: the same name, attributes and traceparent
+header as ours, the answer read for its usage; no routing, key swap, retries or accounting.
+It is the least any hook that traces each call must add: what is left of the +100 us target
+for everything else is the target less its cost.
+
 With --processor batch, the SDK's BatchSpanProcessor (what production setups use) takes
 the place of the SimpleSpanProcessor, which exports each span on the caller's thread.
 
 Usage: python benchmarks/overhead.py [--calls 2000] [--rounds 5] [--tracing] [--processor simple|batch]
-                                     [--compare-otel] [--instructions]
+                                     [--compare-otel] [--span-floor] [--instructions]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -39,7 +46,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import openai
 
@@ -120,6 +127,46 @@ def direct_client(node_url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=node_url, api_key=KEY, max_retries=0)
 
 
+def span_floor_client(node_url: str) -> openai.OpenAI:
+    """The direct client, its transport adding one span per call and nothing else (see --span-floor)."""
+    import httpx2
+    from opentelemetry import trace
+    from opentelemetry.trace import SpanKind
+
+    tracer = trace.get_tracer("benchmarks.span_floor")
+
+    class SpanOnly(httpx2.HTTPTransport):
+        def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+            started_with = {
+                "gen_ai.operation.name": "chat",
+                "gen_ai.provider.name": "openai",
+                "gen_ai.request.model": "gpt-4o-mini",
+            }
+            span = tracer.start_span("chat gpt-4o-mini", kind=SpanKind.CLIENT, attributes=started_with)
+            context = span.get_span_context()
+            request.headers["traceparent"] = f"00-{context.trace_id:032x}-{context.span_id:016x}-01"
+            response = super().handle_request(request)
+            response.read()
+            answer = json.loads(response.content)
+            usage = answer.get("usage") or {}
+            span.set_attributes(
+                {
+                    "server.address": request.url.host,
+                    "server.port": request.url.port or 80,
+                    "gen_ai.response.id": answer.get("id"),
+                    "gen_ai.response.model": answer.get("model"),
+                    "gen_ai.response.finish_reasons": [choice.get("finish_reason") for choice in answer["choices"]],
+                    "gen_ai.usage.input_tokens": usage.get("prompt_tokens"),
+                    "gen_ai.usage.output_tokens": usage.get("completion_tokens"),
+                }
+            )
+            span.end()
+            return response
+
+    http_client = openai.DefaultHttpxClient(transport=SpanOnly())
+    return openai.OpenAI(base_url=node_url, api_key=KEY, max_retries=0, http_client=http_client)
+
+
 def through_client(node_url: str) -> tuple[openai.OpenAI, dict[str, object]]:
     """A client made for api.openai.com, and the settings that send it to the node."""
     return openai.OpenAI(api_key="sk-proj-provider-key-not-real-000000", max_retries=0), {
@@ -135,7 +182,7 @@ def child(side: str, calls: int, node_url: str) -> None:
         yibu_middleware.install(settings)
         timed_calls(client, 20 + calls)
         return
-    client = direct_client(node_url)
+    client = span_floor_client(node_url) if side == "floor" else direct_client(node_url)
     with otel_instrumentations() if side == "otel" else contextlib.nullcontext():
         timed_calls(client, 20 + calls)
 
@@ -180,10 +227,13 @@ def main() -> None:
     parser.add_argument(
         "--compare-otel", action="store_true", help="also OpenTelemetry's openai-v2 + httpx instrumentations"
     )
-    parser.add_argument("--child", choices=("direct", "through", "otel"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--span-floor", action="store_true", help="also a transport that adds one span per call and nothing else"
+    )
+    parser.add_argument("--child", choices=("direct", "through", "otel", "floor"), help=argparse.SUPPRESS)
     parser.add_argument("--node", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    args.tracing = args.tracing or args.compare_otel
+    args.tracing = args.tracing or args.compare_otel or args.span_floor
     if args.tracing:
         enable_tracing(args.processor)
     if args.child:
@@ -204,13 +254,20 @@ def main() -> None:
         through_times: list[float] = []
         direct_cpu: list[float] = []
         through_cpu: list[float] = []
-        otel_times: list[float] = []
-        otel_cpu: list[float] = []
+        # Sides run only for comparison, each against the same round's direct block:
+        # name -> (client, what is on during its blocks).
+        extras: dict[str, tuple[openai.OpenAI, Callable[[], contextlib.AbstractContextManager[None]]]] = {}
+        if args.compare_otel:
+            extras["otel"] = (direct, otel_instrumentations)
+        if args.span_floor:
+            extras["floor"] = (span_floor_client(node_url), contextlib.nullcontext)
+        extra_times: dict[str, list[float]] = {name: [] for name in extras}
+        extra_cpu: dict[str, list[float]] = {name: [] for name in extras}
+        extra_paired: dict[str, list[float]] = {name: [] for name in extras}
         # Per round, the difference of the two blocks' medians: blocks run side by side, so
         # a slow spell of the machine moves both, and the median of these differences is the
         # steadiest wall-time figure on a shared machine.
         paired: list[float] = []
-        paired_otel: list[float] = []
         for _ in range(args.rounds):
             direct_block = timed_calls(direct, per_block, direct_cpu)
             yibu_middleware.install(settings)
@@ -219,15 +276,15 @@ def main() -> None:
             direct_times += direct_block
             through_times += through_block
             paired.append(statistics.median(through_block) - statistics.median(direct_block))
-            if args.compare_otel:
-                with otel_instrumentations():
-                    otel_block = timed_calls(direct, per_block, otel_cpu)
-                otel_times += otel_block
-                paired_otel.append(statistics.median(otel_block) - statistics.median(direct_block))
+            for name, (client, during) in extras.items():
+                with during():
+                    block = timed_calls(client, per_block, extra_cpu[name])
+                extra_times[name] += block
+                extra_paired[name].append(statistics.median(block) - statistics.median(direct_block))
         counted = (
             {
                 side: instructions(side, node_url, args.tracing, args.processor)
-                for side in ("direct", "through", *(("otel",) if args.compare_otel else ()))
+                for side in ("direct", "through", *extras)
             }
             if args.instructions
             else None
@@ -247,13 +304,13 @@ def main() -> None:
     # CPU time is steadier than wall time on a shared machine: the best block of each side.
     d, t = min(direct_cpu) * 1e6, min(through_cpu) * 1e6
     print(f"cpu    direct {d:8.0f} us  through {t:8.0f} us  {t - d:+6.0f} us  x{t / d:.3f}  (best block, this process)")
-    if otel_times:
-        d, o = statistics.median(direct_times) * 1e6, statistics.median(otel_times) * 1e6
-        print(f"otel   direct {d:8.0f} us  otel     {o:8.0f} us  {o - d:+6.0f} us  x{o / d:.3f}  (median)")
-        d, o = min(direct_cpu) * 1e6, min(otel_cpu) * 1e6
-        print(f"otel   direct {d:8.0f} us  otel     {o:8.0f} us  {o - d:+6.0f} us  x{o / d:.3f}  (cpu, best block)")
-        otel_difference = statistics.median(paired_otel) * 1e6
-        print(f"paired otel - direct:    {otel_difference:+.0f} us  (median of per-round differences)")
+    for name, times in extra_times.items():
+        d, o = statistics.median(direct_times) * 1e6, statistics.median(times) * 1e6
+        print(f"{name:<6} direct {d:8.0f} us  {name:<8} {o:8.0f} us  {o - d:+6.0f} us  x{o / d:.3f}  (median)")
+        d, o = min(direct_cpu) * 1e6, min(extra_cpu[name]) * 1e6
+        print(f"{name:<6} direct {d:8.0f} us  {name:<8} {o:8.0f} us  {o - d:+6.0f} us  x{o / d:.3f}  (cpu, best block)")
+        difference = statistics.median(extra_paired[name]) * 1e6
+        print(f"paired {name} - direct: {difference:+.0f} us  (median of per-round differences)")
     if counted is not None:
         d = counted.pop("direct")
         for side, t in counted.items():
