@@ -67,6 +67,17 @@ class Exchange(NamedTuple):
     failure: Failure | None
 
 
+class UnderWay(NamedTuple):
+    """A first attempt a hook sent before making a call's loop (its fast path, for a call that
+    needs nothing up front but a node), handed to the loop when it did not end the call."""
+
+    telemetry: CallTelemetry | None
+    trace_headers: list[tuple[bytes, bytes]]
+    started: float  # perf_counter() when the call came in
+    node: Node
+    chosen_at: float  # monotonic() when the node was chosen (see core.plan.first_node)
+
+
 class Call:
     """The state one call carries between attempts. Subclasses adapt one client library."""
 
@@ -95,25 +106,28 @@ class Call:
         query: str,
         headers: Iterable[AppHeader],
         body: bytes | None,
+        prepared: GatewayRequest | None = None,
+        under_way: UnderWay | None = None,
     ) -> None:
         """``path`` and ``query`` as the app's URL has them; ``headers`` as ``prepare`` takes
-        them; ``body`` None for a body that
-        can be sent once only (an upload, a generator): forwarded as it is, never replayed."""
+        them; ``body`` None for a body that can be sent once only (an upload, a generator):
+        forwarded as it is, never replayed. ``prepared``: the request ``prepare`` already
+        made of these (by a hook's fast path); ``under_way``: that fast path's first attempt,
+        which this call goes on from (see ``UnderWay``)."""
         self.runtime = runtime
-        self.started = time.perf_counter()
+        self.started = time.perf_counter() if under_way is None else under_way.started
         self._over = False
         # One parse of the body, shared by aliasing and the policy checks (made only if needed),
         # for a call a rule has something to check in: a model allow-list, or a body that may
         # carry media. Any other call skips the checks.
         rules = runtime.rules
         self._parsed = ParsedBody(body) if rules.allowed or needs_document(body, rules) else None
-        self.gateway: GatewayRequest = prepare(
+        self.gateway: GatewayRequest = prepared or prepare(
             route, method, path, query, headers, body, runtime.gateway_key, runtime.aliases, self._parsed
         )
         self.permit: Permit | None = None  # the client-side limits' admission, given back in finish()
-        runtime.remember_swapped(self.gateway.swapped_keys)
-        if self.gateway.sdk_retried:
-            runtime.budget.record_retry()  # the SDK retrying on its own still costs budget
+        if under_way is None:  # else the fast path did this
+            note_swapped(self.gateway, runtime)
         deadline = self.gateway.sdk_read_timeout
         self.plan = CallPlan(
             runtime.pool,
@@ -122,6 +136,7 @@ class Call:
             replayable=body is not None,
             timeout=deadline if deadline is not None else self.own_timeout(),
             hedging=runtime.hedging,
+            under_way=None if under_way is None else (under_way.node, under_way.chosen_at),
         )
         self.ttft = runtime.settings.stream.first_token_timeout if self.gateway.stream else None
         self._app_path = path
@@ -129,18 +144,12 @@ class Call:
         # The response is read for its usage (and ids) when a span or a token limit wants it.
         limiter = runtime.limiter
         self.reader = ResponseReader() if limiter is not None and limiter.counts_tokens else None
-        self.telemetry: CallTelemetry | None = None
-        self.trace_headers: list[tuple[bytes, bytes]] = []
-        if "opentelemetry.trace" in sys.modules:  # no OpenTelemetry imported: no SDK, no spans
-            tracing = _telemetry or _load_telemetry()
-            self.telemetry = tracing.CallTelemetry.start(
-                self.gateway, runtime.redact, self.reader, runtime.capture_content
-            )
-            if self.telemetry is not None:
-                self.reader = self.telemetry.reader
-            # W3C trace context, so that the gateway's logs join the trace: our span's, or
-            # (when an instrumentation already spans this call) the current one's.
-            self.trace_headers = self.telemetry.traceparent() if self.telemetry else tracing.current_trace_headers()
+        if under_way is None:
+            self.telemetry, self.trace_headers = start_tracing(self.gateway, runtime, self.reader)
+        else:
+            self.telemetry, self.trace_headers = under_way.telemetry, under_way.trace_headers
+        if self.telemetry is not None:
+            self.reader = self.telemetry.reader
 
     @property
     def where(self) -> str:
@@ -267,9 +276,11 @@ class Call:
         exchange: Callable[[Send], Exchange],
         close: Callable[[Any], None],
         hand_back: Callable[[Deliver | GiveUp, Exchange | None], Any],
+        resume: Callable[[Send], Exchange] | None = None,
     ) -> Any:
         """Attempts until the plan delivers or gives up: ``exchange`` performs one (I/O only),
-        ``close`` discards a response not handed back, ``hand_back`` makes the caller's answer."""
+        ``close`` discards a response not handed back, ``hand_back`` makes the caller's answer.
+        ``resume``: the outcome of the attempt under way (see ``UnderWay``), judged first."""
         plan = self.plan
         done: Exchange | None = None
         response: Any = None
@@ -280,13 +291,16 @@ class Call:
                     return refusal
             action: Send | Deliver | GiveUp = plan.start()
             while isinstance(action, Send):
-                if action.delay:
-                    time.sleep(action.delay)
-                hedge_after = plan.hedge_after()
-                if hedge_after is None:
-                    done = exchange(action)
+                if resume is not None:
+                    done, resume = resume(action), None
                 else:
-                    done = hedged_sync(self, action, hedge_after, exchange, close)
+                    if action.delay:
+                        time.sleep(action.delay)
+                    hedge_after = plan.hedge_after()
+                    if hedge_after is None:
+                        done = exchange(action)
+                    else:
+                        done = hedged_sync(self, action, hedge_after, exchange, close)
                 response = done.response
                 action = self.judge(done)
                 if isinstance(action, Send) and response is not None:
@@ -305,6 +319,7 @@ class Call:
         exchange: Callable[[Send], Awaitable[Exchange]],
         aclose: Callable[[Any], Awaitable[None]],
         hand_back: Callable[[Deliver | GiveUp, Exchange | None], Any],
+        resume: Callable[[Send], Awaitable[Exchange]] | None = None,
     ) -> Any:
         """The async twin of ``run``."""
         plan = self.plan
@@ -317,13 +332,16 @@ class Call:
                     return refusal
             action: Send | Deliver | GiveUp = plan.start()
             while isinstance(action, Send):
-                if action.delay:
-                    await asyncio.sleep(action.delay)
-                hedge_after = plan.hedge_after()
-                if hedge_after is None:
-                    done = await exchange(action)
+                if resume is not None:
+                    done, resume = await resume(action), None
                 else:
-                    done = await hedged_async(self, action, hedge_after, exchange, aclose)
+                    if action.delay:
+                        await asyncio.sleep(action.delay)
+                    hedge_after = plan.hedge_after()
+                    if hedge_after is None:
+                        done = await exchange(action)
+                    else:
+                        done = await hedged_async(self, action, hedge_after, exchange, aclose)
                 response = done.response
                 action = self.judge(done)
                 if isinstance(action, Send) and response is not None:
@@ -465,13 +483,42 @@ class Call:
 
     def _log(self, node: str, status: int) -> None:
         """The call's log line at INFO (the caller checks that INFO is on)."""
-        elapsed_ms = (time.perf_counter() - self.started) * 1000
-        gateway = self.gateway
-        model = (
-            gateway.model if gateway.requested_model == gateway.model else f"{gateway.requested_model}->{gateway.model}"
-        )
-        retried = f" (tried: {self.plan.summary()})" if self.plan.retried else ""
-        log.info("%s model=%s -> %s %s in %.1f ms%s", self.where, model, node, status, elapsed_ms, retried)
+        tried = self.plan.summary() if self.plan.retried else ""
+        log_answer(self.where, self.gateway, node, status, self.started, tried)
+
+
+def log_answer(where: str, gateway: GatewayRequest, node: str, status: int, started: float, tried: str) -> None:
+    """A call's log line at INFO (the caller checks that INFO is on): where it went, the model
+    (and its alias), the node that answered, the status, the time, and the nodes tried if more
+    than one. ``started``: ``perf_counter()`` when the call came in."""
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    model = gateway.model if gateway.requested_model == gateway.model else f"{gateway.requested_model}->{gateway.model}"
+    retried = f" (tried: {tried})" if tried else ""
+    log.info("%s model=%s -> %s %s in %.1f ms%s", where, model, node, status, elapsed_ms, retried)
+
+
+def note_swapped(gateway: GatewayRequest, runtime: Runtime) -> None:
+    """What a call's request tells the process before its first attempt: the provider keys it
+    swapped out (masked in every log line from now on), and a retry of the SDK's own, which
+    costs retry budget like one of ours."""
+    runtime.remember_swapped(gateway.swapped_keys)
+    if gateway.sdk_retried:
+        runtime.budget.record_retry()
+
+
+def start_tracing(
+    gateway: GatewayRequest, runtime: Runtime, reader: ResponseReader | None
+) -> tuple[CallTelemetry | None, list[tuple[bytes, bytes]]]:
+    """A call's span (None when nothing records it) and the W3C trace headers of its attempts,
+    so that the gateway's logs join the trace: our span's, or (when an instrumentation already
+    spans this call) the current one's. ``reader``: see ``CallTelemetry.start``."""
+    if "opentelemetry.trace" not in sys.modules:  # no OpenTelemetry imported: no SDK, no spans
+        return None, []
+    tracing = _telemetry or _load_telemetry()
+    telemetry = tracing.CallTelemetry.start(gateway, runtime.redact, reader, runtime.capture_content)
+    if telemetry is not None:
+        return telemetry, telemetry.traceparent()
+    return None, tracing.current_trace_headers()
 
 
 class Commit:

@@ -14,10 +14,11 @@ from typing import Any
 
 from ..core.nodes import Node
 from ..core.plan import Send
+from ..core.request import GatewayRequest
 from ..core.retry import Kind
 from ..core.routes import Route
 from ..runtime import Runtime
-from .call import Call
+from .call import Call, UnderWay
 
 # The length of a streamed request body (dropped by prepare(), which cannot know the body);
 # copied when the body is forwarded as it is. Transfer-Encoding is never dropped.
@@ -31,7 +32,16 @@ class HttpxCall(Call):
 
     __slots__ = ("_inner_known", "_original_body", "lib", "original")
 
-    def __init__(self, lib: ModuleType, runtime: Runtime, original: Any, route: Route) -> None:
+    def __init__(
+        self,
+        lib: ModuleType,
+        runtime: Runtime,
+        original: Any,
+        route: Route,
+        prepared: GatewayRequest | None = None,
+        under_way: UnderWay | None = None,
+    ) -> None:
+        """``prepared``, ``under_way``: see ``Call``."""
         self.lib = lib
         self.original = original
         try:
@@ -39,13 +49,13 @@ class HttpxCall(Call):
         except lib.RequestNotRead:
             body = None  # a streamed body: forwarded as it is, and never replayed
         self._original_body = body
-        self._inner_known = _clonable(lib)  # the library's inner forms are the known ones
+        self._inner_known = clonable(lib)  # the library's inner forms are the known ones
         url = original.url
         query = url.query.decode("ascii")
-        # The headers' inner triples as they are where their form is known (see _clonable):
+        # The headers' inner triples as they are where their form is known (see clonable):
         # ``.raw`` would build a list of pairs from them on every call.
         headers = original.headers._list if self._inner_known else original.headers.raw
-        Call.__init__(self, runtime, route, original.method, url.path, query, headers, body)
+        Call.__init__(self, runtime, route, original.method, url.path, query, headers, body, prepared, under_way)
 
     def own_timeout(self) -> float | None:
         timeout = (self.original.extensions.get("timeout") or {}).get("read")
@@ -59,12 +69,12 @@ class HttpxCall(Call):
         gateway = self.gateway
         extensions = self.original.extensions
         own = extensions.get("timeout") or {}
-        timeouts = self._timeouts(own)
+        timeouts = cut_timeouts(own, self.plan.timeout_left(), self.ttft)
         if timeouts is not own:
             extensions = {**extensions, "timeout": timeouts}
-        url, netloc = _url(self.lib, action.node, gateway.path, gateway.query)
+        url, netloc = node_url(self.lib, action.node, gateway.path, gateway.query)
         if gateway.body is not None and gateway.body is self._original_body and self._inner_known:
-            return self._clone(url, netloc, extensions, gateway.body)
+            return clone_request(self.lib, self.original, url, netloc, extensions, gateway, self.trace_headers)
         headers = [*gateway.headers, *self.trace_headers] if self.trace_headers else gateway.headers
         if gateway.body is None:
             # A streamed body (an upload, a generator): its length headers as the app sent them,
@@ -81,55 +91,6 @@ class HttpxCall(Call):
             request.headers["Host"] = request.url.netloc.decode("ascii")
             return request
         return type(self.original)(gateway.method, url, headers=headers, content=gateway.body, extensions=extensions)
-
-    def _clone(self, url: Any, netloc: bytes, extensions: dict[str, Any], body: bytes) -> Any:
-        """The app's request with the node's URL and our headers, its body object reused.
-
-        Building a request from scratch re-encodes the body and normalises every header
-        twice, a fifth of the hook's own cost; the body is the same bytes as the app's
-        (neither aliased nor streamed), so the original's body stream is shared."""
-        original = self.original
-        request = object.__new__(type(original))
-        request.__dict__.update(original.__dict__)
-        request.url = url
-        # Headers built from their parts: every name and value is bytes already, so httpx's
-        # per-header checks and normalisation have nothing to do (checked by _clonable).
-        request.headers = fresh = self.lib.Headers()
-        fresh._list = listed = [*self.gateway.lowered_headers]
-        if self.trace_headers:
-            listed += [(name, name.lower(), value) for name, value in self.trace_headers]
-        listed.append((b"Host", b"host", netloc))
-        listed.append((b"Content-Length", b"content-length", b"%d" % len(body)))
-        request.extensions = extensions
-        return request
-
-    def _timeouts(self, original: dict[str, float | None]) -> dict[str, float | None]:
-        """The request's timeouts cut to what is left of the call's deadline, and the read
-        timeout to a stream's first-token timeout: ``original`` itself when nothing is cut
-        (most first attempts), so that the request's extensions are shared, not copied."""
-        left, ttft = self.plan.timeout_left(), self.ttft
-        if ttft is None:
-            if left is None:
-                return original
-            ceiling = left + _SLACK
-            for name in _TIMEOUTS:  # a timeout missing or None is none at all: it gets the deadline
-                current = original.get(name)
-                if current is None or current > ceiling:
-                    break
-            else:
-                return original  # every timeout within the deadline: nothing to cut
-        read_limit = left if ttft is None else ttft if left is None else min(left, ttft)
-        timeouts = dict(original)
-        cut = False
-        for name in _TIMEOUTS:
-            limit = read_limit if name == "read" else left
-            current = timeouts.get(name)
-            # A timeout at most _SLACK over the limit is kept: on a first attempt the deadline is
-            # the SDK's own read timeout, less the microseconds spent so far.
-            if limit is not None and (current is None or current > limit + _SLACK):
-                timeouts[name] = limit
-                cut = True
-        return timeouts if cut else original
 
     # --- httpx's objects, for the shared call -----------------------------------------------
 
@@ -165,14 +126,14 @@ class HttpxCall(Call):
         return (
             self.reader is not None
             and not self.gateway.stream
-            and _content_type(response, self._inner_known).startswith(b"application/json")
+            and content_type(response, self._inner_known).startswith(b"application/json")
         )
 
     def watches_stream(self, response: Any) -> bool:
         if not self.gateway.stream or response.status_code != 200:
             return False
         inner_known = self._inner_known
-        return _content_type(response, inner_known).startswith(b"text/event-stream") and not _encoded(
+        return content_type(response, inner_known).startswith(b"text/event-stream") and not _encoded(
             response, inner_known
         )
 
@@ -187,6 +148,65 @@ class HttpxCall(Call):
         return error
 
 
+def clone_request(
+    lib: ModuleType,
+    original: Any,
+    url: Any,
+    netloc: bytes,
+    extensions: dict[str, Any],
+    gateway: GatewayRequest,
+    trace_headers: list[tuple[bytes, bytes]],
+) -> Any:
+    """The app's request with the node's URL and the gateway's headers, its body object reused.
+
+    Building a request from scratch re-encodes the body and normalises every header
+    twice, a fifth of the hook's own cost; the body is the same bytes as the app's
+    (neither aliased nor streamed: the caller checks), so the original's body stream is
+    shared. Only for a library whose inner forms are the known ones (``clonable``)."""
+    assert gateway.body is not None
+    request = object.__new__(type(original))
+    request.__dict__.update(original.__dict__)
+    request.url = url
+    # Headers built from their parts: every name and value is bytes already, so httpx's
+    # per-header checks and normalisation have nothing to do (checked by clonable).
+    request.headers = fresh = lib.Headers()
+    fresh._list = listed = [*gateway.lowered_headers]
+    if trace_headers:
+        listed += [(name, name.lower(), value) for name, value in trace_headers]
+    listed.append((b"Host", b"host", netloc))
+    listed.append((b"Content-Length", b"content-length", b"%d" % len(gateway.body)))
+    request.extensions = extensions
+    return request
+
+
+def cut_timeouts(original: dict[str, float | None], left: float | None, ttft: float | None) -> dict[str, float | None]:
+    """A request's timeouts cut to ``left``, what is left of the call's deadline, and the read
+    timeout to ``ttft``, a stream's first-token timeout: ``original`` itself when nothing is cut
+    (most first attempts), so that the request's extensions are shared, not copied."""
+    if ttft is None:
+        if left is None:
+            return original
+        ceiling = left + _SLACK
+        for name in _TIMEOUTS:  # a timeout missing or None is none at all: it gets the deadline
+            current = original.get(name)
+            if current is None or current > ceiling:
+                break
+        else:
+            return original  # every timeout within the deadline: nothing to cut
+    read_limit = left if ttft is None else ttft if left is None else min(left, ttft)
+    timeouts = dict(original)
+    cut = False
+    for name in _TIMEOUTS:
+        limit = read_limit if name == "read" else left
+        current = timeouts.get(name)
+        # A timeout at most _SLACK over the limit is kept: on a first attempt the deadline is
+        # the SDK's own read timeout, less the microseconds spent so far.
+        if limit is not None and (current is None or current > limit + _SLACK):
+            timeouts[name] = limit
+            cut = True
+    return timeouts if cut else original
+
+
 # The request attributes a clone copies, and the headers' inner list (httpx since 0.18, and
 # httpx2): checked once per library, so that a release that changes them falls back to the
 # constructor.
@@ -194,7 +214,7 @@ _REQUEST_FIELDS = frozenset({"method", "url", "headers", "extensions", "stream",
 _clonable_libs: dict[str, bool] = {}
 
 
-def _clonable(lib: ModuleType) -> bool:
+def clonable(lib: ModuleType) -> bool:
     known = _clonable_libs.get(lib.__name__)
     if known is None:
         probe = lib.Request("POST", "http://127.0.0.1/", content=b"{}")
@@ -205,7 +225,7 @@ def _clonable(lib: ModuleType) -> bool:
     return known
 
 
-def _content_type(response: Any, inner_known: bool) -> bytes:
+def content_type(response: Any, inner_known: bool) -> bytes:
     """A response's Content-Type, lowered (b"" if none).
 
     Read from the headers' inner list where that is known to hold lowered names, stopping
@@ -222,7 +242,7 @@ def _content_type(response: Any, inner_known: bool) -> bytes:
 
 
 def _encoded(response: Any, inner_known: bool) -> bool:
-    """Whether a response has a Content-Encoding (read like ``_content_type``)."""
+    """Whether a response has a Content-Encoding (read like ``content_type``)."""
     if inner_known:
         return any(name == b"content-encoding" for _, name, _ in response.headers._list)
     return "content-encoding" in response.headers
@@ -231,7 +251,7 @@ def _encoded(response: Any, inner_known: bool) -> bool:
 _urls: dict[tuple[str, Node, str, str], tuple[Any, bytes]] = {}
 
 
-def _url(lib: ModuleType, node: Node, path: str, query: str) -> tuple[Any, bytes]:
+def node_url(lib: ModuleType, node: Node, path: str, query: str) -> tuple[Any, bytes]:
     """A node's parsed URL for a gateway path and query, and its Host header value, reused:
     parsing is a third of building a request, and a process sends to few distinct node URLs.
     Bounded, for apps that put ids in their paths."""

@@ -34,6 +34,7 @@ from ..runtime import current
 from .base import Hook
 from .call import Commit, Exchange
 from .httpx_call import HttpxCall
+from .httpx_fast import FastAttempt, first_attempt
 
 
 class HttpxFamilyHook(Hook):
@@ -71,7 +72,10 @@ def _sync_wrapper(lib: ModuleType) -> Callable[..., Any]:
         route = runtime.routes.match(request.url.host) if runtime is not None else None
         if route is None or runtime is None:
             return wrapped(*args, **kwargs)
-        call = HttpxCall(lib, runtime, request, route)
+        fast = first_attempt(lib, runtime, route, request)
+        if isinstance(fast, FastAttempt):
+            return _fast_sync(fast, wrapped, stream_class, traced_class)
+        call = HttpxCall(lib, runtime, request, route, fast)
         # Partials rather than closures: calling one adds no Python frame of its own.
         exchange = partial(_exchange_sync, call, wrapped, stream_class)
         return call.run(exchange, _close, partial(_hand_back, call, traced_class))
@@ -79,14 +83,54 @@ def _sync_wrapper(lib: ModuleType) -> Callable[..., Any]:
     return handle_request
 
 
+def _fast_sync(fast: FastAttempt, wrapped: Callable[..., Any], stream_class: type, traced_class: type) -> Any:
+    """The first attempt, sent at once; the call's loop goes on from it unless it ends the call."""
+    response = None
+    try:
+        response = wrapped(fast.request)
+        ends = fast.ends_call(response)
+        if ends and fast.telemetry is not None:
+            response.read()  # for its usage, as the SDK would read it at once anyway
+    except fast.lib.TransportError as exc:
+        if response is not None:
+            response.close()
+        call = fast.hand_over()
+        return call.run(
+            partial(_exchange_sync, call, wrapped, stream_class),
+            _close,
+            partial(_hand_back, call, traced_class),
+            resume=partial(_failed, call, exc),
+        )
+    except BaseException:
+        if response is not None:
+            response.close()
+        fast.abort()
+        raise
+    if ends:
+        return fast.answered(response)
+    call = fast.hand_over()
+    exchange = partial(_exchange_sync, call, wrapped, stream_class)
+    return call.run(exchange, _close, partial(_hand_back, call, traced_class), resume=partial(exchange, sent=response))
+
+
+def _failed(call: HttpxCall, exc: BaseException, action: Send) -> Exchange:
+    """The exchange of an attempt that raised ``exc``, a transport error, before it was judged."""
+    return Exchange(action, None, 0, call.failure(exc))
+
+
 def _close(response: Any) -> None:
     response.close()
 
 
-def _exchange_sync(call: HttpxCall, wrapped: Callable[..., Any], stream_class: type, action: Send) -> Exchange:
-    response = None
+def _exchange_sync(
+    call: HttpxCall, wrapped: Callable[..., Any], stream_class: type, action: Send, sent: Any = None
+) -> Exchange:
+    """One attempt: sent (or its response, ``sent``, taken as it came back from the fast path),
+    then read as far as judging it needs."""
+    response = sent
     try:
-        response = wrapped(call.request_for(action))
+        if response is None:
+            response = wrapped(call.request_for(action))
         status: int = response.status_code
         if status >= 400 or call.reads_whole(response):
             response.read()  # error bodies are read before judging; see reads_whole for the rest
@@ -134,21 +178,63 @@ def _async_wrapper(lib: ModuleType) -> Callable[..., Any]:
         route = runtime.routes.match(request.url.host) if runtime is not None else None
         if route is None or runtime is None:
             return await wrapped(*args, **kwargs)
-        call = HttpxCall(lib, runtime, request, route)
+        fast = first_attempt(lib, runtime, route, request)
+        if isinstance(fast, FastAttempt):
+            return await _fast_async(fast, wrapped, stream_class, traced_class)
+        call = HttpxCall(lib, runtime, request, route, fast)
         exchange = partial(_exchange_async, call, wrapped, stream_class)
         return await call.run_async(exchange, _aclose, partial(_hand_back, call, traced_class))
 
     return handle_async_request
 
 
+async def _fast_async(fast: FastAttempt, wrapped: Callable[..., Any], stream_class: type, traced_class: type) -> Any:
+    """The async twin of ``_fast_sync``."""
+    response = None
+    try:
+        response = await wrapped(fast.request)
+        ends = fast.ends_call(response)
+        if ends and fast.telemetry is not None:
+            await response.aread()
+    except fast.lib.TransportError as exc:
+        if response is not None:
+            await response.aclose()
+        call = fast.hand_over()
+        return await call.run_async(
+            partial(_exchange_async, call, wrapped, stream_class),
+            _aclose,
+            partial(_hand_back, call, traced_class),
+            resume=partial(_failed_async, call, exc),
+        )
+    except BaseException:
+        if response is not None:
+            await response.aclose()
+        fast.abort()
+        raise
+    if ends:
+        return fast.answered(response)
+    call = fast.hand_over()
+    exchange = partial(_exchange_async, call, wrapped, stream_class)
+    return await call.run_async(
+        exchange, _aclose, partial(_hand_back, call, traced_class), resume=partial(exchange, sent=response)
+    )
+
+
+async def _failed_async(call: HttpxCall, exc: BaseException, action: Send) -> Exchange:
+    return _failed(call, exc, action)
+
+
 async def _aclose(response: Any) -> None:
     await response.aclose()
 
 
-async def _exchange_async(call: HttpxCall, wrapped: Callable[..., Any], stream_class: type, action: Send) -> Exchange:
-    response = None
+async def _exchange_async(
+    call: HttpxCall, wrapped: Callable[..., Any], stream_class: type, action: Send, sent: Any = None
+) -> Exchange:
+    response = sent
     try:
-        response = await wrapped(call.request_for(action))
+        if response is None:
+            response = await wrapped(call.request_for(action))
         status: int = response.status_code
         if status >= 400 or call.reads_whole(response):
             await response.aread()
