@@ -13,6 +13,7 @@ import openai
 import pytest
 from helpers import GATEWAY_KEY, OPENAI_KEY, assert_no_provider_key, install_for
 
+from yibu_middleware.runtime import current
 from yibu_middleware.simulator import GatewaySimulator, NodeFaults
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -198,7 +199,6 @@ def test_forked_worker_starts_clean(gateway: GatewaySimulator) -> None:
     client = openai.OpenAI(api_key=OPENAI_KEY, max_retries=0)
     for _ in range(3):
         chat(client)
-    from yibu_middleware.runtime import current
 
     runtime = current()
     assert runtime is not None and sum(node.sent for node in runtime.pool.nodes) == 3
@@ -220,8 +220,6 @@ def test_forked_worker_starts_clean(gateway: GatewaySimulator) -> None:
 def test_active_health_check_brings_an_ejected_node_back(gateway: GatewaySimulator) -> None:
     import threading
     import time
-
-    from yibu_middleware.runtime import current
 
     gateway.set_faults("a", refuse=True)
     assert not [t for t in threading.enumerate() if t.name == "yibu-health-check"]
@@ -359,7 +357,6 @@ def test_first_token_timeout_async(gateway: GatewaySimulator) -> None:
 
 
 def test_sdk_retries_that_still_come_cost_budget(gateway: GatewaySimulator) -> None:
-    from yibu_middleware.runtime import current
 
     install_for(gateway)
     runtime = current()
@@ -400,7 +397,6 @@ def test_streams_are_asked_for_uncompressed(gateway: GatewaySimulator) -> None:
 
 
 def test_cancelled_calls_free_their_node_slots(gateway: GatewaySimulator) -> None:
-    from yibu_middleware.runtime import current
 
     for node in gateway.nodes:
         gateway.set_faults(node.name, latency=1.0)
@@ -427,3 +423,73 @@ def test_hedge_that_fails_first_does_not_beat_a_healthy_primary(gateway: Gateway
     gateway.set_faults("c", error_rate=1.0)
     assert "'a'" in chat(client)  # the hedge failed fast; the primary's answer was waited for
     assert len(gateway.records_for("a")) == 17  # and the primary was not sent twice
+
+
+# --- the httpx hook's fast path: a plain call's first attempt is sent before any loop is made ---
+
+
+def counting_plans(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Every CallPlan made from now on (one per call that went through the loop)."""
+    from yibu_middleware.core.plan import CallPlan
+    from yibu_middleware.hooks import call as call_module
+
+    made: list[object] = []
+
+    def counted(*args: object, **kwargs: object) -> CallPlan:
+        plan = CallPlan(*args, **kwargs)  # type: ignore[arg-type]
+        made.append(plan)
+        return plan
+
+    monkeypatch.setattr(call_module, "CallPlan", counted)
+    return made
+
+
+def budget_counts() -> tuple[int, int]:
+    runtime = current()
+    assert runtime is not None
+    buckets = runtime.budget._buckets.values()
+    return sum(bucket[0] for bucket in buckets), sum(bucket[1] for bucket in buckets)
+
+
+def test_a_plain_call_ends_at_its_first_attempt_without_a_plan(
+    gateway: GatewaySimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    install_for(gateway)
+    plans = counting_plans(monkeypatch)
+    assert "Hello" in chat(openai.OpenAI(api_key=OPENAI_KEY, max_retries=0))
+
+    async def main() -> None:
+        async with openai.AsyncOpenAI(api_key=OPENAI_KEY, max_retries=0) as client:
+            await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+
+    asyncio.run(main())
+    assert plans == [] and len(gateway.records) == 2 and budget_counts() == (2, 0)
+    stream_text(openai.OpenAI(api_key=OPENAI_KEY, max_retries=0))  # a stream is read by the loop
+    assert len(plans) == 1
+    assert_no_provider_key(gateway)
+
+
+@pytest.mark.parametrize("fault", [{"status_override": 503}, {"refuse": True}])
+def test_a_first_attempt_that_fails_is_handed_to_the_loop_once(
+    gateway: GatewaySimulator, monkeypatch: pytest.MonkeyPatch, fault: dict[str, object]
+) -> None:
+    gateway.set_faults("a", **fault)  # type: ignore[arg-type]
+    install_for(gateway, pin=gateway.node("a").base_url)
+    plans = counting_plans(monkeypatch)
+    assert "Hello" in chat(openai.OpenAI(api_key=OPENAI_KEY, max_retries=0))
+
+    async def main() -> None:
+        async with openai.AsyncOpenAI(api_key=OPENAI_KEY, max_retries=0) as client:
+            await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+
+    asyncio.run(main())
+    assert len(plans) == 2  # one loop per call, going on from the first attempt
+    served = [r for r in gateway.records if r.status == 200]
+    assert len(served) == 2 and all(r.node != "a" for r in served)
+    if "status_override" in fault:
+        assert [r.node for r in gateway.records].count("a") == 2  # tried once per call, not again
+        assert budget_counts() == (2, 2)  # each call counted once, and its retry once
+    else:
+        assert budget_counts() == (2, 0)  # a refused connection cost the gateway nothing: no budget
+    runtime = current()
+    assert runtime is not None and all(node.in_flight == 0 for node in runtime.pool.nodes)

@@ -189,6 +189,21 @@ def test_stream_closed_early_in_another_task_ends_the_span(gateway: GatewaySimul
     assert span.end_time is not None
 
 
+def test_cancelled_call_ends_its_span_as_cancelled(gateway: GatewaySimulator) -> None:
+    for node in gateway.nodes:
+        gateway.set_faults(node.name, latency=1.0)
+    install_for(gateway)
+
+    async def main() -> None:
+        async with openai.AsyncOpenAI(api_key=OPENAI_KEY, max_retries=0) as client:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES), 0.05)  # type: ignore[arg-type]
+
+    asyncio.run(main())
+    (span,) = genai_spans()
+    assert span.status.status_code is StatusCode.ERROR and (span.attributes or {})["error.type"] == "cancelled"
+
+
 def metric_counts() -> dict[str, int]:
     data = READER.get_metrics_data()
     counts: dict[str, int] = {}
