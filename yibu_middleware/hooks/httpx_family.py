@@ -6,6 +6,10 @@ one call here. A request whose host is not routed leaves after one dict lookup. 
 request we send on to a node is not routed either (its host is the node's), so a
 transport stacked on another hooked transport never handles a call twice.
 
+A call that needs nothing up front but a node (no limit, rule, hedge or stream) is
+first sent by the fast path (``httpx_fast``), which makes no loop unless that first
+attempt does not end the call; the loop then goes on from it.
+
 Each call is a loop of attempts (``Call.run`` / ``run_async``, shared by every client).
 One attempt is an *exchange*, defined here (send, then read an error body or a stream
 up to its first content: I/O only, no decisions), followed by a *verdict*
