@@ -89,7 +89,8 @@ def _sync_wrapper(lib: ModuleType) -> Callable[..., Any]:
 
 def _fast_sync(fast: FastAttempt, wrapped: Callable[..., Any], stream_class: type, traced_class: type) -> Any:
     """The first attempt, sent at once; the call's loop goes on from it unless it ends the call."""
-    response = None
+    response = failure = None
+    ends = False
     try:
         response = wrapped(fast.request)
         ends = fast.ends_call(response)
@@ -98,23 +99,19 @@ def _fast_sync(fast: FastAttempt, wrapped: Callable[..., Any], stream_class: typ
     except fast.lib.TransportError as exc:
         if response is not None:
             response.close()
-        call = fast.hand_over()
-        return call.run(
-            partial(_exchange_sync, call, wrapped, stream_class),
-            _close,
-            partial(_hand_back, call, traced_class),
-            resume=partial(_failed, call, exc),
-        )
+            response = None
+        failure = exc  # judged by the loop, outside this handler: its errors are not chained to it
     except BaseException:
         if response is not None:
             response.close()
         fast.abort()
         raise
     if ends:
-        return fast.answered(response)
+        return fast.answered(response)  # out of the handlers above: the node slot is given back once
     call = fast.hand_over()
     exchange = partial(_exchange_sync, call, wrapped, stream_class)
-    return call.run(exchange, _close, partial(_hand_back, call, traced_class), resume=partial(exchange, sent=response))
+    resume = partial(exchange, sent=response) if failure is None else partial(_failed, call, failure)
+    return call.run(exchange, _close, partial(_hand_back, call, traced_class), resume)
 
 
 def _failed(call: HttpxCall, exc: BaseException, action: Send) -> Exchange:
@@ -194,7 +191,8 @@ def _async_wrapper(lib: ModuleType) -> Callable[..., Any]:
 
 async def _fast_async(fast: FastAttempt, wrapped: Callable[..., Any], stream_class: type, traced_class: type) -> Any:
     """The async twin of ``_fast_sync``."""
-    response = None
+    response = failure = None
+    ends = False
     try:
         response = await wrapped(fast.request)
         ends = fast.ends_call(response)
@@ -203,13 +201,8 @@ async def _fast_async(fast: FastAttempt, wrapped: Callable[..., Any], stream_cla
     except fast.lib.TransportError as exc:
         if response is not None:
             await response.aclose()
-        call = fast.hand_over()
-        return await call.run_async(
-            partial(_exchange_async, call, wrapped, stream_class),
-            _aclose,
-            partial(_hand_back, call, traced_class),
-            resume=partial(_failed_async, call, exc),
-        )
+            response = None
+        failure = exc
     except BaseException:
         if response is not None:
             await response.aclose()
@@ -219,9 +212,8 @@ async def _fast_async(fast: FastAttempt, wrapped: Callable[..., Any], stream_cla
         return fast.answered(response)
     call = fast.hand_over()
     exchange = partial(_exchange_async, call, wrapped, stream_class)
-    return await call.run_async(
-        exchange, _aclose, partial(_hand_back, call, traced_class), resume=partial(exchange, sent=response)
-    )
+    resume = partial(exchange, sent=response) if failure is None else partial(_failed_async, call, failure)
+    return await call.run_async(exchange, _aclose, partial(_hand_back, call, traced_class), resume)
 
 
 async def _failed_async(call: HttpxCall, exc: BaseException, action: Send) -> Exchange:
