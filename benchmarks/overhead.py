@@ -10,8 +10,10 @@ With --tracing, an OpenTelemetry SDK tracer provider (spans processed, not expor
 is active for both sides: the target is then at most +100 us per call. Without it, no
 OpenTelemetry module is imported at all, so tracing costs nothing.
 
-The last line compares CPU time spent in this process per call (best block of each side),
-which machine load disturbs far less than wall time.
+The cpu lines compare CPU time spent in this process per call, which machine load disturbs
+far less than wall time: the best block of each side, and the median of the per-round
+differences. More rounds of smaller blocks (--rounds 100) put the two sides of each pair
+closer in time, and are steadier on a shared machine than a few long blocks.
 
 With --compare-otel (implies --tracing), a third side runs the direct call under
 OpenTelemetry's own openai-v2 and httpx instrumentations, for the cost they add.
@@ -212,6 +214,11 @@ def instructions(side: str, node_url: str, tracing: bool, processor: str) -> flo
     return (counts[1] - counts[0]) / 300
 
 
+def paired_cpu(side: list[float], direct: list[float]) -> float:
+    """The median of one side's per-round CPU time per call less the same round's direct block's, in us."""
+    return statistics.median(s - d for s, d in zip(side, direct, strict=True)) * 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=2000, help="calls per side in all")
@@ -301,9 +308,12 @@ def main() -> None:
         f"paired through - direct: {difference:+.0f} us  x{(base + difference) / base:.3f}"
         f"  (median of per-round differences; target {target})"
     )
-    # CPU time is steadier than wall time on a shared machine: the best block of each side.
+    # CPU time is steadier than wall time on a shared machine: the best block of each side, and
+    # the median of the per-round differences (the steadiest figure: see --rounds in the README).
     d, t = min(direct_cpu) * 1e6, min(through_cpu) * 1e6
     print(f"cpu    direct {d:8.0f} us  through {t:8.0f} us  {t - d:+6.0f} us  x{t / d:.3f}  (best block, this process)")
+    difference = paired_cpu(through_cpu, direct_cpu)
+    print(f"paired cpu through - direct: {difference:+.0f} us  (median of per-round differences)")
     for name, times in extra_times.items():
         d, o = statistics.median(direct_times) * 1e6, statistics.median(times) * 1e6
         print(f"{name:<6} direct {d:8.0f} us  {name:<8} {o:8.0f} us  {o - d:+6.0f} us  x{o / d:.3f}  (median)")
@@ -311,6 +321,7 @@ def main() -> None:
         print(f"{name:<6} direct {d:8.0f} us  {name:<8} {o:8.0f} us  {o - d:+6.0f} us  x{o / d:.3f}  (cpu, best block)")
         difference = statistics.median(extra_paired[name]) * 1e6
         print(f"paired {name} - direct: {difference:+.0f} us  (median of per-round differences)")
+        print(f"paired cpu {name} - direct: {paired_cpu(extra_cpu[name], direct_cpu):+.0f} us")
     if counted is not None:
         d = counted.pop("direct")
         for side, t in counted.items():
