@@ -493,3 +493,40 @@ def test_a_first_attempt_that_fails_is_handed_to_the_loop_once(
         assert budget_counts() == (2, 0)  # a refused connection cost the gateway nothing: no budget
     runtime = current()
     assert runtime is not None and all(node.in_flight == 0 for node in runtime.pool.nodes)
+
+
+def test_an_error_before_the_first_attempt_is_sent_frees_its_node_slot(
+    gateway: GatewaySimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from yibu_middleware.hooks import httpx_fast
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("the request could not be built")
+
+    install_for(gateway)
+    monkeypatch.setattr(httpx_fast, "clone_request", broken)
+    with pytest.raises(RuntimeError, match="could not be built"):
+        chat(openai.OpenAI(api_key=OPENAI_KEY, max_retries=0))
+    runtime = current()
+    assert runtime is not None and all(node.in_flight == 0 for node in runtime.pool.nodes)
+    assert gateway.records == []
+
+
+def test_a_refused_first_attempt_keeps_no_exception_alive(gateway: GatewaySimulator) -> None:
+    """The failure is handed to the loop as plain data: no reference cycle holds the transport
+    error, its frames and the request (gateway key included) until a garbage collection."""
+    import gc
+
+    gateway.set_faults("a", refuse=True)
+    install_for(gateway, pin=gateway.node("a").base_url)
+    client = openai.OpenAI(api_key=OPENAI_KEY, max_retries=0)
+    chat(client)
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(3):
+            chat(client)
+        alive = [found for found in gc.get_objects() if isinstance(found, httpx2.ConnectError)]
+    finally:
+        gc.enable()
+    assert alive == [] and [r.node for r in gateway.records].count("a") == 0

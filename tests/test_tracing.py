@@ -204,6 +204,22 @@ def test_cancelled_call_ends_its_span_as_cancelled(gateway: GatewaySimulator) ->
     assert span.status.status_code is StatusCode.ERROR and (span.attributes or {})["error.type"] == "cancelled"
 
 
+def test_an_error_before_the_first_attempt_is_sent_ends_the_span(
+    gateway: GatewaySimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from yibu_middleware.hooks import httpx_fast
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("the request could not be built")
+
+    install_for(gateway)
+    monkeypatch.setattr(httpx_fast, "clone_request", broken)
+    with pytest.raises(RuntimeError):
+        openai.OpenAI(api_key=OPENAI_KEY, max_retries=0).chat.completions.create(model="m", messages=MESSAGES)  # type: ignore[arg-type]
+    (span,) = genai_spans()
+    assert span.end_time is not None and (span.attributes or {})["error.type"] == "cancelled"
+
+
 def metric_counts() -> dict[str, int]:
     data = READER.get_metrics_data()
     counts: dict[str, int] = {}

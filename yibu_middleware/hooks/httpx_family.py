@@ -36,7 +36,7 @@ from ..core.plan import Deliver, GiveUp, Send
 from ..core.sse import StreamWatch
 from ..runtime import current
 from .base import Hook
-from .call import Commit, Exchange
+from .call import Commit, Exchange, Failure
 from .httpx_call import HttpxCall
 from .httpx_fast import FastAttempt, first_attempt
 
@@ -90,33 +90,34 @@ def _sync_wrapper(lib: ModuleType) -> Callable[..., Any]:
 def _fast_sync(fast: FastAttempt, wrapped: Callable[..., Any], stream_class: type, traced_class: type) -> Any:
     """The first attempt, sent at once; the call's loop goes on from it unless it ends the call."""
     response = failure = None
-    ends = False
     try:
         response = wrapped(fast.request)
         ends = fast.ends_call(response)
         if ends and fast.telemetry is not None:
             response.read()  # for its usage, as the SDK would read it at once anyway
     except fast.lib.TransportError as exc:
-        if response is not None:
-            response.close()
-            response = None
-        failure = exc  # judged by the loop, outside this handler: its errors are not chained to it
+        call = fast.hand_over()
+        failure = call.failure(exc)  # plain data: the exception and its frames go with this handler
     except BaseException:
+        fast.abort()  # before closing, which may raise too
         if response is not None:
             response.close()
-        fast.abort()
         raise
-    if ends:
-        return fast.answered(response)  # out of the handlers above: the node slot is given back once
-    call = fast.hand_over()
+    else:
+        if ends:
+            return fast.answered(response)  # out of the handlers: its node slot is given back once
+        call = fast.hand_over()
     exchange = partial(_exchange_sync, call, wrapped, stream_class)
-    resume = partial(exchange, sent=response) if failure is None else partial(_failed, call, failure)
+    resume = partial(exchange, sent=response) if failure is None else partial(_failed, failure, response)
     return call.run(exchange, _close, partial(_hand_back, call, traced_class), resume)
 
 
-def _failed(call: HttpxCall, exc: BaseException, action: Send) -> Exchange:
-    """The exchange of an attempt that raised ``exc``, a transport error, before it was judged."""
-    return Exchange(action, None, 0, call.failure(exc))
+def _failed(failure: Failure, broken: Any, action: Send) -> Exchange:
+    """The exchange of an attempt whose transport failed; ``broken``: a response it was reading,
+    closed here, inside the loop (which frees the node slot if closing raises)."""
+    if broken is not None:
+        broken.close()
+    return Exchange(action, None, 0, failure)
 
 
 def _close(response: Any) -> None:
@@ -192,32 +193,33 @@ def _async_wrapper(lib: ModuleType) -> Callable[..., Any]:
 async def _fast_async(fast: FastAttempt, wrapped: Callable[..., Any], stream_class: type, traced_class: type) -> Any:
     """The async twin of ``_fast_sync``."""
     response = failure = None
-    ends = False
     try:
         response = await wrapped(fast.request)
         ends = fast.ends_call(response)
         if ends and fast.telemetry is not None:
             await response.aread()
     except fast.lib.TransportError as exc:
-        if response is not None:
-            await response.aclose()
-            response = None
-        failure = exc
+        call = fast.hand_over()
+        failure = call.failure(exc)
     except BaseException:
+        fast.abort()
         if response is not None:
             await response.aclose()
-        fast.abort()
         raise
-    if ends:
-        return fast.answered(response)
-    call = fast.hand_over()
+    else:
+        if ends:
+            return fast.answered(response)
+        call = fast.hand_over()
     exchange = partial(_exchange_async, call, wrapped, stream_class)
-    resume = partial(exchange, sent=response) if failure is None else partial(_failed_async, call, failure)
+    resume = partial(exchange, sent=response) if failure is None else partial(_failed_async, failure, response)
     return await call.run_async(exchange, _aclose, partial(_hand_back, call, traced_class), resume)
 
 
-async def _failed_async(call: HttpxCall, exc: BaseException, action: Send) -> Exchange:
-    return _failed(call, exc, action)
+async def _failed_async(failure: Failure, broken: Any, action: Send) -> Exchange:
+    """The async twin of ``_failed``."""
+    if broken is not None:
+        await broken.aclose()
+    return Exchange(action, None, 0, failure)
 
 
 async def _aclose(response: Any) -> None:

@@ -70,8 +70,8 @@ class FastAttempt:
         came in (``perf_counter``)."""
         self.lib, self.runtime, self.route, self.original = lib, runtime, route, original
         self.gateway, self.node, self.chosen_at, self.started = gateway, node, chosen_at, started
+        self.telemetry: CallTelemetry | None = None
         try:
-            self.telemetry: CallTelemetry | None
             self.telemetry, self.trace_headers = start_tracing(gateway, runtime, None)
             runtime.ensure_health_checker()
             extensions = original.extensions
@@ -86,7 +86,7 @@ class FastAttempt:
             url, netloc = node_url(lib, node, gateway.path, gateway.query)
             self.request = clone_request(lib, original, url, netloc, extensions, gateway, self.trace_headers)
         except BaseException:
-            self._release()  # nothing was sent: the node slot first_node took is given back
+            self.abort()  # nothing was sent: the node slot first_node took is given back, the span ended
             raise
 
     def ends_call(self, response: Any) -> bool:
@@ -117,16 +117,17 @@ class FastAttempt:
         """The call's loop, going on from this attempt: its ``plan.start()`` is this attempt,
         to be judged (its response or transport error passed to ``run`` as ``resume``)."""
         under_way = UnderWay(self.telemetry, self.trace_headers, self.started, self.node, self.chosen_at)
-        return HttpxCall(self.lib, self.runtime, self.original, self.route, self.gateway, under_way)
+        try:
+            return HttpxCall(self.lib, self.runtime, self.original, self.route, self.gateway, under_way)
+        except BaseException:
+            self.abort()  # no loop took the attempt over
+            raise
 
     def abort(self) -> None:
         """Interrupted (cancelled, or an error we do not handle): as ``Call.abort``."""
-        self._release()
+        self.runtime.pool.finished(self.node, None, None, chosen_at=self.chosen_at)
         if self.telemetry is not None:
             self.telemetry.finish(error_type="cancelled")
-
-    def _release(self) -> None:
-        self.runtime.pool.finished(self.node, None, None, chosen_at=self.chosen_at)
 
 
 def first_attempt(
