@@ -29,11 +29,15 @@ header as ours, the answer read for its usage; no routing, key swap, retries or 
 It is the least any hook that traces each call must add: what is left of the +100 us target
 for everything else is the target less its cost.
 
+With --otel-api, the OpenTelemetry API is imported on both sides (as many libraries import
+it) but no SDK is set: spans are non-recording, and tracing must cost nothing measurable
+(compare with the same run without the flag).
+
 With --processor batch, the SDK's BatchSpanProcessor (what production setups use) takes
 the place of the SimpleSpanProcessor, which exports each span on the caller's thread.
 
 Usage: python benchmarks/overhead.py [--calls 2000] [--rounds 5] [--tracing] [--processor simple|batch]
-                                     [--compare-otel] [--span-floor] [--instructions]
+                                     [--compare-otel] [--span-floor] [--otel-api] [--instructions]
 """
 
 from __future__ import annotations
@@ -189,7 +193,7 @@ def child(side: str, calls: int, node_url: str) -> None:
         timed_calls(client, 20 + calls)
 
 
-def instructions(side: str, node_url: str, tracing: bool, processor: str) -> float:
+def instructions(side: str, node_url: str, tracing: bool, processor: str, otel_api: bool) -> float:
     """Instructions per call on one side: (400 calls - 100 calls) / 300, so start-up cancels out."""
     counts = []
     for calls in (100, 400):
@@ -201,6 +205,7 @@ def instructions(side: str, node_url: str, tracing: bool, processor: str) -> flo
                 "--callgrind-out-file=/dev/null",
                 *command,
                 *(["--tracing", "--processor", processor] if tracing else []),
+                *(["--otel-api"] if otel_api else []),
             ],
             env={**os.environ, "PYTHONHASHSEED": "0"},
             capture_output=True,
@@ -237,12 +242,17 @@ def main() -> None:
     parser.add_argument(
         "--span-floor", action="store_true", help="also a transport that adds one span per call and nothing else"
     )
+    parser.add_argument(
+        "--otel-api", action="store_true", help="the OpenTelemetry API imported, no SDK (non-recording spans)"
+    )
     parser.add_argument("--child", choices=("direct", "through", "otel", "floor"), help=argparse.SUPPRESS)
     parser.add_argument("--node", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.tracing = args.tracing or args.compare_otel or args.span_floor
     if args.tracing:
         enable_tracing(args.processor)
+    elif args.otel_api:
+        import opentelemetry.trace  # noqa: F401  (imported as a library would; no provider set)
     if args.child:
         child(args.child, args.calls, args.node)
         return
@@ -290,7 +300,7 @@ def main() -> None:
                 extra_paired[name].append(statistics.median(block) - statistics.median(direct_block))
         counted = (
             {
-                side: instructions(side, node_url, args.tracing, args.processor)
+                side: instructions(side, node_url, args.tracing, args.processor, args.otel_api)
                 for side in ("direct", "through", *extras)
             }
             if args.instructions
@@ -300,6 +310,8 @@ def main() -> None:
         process.terminate()
         process.wait()
     target = "+100 us with tracing" if args.tracing else "x1.10"
+    if args.otel_api and not args.tracing:
+        target += "; compare with a run without --otel-api"
     for name, pick in (("median", statistics.median), ("mean", statistics.fmean)):
         d, t = pick(direct_times) * 1e6, pick(through_times) * 1e6
         print(f"{name:<6} direct {d:8.0f} us  through {t:8.0f} us  {t - d:+6.0f} us  x{t / d:.3f}  (target {target})")
