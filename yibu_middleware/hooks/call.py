@@ -122,8 +122,10 @@ class Call:
         # carry media. Any other call skips the checks.
         rules = runtime.rules
         self._parsed = ParsedBody(body) if rules.allowed or needs_document(body, rules) else None
-        self.gateway: GatewayRequest = prepared or prepare(
-            route, method, path, query, headers, body, runtime.gateway_key, runtime.aliases, self._parsed
+        self.gateway: GatewayRequest = (
+            prepared
+            if prepared is not None
+            else prepare(route, method, path, query, headers, body, runtime.gateway_key, runtime.aliases, self._parsed)
         )
         self.permit: Permit | None = None  # the client-side limits' admission, given back in finish()
         if under_way is None:  # else the fast path did this
