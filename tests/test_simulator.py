@@ -395,6 +395,15 @@ def test_status_override(sim: GatewaySimulator) -> None:
     assert [(r.status, r.fault) for r in sim.records] == [(403, "status_override"), (400, "status_override")]
 
 
+def test_status_override_with_a_plain_text_body(sim: GatewaySimulator) -> None:
+    sim.set_faults("healthy", status_override=502, status_text="Bad gateway, as a proxy page says it")
+    answer = httpx.post(sim.node("healthy").base_url + "/chat/completions", json={"model": "m"})
+    assert answer.status_code == 502 and answer.headers["content-type"] == "text/plain"
+    assert answer.text == "Bad gateway, as a proxy page says it"
+    with pytest.raises(ValueError, match="status_text"):
+        NodeFaults(status_override=200, status_text="words", status_body={"a": 1}).validate()
+
+
 def test_unknown_path_and_method(sim: GatewaySimulator) -> None:
     headers = {"authorization": f"Bearer {KEY}"}
     base = sim.node("healthy").base_url

@@ -352,3 +352,25 @@ def test_answer_facts_are_the_same_with_or_without_orjson(body: bytes, monkeypat
     assert genai._fast_loads is not None and genai._fast_loads is not genai._unresolved  # orjson was used
     monkeypatch.setattr(genai, "_fast_loads", None)
     assert facts() == with_orjson
+
+
+def test_a_traced_answer_that_is_not_json_ends_its_span_when_its_body_is_read(gateway: GatewaySimulator) -> None:
+    """Its usage cannot be read whole up front: the fast path hands it to the loop, whose traced
+    body ends the span once the app has read it (and not before)."""
+    gateway.set_faults("a", status_override=200, status_text="plain words, not JSON")
+    install_for(gateway, pin=gateway.node("a").base_url)
+    with (
+        httpx2.Client() as client,
+        client.stream(
+            "POST",
+            "https://api.openai.com/v1/chat/completions",
+            json={"model": "gpt-4o-mini", "messages": MESSAGES},
+            headers={"Authorization": f"Bearer {OPENAI_KEY}"},
+        ) as response,
+    ):
+        assert response.status_code == 200 and genai_spans() == []  # not read yet: the span is open
+        assert response.read() == b"plain words, not JSON"
+    (span,) = genai_spans()
+    attributes = dict(span.attributes or {})
+    assert attributes["server.port"] == gateway.node("a").port and "error.type" not in attributes
+    assert "gen_ai.usage.input_tokens" not in attributes

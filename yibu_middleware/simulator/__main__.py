@@ -17,8 +17,8 @@ from typing import Any
 from .faults import FAULT_FIELDS, NodeFaults
 from .server import _NAME_RE, GatewaySimulator, Record
 
-# Field -> parser of its command-line value. status_body (a JSON object) is left out: its commas would
-# clash with the field separator, and tests set it from Python.
+# Field -> parser of its command-line value. status_body (a JSON object) and status_text are left out: commas would
+# clash with the field separator, and tests set them from Python.
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "latency": float,
     "latency_jitter": float,

@@ -52,6 +52,9 @@ class NodeFaults:
     """Answer every request with this status (and ``status_body`` if given), even before the key check."""
     status_body: dict[str, Any] | None = None
     """JSON body for ``status_override``; None = an error body in the provider's format."""
+    status_text: str | None = None
+    """A ``text/plain`` body for ``status_override`` instead of a JSON one (a gateway's page that is not
+    JSON, whatever its status)."""
     seed: int = 0
     """Seed of the node's own random generator, so error/rate-limit draws are reproducible."""
 
@@ -81,6 +84,8 @@ class NodeFaults:
             raise ValueError(f"status_override must be None or an HTTP status, got {self.status_override!r}")
         if self.status_body is not None and not isinstance(self.status_body, dict):
             raise ValueError("status_body must be None or a dict")
+        if self.status_text is not None and (not isinstance(self.status_text, str) or self.status_body is not None):
+            raise ValueError("status_text must be None or a str, and not set with status_body")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
 

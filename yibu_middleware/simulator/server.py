@@ -487,6 +487,9 @@ class GatewaySimulator:
             fault = "latency"
             await asyncio.sleep(delay)
 
+        if faults.status_override is not None and faults.status_text is not None:
+            text = faults.status_text.encode()
+            return await self._send_body(ctx, writer, faults.status_override, text, "text/plain", "status_override")
         if faults.status_override is not None:
             status = faults.status_override
             payload = (
@@ -611,10 +614,19 @@ class GatewaySimulator:
         fault: str | None,
         headers: Sequence[tuple[str, str]] = (),
     ) -> bool:
-        data = responses.dumps(payload)
-        head = self._head(
-            ctx, status, [("content-type", "application/json"), ("content-length", str(len(data))), *headers]
-        )
+        return await self._send_body(ctx, writer, status, responses.dumps(payload), "application/json", fault, headers)
+
+    async def _send_body(
+        self,
+        ctx: _Ctx,
+        writer: asyncio.StreamWriter,
+        status: int,
+        data: bytes,
+        content_type: str,
+        fault: str | None,
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> bool:
+        head = self._head(ctx, status, [("content-type", content_type), ("content-length", str(len(data))), *headers])
         self._record(ctx, status, fault)
         writer.write(head + data)
         await writer.drain()
