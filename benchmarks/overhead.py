@@ -16,12 +16,16 @@ differences. More rounds of smaller blocks (--rounds 100) put the two sides of e
 closer in time, and are steadier on a shared machine than a few long blocks.
 
 With --compare-otel (implies --tracing), a third side runs the direct call under
-OpenTelemetry's own openai-v2 and httpx instrumentations, for the cost they add.
+OpenTelemetry's own openai-v2 and httpx instrumentations, for the cost they add. The httpx
+one patches httpx, not httpx2 (which openai 3 sends with): it adds no span here, so this
+side makes one span per call, openai-v2's.
 
 With --instructions, each side also runs alone under valgrind's callgrind, twice
 (100 and 400 calls), and the difference gives instructions per call: a count that
 machine load does not move, to read next to the times. With --compare-otel, the third
-side (OpenTelemetry's instrumentations) is counted too.
+side (OpenTelemetry's instrumentations) is counted too. With tracing on, the direct and
+through sides are also counted without it, which splits what ours adds into its routing
+and its tracing: the latter is the part to compare with the span floor.
 
 With --span-floor (implies --tracing), a fourth side runs the direct call through a transport
 that adds one span per call and does nothing else: the same name, attributes and traceparent
@@ -116,7 +120,8 @@ def enable_tracing(processor: str = "simple") -> None:
 
 @contextlib.contextmanager
 def otel_instrumentations() -> Iterator[None]:
-    """OpenTelemetry's own openai-v2 and httpx instrumentations, on for the block only."""
+    """OpenTelemetry's own openai-v2 and httpx instrumentations, on for the block only (the
+    httpx one does not see httpx2, the SDK's client: one span per call, openai-v2's)."""
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
     from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor
 
@@ -306,6 +311,13 @@ def main() -> None:
             if args.instructions
             else None
         )
+        # With tracing, the same two sides without it: what ours adds splits into its routing
+        # (the untraced difference) and its tracing (the rest), the part to set beside the floor.
+        untraced = (
+            {side: instructions(side, node_url, False, args.processor, args.otel_api) for side in ("direct", "through")}
+            if args.instructions and args.tracing
+            else None
+        )
     finally:
         process.terminate()
         process.wait()
@@ -342,6 +354,13 @@ def main() -> None:
             print(
                 f"instr  direct {d:8.0f}     {side:<8} {t:8.0f}     x{t / d:.3f}  {t - d:+8.0f} per call"
                 f"  (~{scaled:+.0f} us at the direct median)"
+            )
+        if untraced is not None:
+            routing = untraced["through"] - untraced["direct"]
+            tracing = counted["through"] - d - routing
+            print(
+                f"instr  ours = routing {routing:+.0f} (untraced through - direct) + tracing {tracing:+.0f} per call"
+                + (f"; the floor's span: {counted['floor'] - d:+.0f}" if "floor" in counted else "")
             )
 
 
