@@ -33,6 +33,12 @@ header as ours, the answer read for its usage; no routing, key swap, retries or 
 It is the least any hook that traces each call must add: what is left of the +100 us target
 for everything else is the target less its cost.
 
+With --redirect-floor (implies --tracing), a fifth side adds to that floor the least a
+redirecting hook does: the client is made for api.openai.com, like ours, and its transport
+points each request at the node and puts the gateway key in its Authorization header. No
+node choice, retry budget, timeouts or policy. It is the least any hook that both redirects
+and traces each call must add.
+
 With --otel-api, the OpenTelemetry API is imported on both sides (as many libraries import
 it) but no SDK is set: spans are non-recording, and tracing must cost nothing measurable
 (compare with the same run without the flag).
@@ -41,7 +47,8 @@ With --processor batch, the SDK's BatchSpanProcessor (what production setups use
 the place of the SimpleSpanProcessor, which exports each span on the caller's thread.
 
 Usage: python benchmarks/overhead.py [--calls 2000] [--rounds 5] [--tracing] [--processor simple|batch]
-                                     [--compare-otel] [--span-floor] [--otel-api] [--instructions]
+                                     [--compare-otel] [--span-floor] [--redirect-floor] [--otel-api]
+                                     [--instructions]
 """
 
 from __future__ import annotations
@@ -138,16 +145,24 @@ def direct_client(node_url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=node_url, api_key=KEY, max_retries=0)
 
 
-def span_floor_client(node_url: str) -> openai.OpenAI:
-    """The direct client, its transport adding one span per call and nothing else (see --span-floor)."""
+def span_floor_client(node_url: str, redirect: bool = False) -> openai.OpenAI:
+    """The direct client, its transport adding one span per call and nothing else (see --span-floor);
+    with ``redirect``, a client for api.openai.com whose transport also points each request at the
+    node with the gateway key, and nothing more (see --redirect-floor)."""
     import httpx2
     from opentelemetry import trace
     from opentelemetry.trace import SpanKind
 
     tracer = trace.get_tracer("benchmarks.span_floor")
 
+    node = httpx2.URL(node_url)
+
     class SpanOnly(httpx2.HTTPTransport):
         def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+            if redirect:
+                # The path keeps its /v1: the node URL's own /v1 is replaced, not doubled.
+                request.url = node.copy_with(raw_path=request.url.raw_path)
+                request.headers["authorization"] = f"Bearer {KEY}"
             started_with = {
                 "gen_ai.operation.name": "chat",
                 "gen_ai.provider.name": "openai",
@@ -175,6 +190,8 @@ def span_floor_client(node_url: str) -> openai.OpenAI:
             return response
 
     http_client = openai.DefaultHttpxClient(transport=SpanOnly())
+    if redirect:
+        return openai.OpenAI(api_key="sk-proj-provider-key-not-real-000000", max_retries=0, http_client=http_client)
     return openai.OpenAI(base_url=node_url, api_key=KEY, max_retries=0, http_client=http_client)
 
 
@@ -193,7 +210,10 @@ def child(side: str, calls: int, node_url: str) -> None:
         yibu_middleware.install(settings)
         timed_calls(client, 20 + calls)
         return
-    client = span_floor_client(node_url) if side == "floor" else direct_client(node_url)
+    if side in ("floor", "redirect"):
+        client = span_floor_client(node_url, redirect=side == "redirect")
+    else:
+        client = direct_client(node_url)
     with otel_instrumentations() if side == "otel" else contextlib.nullcontext():
         timed_calls(client, 20 + calls)
 
@@ -248,12 +268,17 @@ def main() -> None:
         "--span-floor", action="store_true", help="also a transport that adds one span per call and nothing else"
     )
     parser.add_argument(
+        "--redirect-floor",
+        action="store_true",
+        help="also a transport that adds one span per call and redirects it to the node with the gateway key",
+    )
+    parser.add_argument(
         "--otel-api", action="store_true", help="the OpenTelemetry API imported, no SDK (non-recording spans)"
     )
-    parser.add_argument("--child", choices=("direct", "through", "otel", "floor"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("direct", "through", "otel", "floor", "redirect"), help=argparse.SUPPRESS)
     parser.add_argument("--node", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    args.tracing = args.tracing or args.compare_otel or args.span_floor
+    args.tracing = args.tracing or args.compare_otel or args.span_floor or args.redirect_floor
     if args.tracing:
         enable_tracing(args.processor)
     elif args.otel_api:
@@ -283,6 +308,8 @@ def main() -> None:
             extras["otel"] = (direct, otel_instrumentations)
         if args.span_floor:
             extras["floor"] = (span_floor_client(node_url), contextlib.nullcontext)
+        if args.redirect_floor:
+            extras["redirect"] = (span_floor_client(node_url, redirect=True), contextlib.nullcontext)
         extra_times: dict[str, list[float]] = {name: [] for name in extras}
         extra_cpu: dict[str, list[float]] = {name: [] for name in extras}
         extra_paired: dict[str, list[float]] = {name: [] for name in extras}
