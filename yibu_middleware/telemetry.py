@@ -1,7 +1,8 @@
 """OpenTelemetry spans and metrics for redirected GenAI calls (opentelemetry-api only).
 
 One CLIENT span per logical call (not per attempt), named ``{operation} {model}``, with
-the GenAI semantic conventions v1.41; each attempt is an event on it. For a response
+the GenAI semantic conventions v1.41; each attempt of a call that was retried is an event
+on it (a call answered at its first attempt needs none: the span itself tells it). For a response
 the span ends when its body has been read or closed (a stream's end, not its
 headers), so it carries the usage and the time to the first chunk. The app brings
 the SDK and exporters; with none configured, the API hands out non-recording spans
