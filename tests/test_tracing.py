@@ -343,15 +343,38 @@ def test_gateway_quota_refusal_is_on_the_span(gateway: GatewaySimulator) -> None
 def test_answer_facts_are_the_same_with_or_without_orjson(body: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
     from yibu_middleware.core import genai
 
+    large = b" " * genai._FAST_FROM + body  # leading whitespace: the same document, large enough for orjson
+
     def facts() -> tuple[object, ...]:
         read = genai.ResponseFacts()
-        read.read_body(body)
+        read.read_body(large)
         return read.response_id, read.model, read.finish_reasons, read.input_tokens, read.output_tokens
 
     with_orjson = facts()
     assert genai._fast_loads is not None and genai._fast_loads is not genai._unresolved  # orjson was used
     monkeypatch.setattr(genai, "_fast_loads", None)
     assert facts() == with_orjson
+
+
+def test_only_large_answers_are_decoded_with_orjson(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small answer goes to the standard decoder, whose code the SDK keeps warm; orjson's
+    would be cold by each answer (see ``_FAST_FROM``)."""
+    from yibu_middleware.core import genai
+
+    decoded: list[int] = []
+
+    def fast(data: bytes) -> object:
+        decoded.append(len(data))
+        return json.loads(data)
+
+    monkeypatch.setattr(genai, "_fast_loads", fast)
+    small = b'{"id":"chatcmpl-1","usage":{"prompt_tokens":5,"completion_tokens":7}}'
+    large = small[:-1] + b',"padding":"' + b"x" * genai._FAST_FROM + b'"}'
+    for body in (small, large):
+        read = genai.ResponseFacts()
+        read.read_body(body)
+        assert (read.response_id, read.input_tokens, read.output_tokens) == ("chatcmpl-1", 5, 7)
+    assert decoded == [len(large)]
 
 
 def test_a_traced_answer_that_is_not_json_ends_its_span_when_its_body_is_read(gateway: GatewaySimulator) -> None:
