@@ -25,7 +25,11 @@ With --instructions, each side also runs alone under valgrind's callgrind, twice
 machine load does not move, to read next to the times. With --compare-otel, the third
 side (OpenTelemetry's instrumentations) is counted too. With tracing on, the direct and
 through sides are also counted without it, which splits what ours adds into its routing
-and its tracing: the latter is the part to compare with the span floor.
+and its tracing: the latter is the part to compare with the span floor. With --cache-sim as
+well, callgrind simulates the caches (see CACHES) and each side's last-level misses per call
+are printed too: code and data that only our side touches are cold again by the time the next
+call comes (the SDK's own work in between evicts them). On this machine those misses explain
+most of the gap between what a side's instructions predict and what it costs in time.
 
 With --span-floor (implies --tracing), a fourth side runs the direct call through a transport
 that adds one span per call and does nothing else: the same name, attributes and traceparent
@@ -48,7 +52,7 @@ the place of the SimpleSpanProcessor, which exports each span on the caller's th
 
 Usage: python benchmarks/overhead.py [--calls 2000] [--rounds 5] [--tracing] [--processor simple|batch]
                                      [--compare-otel] [--span-floor] [--redirect-floor] [--otel-api]
-                                     [--instructions]
+                                     [--instructions [--cache-sim]]
 """
 
 from __future__ import annotations
@@ -218,9 +222,17 @@ def child(side: str, calls: int, node_url: str) -> None:
         timed_calls(client, 20 + calls)
 
 
-def instructions(side: str, node_url: str, tracing: bool, processor: str, otel_api: bool) -> float:
-    """Instructions per call on one side: (400 calls - 100 calls) / 300, so start-up cancels out."""
-    counts = []
+# Simulated caches for --cache-sim: this machine's 32 KiB first level, and a 1 MiB last level
+# (half its L2), which the SDK's own work between two of our visits more than fills.
+CACHES = ["--cache-sim=yes", "--I1=32768,8,64", "--D1=32768,8,64", "--LL=1048576,16,64"]
+
+
+def instructions(
+    side: str, node_url: str, tracing: bool, processor: str, otel_api: bool, cache_sim: bool = False
+) -> tuple[float, float]:
+    """Instructions per call on one side: (400 calls - 100 calls) / 300, so start-up cancels out;
+    and with ``cache_sim``, last-level cache misses per call the same way (else 0)."""
+    counts, misses = [], []
     for calls in (100, 400):
         command = [sys.executable, __file__, "--child", side, "--calls", str(calls), "--node", node_url]
         result = subprocess.run(
@@ -228,6 +240,7 @@ def instructions(side: str, node_url: str, tracing: bool, processor: str, otel_a
                 "valgrind",
                 "--tool=callgrind",
                 "--callgrind-out-file=/dev/null",
+                *(CACHES if cache_sim else []),
                 *command,
                 *(["--tracing", "--processor", processor] if tracing else []),
                 *(["--otel-api"] if otel_api else []),
@@ -241,7 +254,11 @@ def instructions(side: str, node_url: str, tracing: bool, processor: str, otel_a
         if not found:
             raise SystemExit("could not read callgrind's instruction count")
         counts.append(int(found.group(1)))
-    return (counts[1] - counts[0]) / 300
+        missed = re.search(r"LL misses:\s+([\d,]+)", result.stderr)
+        if cache_sim and not missed:
+            raise SystemExit("could not read callgrind's cache misses")
+        misses.append(int(missed.group(1).replace(",", "")) if missed else 0)
+    return (counts[1] - counts[0]) / 300, (misses[1] - misses[0]) / 300
 
 
 def paired_cpu(side: list[float], direct: list[float]) -> float:
@@ -261,6 +278,9 @@ def main() -> None:
         help="the SDK's span processor with --tracing (default: simple, each span exported as it ends)",
     )
     parser.add_argument("--instructions", action="store_true", help="also count instructions with callgrind")
+    parser.add_argument(
+        "--cache-sim", action="store_true", help="with --instructions, also count last-level cache misses"
+    )
     parser.add_argument(
         "--compare-otel", action="store_true", help="also OpenTelemetry's openai-v2 + httpx instrumentations"
     )
@@ -332,7 +352,7 @@ def main() -> None:
                 extra_paired[name].append(statistics.median(block) - statistics.median(direct_block))
         counted = (
             {
-                side: instructions(side, node_url, args.tracing, args.processor, args.otel_api)
+                side: instructions(side, node_url, args.tracing, args.processor, args.otel_api, args.cache_sim)
                 for side in ("direct", "through", *extras)
             }
             if args.instructions
@@ -341,7 +361,10 @@ def main() -> None:
         # With tracing, the same two sides without it: what ours adds splits into its routing
         # (the untraced difference) and its tracing (the rest), the part to set beside the floor.
         untraced = (
-            {side: instructions(side, node_url, False, args.processor, args.otel_api) for side in ("direct", "through")}
+            {
+                side: instructions(side, node_url, False, args.processor, args.otel_api)[0]
+                for side in ("direct", "through")
+            }
             if args.instructions and args.tracing
             else None
         )
@@ -374,20 +397,25 @@ def main() -> None:
         print(f"paired {name} - direct: {difference:+.0f} us  (median of per-round differences)")
         print(f"paired cpu {name} - direct: {paired_cpu(extra_cpu[name], direct_cpu):+.0f} us")
     if counted is not None:
-        d = counted.pop("direct")
-        for side, t in counted.items():
+        d, d_missed = counted.pop("direct")
+        for side, (t, missed) in counted.items():
             # Scaled to time with the direct side's own instructions per microsecond.
             scaled = (t - d) / d * statistics.median(direct_times) * 1e6
             print(
                 f"instr  direct {d:8.0f}     {side:<8} {t:8.0f}     x{t / d:.3f}  {t - d:+8.0f} per call"
                 f"  (~{scaled:+.0f} us at the direct median)"
             )
+            if args.cache_sim:
+                print(
+                    f"cache  direct {d_missed:8.0f}     {side:<8} {missed:8.0f}"
+                    f"     {missed - d_missed:+8.0f} last-level misses per call"
+                )
         if untraced is not None:
             routing = untraced["through"] - untraced["direct"]
-            tracing = counted["through"] - d - routing
+            tracing = counted["through"][0] - d - routing
             print(
                 f"instr  ours = routing {routing:+.0f} (untraced through - direct) + tracing {tracing:+.0f} per call"
-                + (f"; the floor's span: {counted['floor'] - d:+.0f}" if "floor" in counted else "")
+                + (f"; the floor's span: {counted['floor'][0] - d:+.0f}" if "floor" in counted else "")
             )
 
 
