@@ -3,6 +3,13 @@
 Kept tiny on purpose: the ``.pth`` start-up line imports this package in every
 Python process that has ``YIBU_ENABLED`` set, so the real work is imported only
 when ``install()`` is called.
+
+PYTEST_DONT_REWRITE: pytest marks every top-level package of a distribution with a
+``pytest11`` entry point (ours offers the ``gateway_simulator`` fixture) for assertion
+rewriting, and warns when one was imported before it, as the start-up line always
+imports this one. Under ``filterwarnings = ["error"]`` that warning stops the app's test
+run. This marker is pytest's documented opt-out; the package has no test assertions to
+rewrite (the fixture's own module is imported by pytest and rewritten as usual).
 """
 
 from __future__ import annotations
