@@ -20,7 +20,7 @@ from .core.plan import Hedging, RetryPolicy
 from .core.policy import Rules
 from .core.redact import redact_text
 from .core.retry import RetryBudget
-from .core.routes import Route, RouteTable
+from .core.routes import Route, RouteTable, parse_route_key
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -52,7 +52,8 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.routes = RouteTable(
-            {host: Route(host, spec.provider, spec.strip_prefix) for host, spec in settings.routes.items()}
+            Route(host, spec.provider, spec.strip_prefix, port, spec.paths)
+            for (host, port), spec in ((parse_route_key(key), spec) for key, spec in settings.routes.items())
         )
         ejection = settings.ejection
         self.pool = NodePool(

@@ -55,6 +55,21 @@ class RouteSpec(BaseModel):
         "/v1",
         description="path prefix removed before the rest is joined onto the node URL, e.g. '/v1' or '/openai/v1'",
     )
+    paths: tuple[str, ...] = Field(
+        (),
+        description="more paths routed, besides the provider's model API: gateway-side paths (after"
+        " strip_prefix), each a prefix, e.g. ['/rerank', '/beta']; ['/'] routes every path of the host",
+    )
+
+    @field_validator("paths", mode="before")
+    @classmethod
+    def _check_paths(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [value]
+        for path in value if isinstance(value, list | tuple) else ():
+            if not isinstance(path, str) or not path.startswith("/") or any(c in path for c in "?#") or "//" in path:
+                raise ValueError(f"{path!r} is not a path; expected a path such as '/rerank' (or '/' for every path)")
+        return value
 
 
 DEFAULT_ROUTES: dict[str, RouteSpec] = {
@@ -359,9 +374,12 @@ class Settings(BaseSettings):
             value = _json_value(value, 'a JSON object, e.g. {"api.deepseek.com": "openai"}')
         if not isinstance(value, Mapping):
             raise ValueError("expected a table of host = provider")
+        from .core.routes import parse_route_key, route_key
+
         merged: dict[str, Any] = dict(DEFAULT_ROUTES)
-        for host, spec in value.items():
-            host = str(host).strip().lower()
+        for key, spec in value.items():
+            # Keys are kept as DNS compares hosts (case, trailing dot, IDNA): one spelling each.
+            host = route_key(*parse_route_key(key))
             if spec is False:
                 merged.pop(host, None)
             elif isinstance(spec, str):
@@ -652,9 +670,13 @@ def _check_consistency(settings: Settings) -> None:
                     f"invalid yibu-middleware settings:\n- {setting} (from {settings.origin(setting)}): {url} is not"
                     f" one of the gateway nodes ({', '.join(nodes)}). Use a URL exactly as listed in nodes."
                 )
+    from .core.routes import DEFAULT_PORTS, canonical_host, route_key
+
     for url in settings.gateway_nodes:
-        host = (urlsplit(url).hostname or "").lower()
-        if host in settings.routes:
+        parts = urlsplit(url)
+        host = canonical_host(parts.hostname or "")
+        port = parts.port or DEFAULT_PORTS.get(parts.scheme)
+        if route_key(host, None) in settings.routes or route_key(host, port) in settings.routes:
             setting = "nodes" if settings.nodes else "base_url"
             raise ConfigError(
                 f"invalid yibu-middleware settings:\n- {setting} (from {settings.origin(setting)}): {url} is on"
