@@ -14,6 +14,11 @@ Hosts guarded: ``PROVIDER_HOSTS``, every routed host, and ``egress.extra_hosts``
 gateway node (routed calls go to the nodes, so they are never refused). Names compare as
 DNS compares them (case, trailing dot, IDNA).
 
+A bare ``sock.connect((name, port))`` is the one case refused only after the name was looked
+up: CPython resolves the name inside ``connect`` before the audit event; the connection is
+still refused. Clients (``socket.create_connection``, asyncio, httpx, urllib3, aiohttp,
+websockets) look the name up first, and are refused before any query.
+
 What an audit hook cannot see, and the guard therefore cannot stop: connections made
 outside Python's socket module (gRPC's C core, which resolves and connects in C; a C
 library's own sockets), a name resolved by such a resolver and then connected to by

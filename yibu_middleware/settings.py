@@ -271,6 +271,47 @@ class PolicySettings(BaseModel):
         return bool(self.allowed_models or self.denied_modalities or self.check_media)
 
 
+class EgressSettings(BaseModel):
+    """The egress guard: no connection to an LLM provider's host except through the gateway."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    block_unrouted_providers: bool = Field(
+        False,
+        description="refuse any connection from this process to a known LLM provider host (or a routed"
+        " host) that does not go through the gateway: a raw socket, a websocket, an unhooked client, an"
+        " unrouted path; with a PermissionError naming the host, and a warning logged",
+    )
+    extra_hosts: Annotated[list[str], NoDecode] = Field(
+        [],
+        description="more host names the guard refuses, besides the known providers and the routed hosts."
+        " Env: comma-separated or a JSON list",
+    )
+
+    @field_validator("extra_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return _json_value(text, 'a JSON list of host names, e.g. ["api.example.ai"]')
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("extra_hosts")
+    @classmethod
+    def _check_hosts(cls, value: list[str]) -> list[str]:
+        from .core.routes import parse_route_key
+
+        hosts = []
+        for item in value:
+            host, port = parse_route_key(item)
+            if port is not None:
+                raise ValueError(f"{item!r}: give a host name without a port, e.g. {host!r}")
+            hosts.append(host)
+        return hosts
+
+
 class Settings(BaseSettings):
     """Every setting of yibu-middleware. See the README's configuration reference."""
 
@@ -317,6 +358,9 @@ class Settings(BaseSettings):
     redaction: RedactionSettings = Field(RedactionSettings(), description="masking keys in logs")
     limits: LimitSettings = Field(LimitSettings(), description="client-side limits (off until a limit is set)")
     policy: PolicySettings = Field(PolicySettings(), description="client-side checks before sending")
+    egress: EgressSettings = Field(
+        EgressSettings(), description="the egress guard: refuse provider traffic that bypasses the gateway"
+    )
     log: Literal["off", "warning", "info", "debug"] = Field(
         "off",
         description="print the library's own log lines (one per redirected call at 'info') to stderr;"
