@@ -213,8 +213,6 @@ _STREAM_FLAG = re.compile(rb'"stream"\s*:\s*true')
 _MODEL = re.compile(rb'"model"\s*:\s*"((?:[^"\\]|\\.)*)"')
 # The same for a value with no escapes, the usual case: tried first.
 _PLAIN_MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]*)"')
-# A JSON string, unrolled so that long runs (base64 data) are skipped at the engine's speed.
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 # Every escape of a letter of "model" starts so (m o d e l: \u006d \u006f \u0064 \u0065 \u006c).
 _ESCAPED_LETTER = b"\\u006"
 
@@ -230,29 +228,33 @@ def read_body(
     string (the policy tells "absent" from "unreadable", ``policy.check``).
 
     Cheap in the usual case: a body with exactly one ``"model"`` key spelt plainly is
-    scanned, not parsed (a multimodal body can be megabytes). When the policy is looking
-    (``parsed`` given), that key is also checked to be at the top level, by a scan that skips
-    strings. Anything else (several ``"model"`` keys, a key spelt with ``\\u`` escapes, one
-    not at the top level) is parsed, through ``parsed`` when given so the policy reuses it.
-    The body is re-encoded only when its model is aliased. Anything that is not a JSON
-    object is forwarded untouched.
+    scanned, not parsed (a multimodal body can be megabytes). Anything else (several
+    ``"model"`` keys, or, when the policy is looking (``parsed`` given), a key that may be
+    spelt with ``\\u`` escapes) is parsed, through ``parsed`` when given so that the policy
+    reuses the parse. The one case the scan reads differently from a parse is a body whose
+    only ``"model"`` key is nested (no top-level model at all): the policy then judges that
+    name, which can only refuse a request that would have passed, never let a model through.
+    The body is re-encoded only when its model is aliased. Anything that is not a JSON object
+    is forwarded untouched.
     """
     if not body or body.lstrip()[:1] != b"{":
         return None, None, body, False
     stream = b'"stream"' in body and _STREAM_FLAG.search(body) is not None
     first = body.find(b'"model"')
-    escaped = _ESCAPED_LETTER in body
-    found = None
-    if first == -1 and not escaped:
+    # A key spelt with escapes is the gateway's "model" but not ours: only the policy must care.
+    plain = parsed is None or _ESCAPED_LETTER not in body
+    if first == -1 and plain:
         return None, None, body, stream  # no model key at all: nothing to read
-    if not escaped and body.find(b'"model"', first + 7) == -1:
-        found = _PLAIN_MODEL.match(body, first) or _MODEL.match(body, first)
-        if found is not None and parsed is not None and not _at_top_level(body, first):
-            found = None
-    if found is not None:
-        model: str | None = _decoded(found.group(1))
-        document: object = None
-    else:
+    found = None
+    if first != -1 and plain and body.find(b'"model"', first + 7) == -1:
+        found = _PLAIN_MODEL.match(body, first)
+        if found is not None:
+            model: str | None = found.group(1).decode("utf-8", "replace")
+        else:
+            found = _MODEL.match(body, first)
+            model = _decoded(found.group(1)) if found is not None else None
+    document: object = None
+    if found is None:
         document = parsed.document() if parsed is not None else _parse(body)
         if not isinstance(document, dict):
             return None, None, body, stream  # not JSON after all: forwarded as it is
@@ -291,10 +293,3 @@ def _parse(body: bytes) -> object:
         return json.loads(body)
     except (ValueError, RecursionError):
         return None
-
-
-def _at_top_level(body: bytes, position: int) -> bool:
-    """Whether ``position`` (outside any string) is directly inside the body's outer object:
-    the brackets before it, strings left out, leave exactly one open."""
-    prefix = _STRING.sub(b"", body[:position])
-    return prefix.count(b"{") + prefix.count(b"[") - prefix.count(b"}") - prefix.count(b"]") == 1

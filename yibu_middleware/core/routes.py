@@ -91,16 +91,31 @@ def canonical_host(host: str) -> str:
     return name
 
 
-class _Served(NamedTuple):
-    """A route and the paths it serves, made ready for ``match``."""
+class _Served:
+    """A route and the paths it serves, made ready for ``match``; remembers its answers."""
 
-    route: Route
-    prefix: str  # strip_prefix without its trailing slash
-    segments: frozenset[str]  # first segments served (the provider's model API)
-    extra: tuple[str, ...]  # more prefixes, from the route's ``paths``
-    every_path: bool  # ``paths`` holds "/"
+    __slots__ = ("every_path", "extra", "prefix", "route", "seen", "segments")
 
-    def serves(self, path: str) -> bool:
+    def __init__(self, route: Route) -> None:
+        self.route = route
+        self.prefix = route.strip_prefix.rstrip("/")
+        self.segments = PROVIDER_PATHS.get(route.provider, frozenset())  # the provider's model API
+        self.extra = tuple(path.rstrip("/") for path in route.paths if path.rstrip("/"))  # more prefixes
+        self.every_path = any(not path.rstrip("/") for path in route.paths)  # paths holds "/"
+        # path -> this route or None: a client asks for the same few paths again and again.
+        # Bounded: an app's paths may hold ids.
+        self.seen: dict[str, Route | None] = {}
+
+    def route_for(self, path: str) -> Route | None:
+        found = self.seen.get(path, _UNSEEN)
+        if found is _UNSEEN:
+            found = self.route if self._serves(path) else None
+            if len(self.seen) >= 1024:
+                self.seen.clear()
+            self.seen[path] = found
+        return found  # type: ignore[return-value]
+
+    def _serves(self, path: str) -> bool:
         prefix = self.prefix
         if prefix and (path == prefix or path.startswith(prefix + "/")):
             path = path[len(prefix) :]
@@ -111,66 +126,70 @@ class _Served(NamedTuple):
         return any(path == extra or path.startswith(extra + "/") for extra in self.extra)
 
 
+_UNSEEN: object = object()
+
+
+class _Host:
+    __slots__ = ("any_port", "by_port")
+
+    def __init__(self) -> None:
+        self.any_port: _Served | None = None  # a host key: every port
+        self.by_port: dict[int, _Served] = {}  # host:port keys
+
+
 class RouteTable:
     def __init__(self, routes: Iterable[Route]) -> None:
-        # host -> (the route for any port, or None; routes for one port each)
-        self._by_host: dict[str, tuple[_Served | None, dict[int, _Served]]] = {}
+        self._hosts: dict[str, _Host] = {}  # by canonical name
         for route in routes:
-            host = canonical_host(route.host)
-            any_port, by_port = self._by_host.get(host, (None, {}))
-            served = _Served(
-                route,
-                route.strip_prefix.rstrip("/"),
-                PROVIDER_PATHS.get(route.provider, frozenset()),
-                tuple(path.rstrip("/") for path in route.paths if path.rstrip("/")),
-                any(not path.rstrip("/") for path in route.paths),
-            )
+            host = self._hosts.setdefault(canonical_host(route.host), _Host())
             if route.port is None:
-                any_port = served
+                host.any_port = _Served(route)
             else:
-                by_port[route.port] = served
-            self._by_host[host] = (any_port, by_port)
+                host.by_port[route.port] = _Served(route)
+        # The lookup ``match`` starts with: the canonical names, then each other spelling met
+        # (``API.OpenAI.com.``) once it has been compared as DNS would (bounded).
+        self._lookup: dict[str, _Host] = dict(self._hosts)
+        self._others: set[str] = set()  # names met that are canonical and not routed (bounded)
 
     def match(self, host: str, port: int | None, path: str) -> Route | None:
         """The route of a request to ``host`` on ``port`` (the scheme's default when the URL
         names none; None when unknown) for ``path`` (without its query), or None: not routed."""
-        entry = self._by_host.get(host)
+        entry = self._lookup.get(host)
         if entry is None:
-            # Not as it was written: compare it as DNS would (case, trailing dot, IDNA).
-            try:
-                canonical = canonical_host(host)
-            except ValueError:
-                return None  # no client can send to it; nothing to route
-            if canonical == host:
+            if host in self._others:
                 return None
-            entry = self._by_host.get(canonical)
+            entry = self._compare(host)
             if entry is None:
                 return None
-        any_port, by_port = entry
-        served = by_port.get(port, any_port) if by_port and port is not None else any_port
-        if served is None or not served.serves(path):
-            return None
-        return served.route
+        by_port = entry.by_port
+        served = by_port.get(port, entry.any_port) if by_port and port is not None else entry.any_port
+        return None if served is None else served.route_for(path)
 
-    def routed_host(self, host: str, port: int | None) -> bool:
-        """Whether requests to this host (and port) are routed, for some path."""
+    def _compare(self, host: str) -> _Host | None:
+        """A name not met before, compared as DNS would (case, trailing dot, IDNA)."""
         try:
-            entry = self._by_host.get(canonical_host(host))
+            canonical = canonical_host(host)
         except ValueError:
-            return False
+            return None  # no client can send to it; nothing to route
+        entry = self._hosts.get(canonical)
         if entry is None:
-            return False
-        any_port, by_port = entry
-        return any_port is not None or (port is not None and port in by_port)
+            if canonical == host:
+                if len(self._others) >= 1024:
+                    self._others.clear()
+                self._others.add(host)
+            return None
+        if len(self._lookup) < len(self._hosts) + 256:
+            self._lookup[host] = entry  # another spelling of a routed host
+        return entry
 
     @property
     def hosts(self) -> list[str]:
-        return list(self._by_host)
+        return list(self._hosts)
 
     @property
     def any_port_hosts(self) -> list[str]:
         """Hosts routed on every port (a provider's host; not a local server's host:port)."""
-        return [host for host, (any_port, _) in self._by_host.items() if any_port is not None]
+        return [name for name, host in self._hosts.items() if host.any_port is not None]
 
 
 def gateway_path(route: Route, path: str) -> str:
