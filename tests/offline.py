@@ -70,8 +70,27 @@ def offline() -> Iterator[list[str]]:
             _added = True
         _active += 1
     attempts.clear()
+    restore = _threaded_aiohttp_resolver()
     try:
         yield attempts
     finally:
+        restore()
         with _lock:
             _active -= 1
+
+
+def _threaded_aiohttp_resolver() -> Any:
+    """aiohttp resolves with aiodns (c-ares, unseen by audit hooks) when it is installed: make it
+    use the standard library's resolver meanwhile, which the hook sees."""
+    try:
+        import aiohttp.connector
+        import aiohttp.resolver
+    except ImportError:
+        return lambda: None
+    before = aiohttp.connector.DefaultResolver
+    aiohttp.connector.DefaultResolver = aiohttp.resolver.ThreadedResolver  # type: ignore[misc]
+
+    def restore() -> None:
+        aiohttp.connector.DefaultResolver = before  # type: ignore[misc]
+
+    return restore

@@ -99,6 +99,41 @@ def test_an_unrouted_path_on_a_routed_host_is_refused(gateway: GatewaySimulator)
     assert gateway.records == []
 
 
+@pytest.mark.parametrize("client", ["httpx", "httpx2", "requests", "aiohttp"])
+def test_an_unrouted_path_is_refused_with_every_client(gateway: GatewaySimulator, client: str) -> None:
+    """Sync and async name lookups alike (aiohttp and httpx's async transports look names up
+    in a worker thread): the refusal reaches the app as the client's connection error."""
+    import asyncio
+
+    import aiohttp
+    import httpx
+    import httpx2
+    import requests
+
+    install_for(gateway, **GUARD)
+    url, body = "https://api.anthropic.com/v1/oauth/token", {"assertion": "eyJ.fake.jwt"}
+
+    async def with_aiohttp() -> None:
+        async with aiohttp.ClientSession() as session, session.post(url, json=body) as response:
+            await response.read()
+
+    async def with_httpx2() -> None:
+        async with httpx2.AsyncClient() as session:
+            await session.post(url, json=body)
+
+    with pytest.raises(Exception) as caught:  # noqa: PT011 - each client wraps it in its own error
+        if client == "httpx":
+            httpx.post(url, json=body)
+        elif client == "httpx2":
+            asyncio.run(with_httpx2())
+        elif client == "requests":
+            requests.post(url, json=body, timeout=5)
+        else:
+            asyncio.run(with_aiohttp())
+    assert_refused_by_guard(caught.value, "api.anthropic.com")
+    assert gateway.records == []
+
+
 @pytest.mark.parametrize("base", ["https://api.openai.com/v1", "https://api.openai.com./v1"])
 def test_routed_calls_still_go_to_the_nodes(gateway: GatewaySimulator, base: str) -> None:
     install_for(gateway, egress={"block_unrouted_providers": True, "extra_hosts": ["127.0.0.1", "localhost"]})
