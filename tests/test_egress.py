@@ -76,14 +76,22 @@ def test_unhooked_clients_are_refused(gateway: GatewaySimulator) -> None:
 
 
 def test_the_openai_realtime_websocket_is_refused(gateway: GatewaySimulator) -> None:
-    websockets_client = pytest.importorskip("websockets.sync.client")
+    """The SDK's Realtime API is a websocket, which no hooked HTTP client carries."""
+    pytest.importorskip("websockets")
     install_for(gateway, **GUARD)
+    client = openai.OpenAI(api_key=OPENAI_KEY)
+    with pytest.raises(OSError) as caught, client.realtime.connect(model="gpt-realtime"):
+        pass
+    assert_refused_by_guard(caught.value, "api.openai.com")
+
+
+async def test_the_async_openai_realtime_websocket_is_refused(gateway: GatewaySimulator) -> None:
+    pytest.importorskip("websockets")
+    install_for(gateway, **GUARD)
+    client = openai.AsyncOpenAI(api_key=OPENAI_KEY)
     with pytest.raises(OSError) as caught:
-        websockets_client.connect(
-            "wss://api.openai.com/v1/realtime?model=gpt-realtime",
-            additional_headers={"Authorization": f"Bearer {OPENAI_KEY}"},
-            open_timeout=5,
-        )
+        async with client.realtime.connect(model="gpt-realtime"):
+            pass
     assert_refused_by_guard(caught.value, "api.openai.com")
 
 
