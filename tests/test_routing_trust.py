@@ -293,3 +293,15 @@ def test_routes_from_the_environment_are_normalised(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("YIBU_ROUTES", json.dumps({"API.Groq.com.": {"provider": "openai", "paths": ["/x"]}}))
     settings = load_settings()
     assert settings.routes["api.groq.com"].paths == ("/x",)
+
+
+def test_route_answers_are_remembered_within_bounds() -> None:
+    """An app whose paths hold ids, or that sends to many hosts, does not grow the table."""
+    table = routes.RouteTable([routes.Route("api.openai.com", "openai", "/v1")])
+    for index in range(5000):
+        assert table.match("api.openai.com", 443, f"/v1/files/file-{index}") is not None
+        assert table.match(f"host-{index}.example", 443, "/v1/files") is None
+        assert table.match(f"API.OPENAI.COM{'.' * (index % 2)}", 443, "/v1/models") is not None
+    served = table._hosts["api.openai.com"].any_port
+    assert served is not None and len(served.seen) <= 1024
+    assert len(table._others) <= 1024 and len(table._lookup) <= 1 + 256
