@@ -305,3 +305,20 @@ def test_route_answers_are_remembered_within_bounds() -> None:
     served = table._hosts["api.openai.com"].any_port
     assert served is not None and len(served.seen) <= 1024
     assert len(table._others) <= 1024 and len(table._lookup) <= 1 + 256
+
+
+def test_a_provider_path_left_unrouted_is_logged_once(
+    gateway: GatewaySimulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No provider path goes around the gateway without a word: a warning, once per path, naming
+    the setting that would route it (and never the rest of the path, which may hold ids)."""
+    import logging
+
+    install_for(gateway)
+    with caplog.at_level(logging.WARNING, "yibu_middleware"):
+        for secret_id in ("org-aaa111", "org-bbb222"):
+            assert send("httpx", f"https://api.openai.com/v1/skills/{secret_id}", {"x": 1}) == -1
+    lines = [record.getMessage() for record in caplog.records if "not routed" in record.getMessage()]
+    assert len(lines) == 1
+    assert "api.openai.com/v1/skills" in lines[0] and "routes.api.openai.com.paths = ['/skills']" in lines[0]
+    assert "org-" not in lines[0] and "egress.block_unrouted_providers" in lines[0]

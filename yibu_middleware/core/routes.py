@@ -21,7 +21,7 @@ the app sent it, untouched (and the opt-in egress guard, ``egress.py``, refuses 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 # The first path segment, after the route's ``strip_prefix``, of each provider's model API:
@@ -94,10 +94,12 @@ def canonical_host(host: str) -> str:
 class _Served:
     """A route and the paths it serves, made ready for ``match``; remembers its answers."""
 
-    __slots__ = ("every_path", "extra", "prefix", "route", "seen", "segments")
+    __slots__ = ("every_path", "extra", "on_unrouted", "prefix", "route", "seen", "segments", "told")
 
-    def __init__(self, route: Route) -> None:
+    def __init__(self, route: Route, on_unrouted: Callable[[Route, str], None] | None = None) -> None:
         self.route = route
+        self.on_unrouted = on_unrouted
+        self.told: set[str] = set()  # the first segments on_unrouted was told of (bounded)
         self.prefix = route.strip_prefix.rstrip("/")
         self.segments = PROVIDER_PATHS.get(route.provider, frozenset())  # the provider's model API
         self.extra = tuple(path.rstrip("/") for path in route.paths if path.rstrip("/"))  # more prefixes
@@ -110,10 +112,21 @@ class _Served:
         found = self.seen.get(path, _UNSEEN)
         if found is _UNSEEN:
             found = self.route if self._serves(path) else None
+            if found is None and self.on_unrouted is not None:
+                self._tell(path)
             if len(self.seen) >= 1024:
                 self.seen.clear()
             self.seen[path] = found
         return found  # type: ignore[return-value]
+
+    def _tell(self, path: str) -> None:
+        """Once per first segment: a provider path left to go where the app sent it."""
+        prefix = self.prefix
+        rest = path[len(prefix) :] if prefix and path.startswith(prefix + "/") else path
+        segment = "/" + rest.partition("/")[2].partition("/")[0]  # never the rest: it may hold ids
+        if segment not in self.told and len(self.told) < 64 and self.on_unrouted is not None:
+            self.told.add(segment)
+            self.on_unrouted(self.route, segment)
 
     def _serves(self, path: str) -> bool:
         prefix = self.prefix
@@ -138,14 +151,16 @@ class _Host:
 
 
 class RouteTable:
-    def __init__(self, routes: Iterable[Route]) -> None:
+    def __init__(self, routes: Iterable[Route], on_unrouted: Callable[[Route, str], None] | None = None) -> None:
+        """``on_unrouted(route, segment)``: told once per first path segment (``/skills``) of a
+        routed host that is not routed, for the log: such a request goes to the provider."""
         self._hosts: dict[str, _Host] = {}  # by canonical name
         for route in routes:
             host = self._hosts.setdefault(canonical_host(route.host), _Host())
             if route.port is None:
-                host.any_port = _Served(route)
+                host.any_port = _Served(route, on_unrouted)
             else:
-                host.by_port[route.port] = _Served(route)
+                host.by_port[route.port] = _Served(route, on_unrouted)
         # The lookup ``match`` starts with: the canonical names, then each other spelling met
         # (``API.OpenAI.com.``) once it has been compared as DNS would (bounded).
         self._lookup: dict[str, _Host] = dict(self._hosts)
