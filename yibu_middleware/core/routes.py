@@ -82,13 +82,24 @@ def canonical_host(host: str) -> str:
     if name.endswith("."):
         name = name[:-1]
     if not name.isascii():
-        import idna  # a dependency of httpx; only for the rare Unicode host
-
-        try:
-            name = idna.encode(name, uts46=True).decode("ascii")
-        except idna.IDNAError as exc:
-            raise ValueError(f"{host!r} is not a valid host name ({exc})") from None
+        name = _idna(host, name)
     return name
+
+
+def _idna(host: str, name: str) -> str:
+    """IDNA 2008 with UTS 46 mapping, as httpx, requests and yarl encode hosts (the idna package,
+    which httpx depends on); the standard library's IDNA 2003 codec if it is missing."""
+    try:
+        import idna
+    except ImportError:  # pragma: no cover - httpx brings it
+        try:
+            return name.encode("idna").decode("ascii")
+        except UnicodeError as exc:
+            raise ValueError(f"{host!r} is not a valid host name ({exc})") from None
+    try:
+        return str(idna.encode(name, uts46=True).decode("ascii"))
+    except idna.IDNAError as exc:
+        raise ValueError(f"{host!r} is not a valid host name ({exc})") from None
 
 
 class _Served:
