@@ -31,10 +31,10 @@ def test_gateway_path(route: Route, path: str, expected: str) -> None:
 
 
 def test_route_table_matches_only_listed_hosts() -> None:
-    table = RouteTable({"api.openai.com": OPENAI})
-    assert table.match("api.openai.com") is OPENAI
-    assert table.match("openai.com") is None
-    assert table.match("127.0.0.1") is None
+    table = RouteTable([OPENAI])
+    assert table.match("api.openai.com", 443, "/v1/models") is OPENAI
+    assert table.match("openai.com", 443, "/v1/models") is None
+    assert table.match("127.0.0.1", 443, "/v1/models") is None
 
 
 def test_node_url_keeps_base_path_and_query() -> None:

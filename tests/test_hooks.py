@@ -307,7 +307,7 @@ def test_attempt_timeouts_cut_to_the_deadline_else_the_apps_own(
         content=b"{}",
         extensions={"timeout": own},
     )
-    route = runtime.routes.match("api.openai.com")
+    route = runtime.routes.match("api.openai.com", 443, "/v1/chat/completions")
     assert route is not None
     call = HttpxCall(httpx2, runtime, request, route)
     action = call.plan.start()

@@ -420,3 +420,149 @@ def test_aliasing_and_policy_share_one_parse(monkeypatch: pytest.MonkeyPatch) ->
     assert gateway.model == "gpt-4o" and real_loads(gateway.body or b"")["model"] == "gpt-4o"
     assert check("openai", gateway.path, parsed, gateway.model, DEFAULT) is None
     assert parses == [len(body)]
+
+
+# --- the model is the top-level field, read the same way by policy, aliasing and limits (item 13) ----
+
+FORBIDDEN = "gpt-5-forbidden"
+ALLOW_4O = Rules(allowed_models=["gpt-4o*"])
+
+
+def policy_verdict(body: bytes, rules: Rules = ALLOW_4O, aliases: dict[str, str] | None = None) -> Violation | None:
+    """What the call path decides: the model read by ``prepare`` (as every adapter does), then ``check``."""
+    from yibu_middleware.core.request import prepare
+    from yibu_middleware.core.routes import Route
+
+    parsed = ParsedBody(body)
+    route = Route("api.openai.com", "openai", "/v1")
+    gateway = prepare(route, "POST", "/v1/chat/completions", "", [], body, None, aliases or {}, parsed)
+    return check("openai", gateway.path, parsed, gateway.model, rules)
+
+
+def tool_use_turn(model_in_input: str) -> dict[str, Any]:
+    block = {"type": "tool_use", "id": "t1", "name": "switch", "input": {"model": model_in_input}}
+    return {"role": "assistant", "content": [block]}
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        # A tool call's input (Anthropic: an object, so its "model" key is in the body as it is).
+        {"messages": [tool_use_turn("gpt-4o")], "model": FORBIDDEN},
+        # metadata.model before the top-level field.
+        {"metadata": {"model": "gpt-4o"}, "model": FORBIDDEN, "messages": []},
+        # A response_format schema with a "model" property.
+        {"response_format": {"json_schema": {"schema": {"properties": {"model": "gpt-4o"}}}}, "model": FORBIDDEN},
+    ],
+    ids=["tool-input", "metadata", "schema"],
+)
+def test_a_nested_model_key_does_not_count(document: dict[str, Any]) -> None:
+    found = policy_verdict(json.dumps(document).encode())
+    assert found is not None and found.code == "model_not_allowed" and FORBIDDEN in found.message
+
+
+def test_a_top_level_model_spelt_with_escapes_is_read() -> None:
+    body = b'{"metadata": {"model": "gpt-4o"}, "mod\\u0065l": "' + FORBIDDEN.encode() + b'"}'
+    assert json.loads(body)["model"] == FORBIDDEN  # what the gateway reads
+    found = policy_verdict(body)
+    assert found is not None and FORBIDDEN in found.message
+
+
+def test_duplicate_model_keys_are_read_as_json_parsers_read_them() -> None:
+    body = b'{"model": "gpt-4o", "messages": [], "model": "' + FORBIDDEN.encode() + b'"}'
+    assert policy_verdict(body) is not None
+
+
+def test_a_model_value_with_escapes_is_decoded() -> None:
+    assert policy_verdict(b'{"model": "gpt\\u002d4o-mini", "messages": []}') is None
+    found = policy_verdict(b'{"model": "gpt-5\\u002dmini", "messages": []}')
+    assert found is not None and "'gpt-5-mini'" in found.message
+
+
+@pytest.mark.parametrize("length", [199, 200, 201, 5000])
+def test_a_long_model_name_is_read_whole(length: int) -> None:
+    name = "gpt-4o" + "x" * (length - 6)
+    body = json.dumps({"messages": [], "model": name}).encode()
+    assert policy_verdict(body) is None  # gpt-4o* allows it: read correctly
+    found = policy_verdict(body, Rules(allowed_models=["gpt-4o"]))
+    assert found is not None and found.code == "model_not_allowed"  # not "not found, so allowed"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"model": 5, "messages": []}',
+        b'{"model": null}',
+        b'{"model": ["gpt-4o"]}',
+        # Not JSON, and two "model" keys: which one a lenient parser would take cannot be known.
+        b'{"model": "gpt-4o", "messages": [], "model": "x"',
+        # Nested past the parser's depth, with two "model" keys so that only a parse can tell.
+        b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b', "model": "gpt-4o", "model": "x"}',
+    ],
+    ids=["number", "null", "list", "truncated", "deep"],
+)
+def test_a_model_that_cannot_be_read_is_refused_under_an_allow_list(body: bytes) -> None:
+    found = policy_verdict(body)
+    assert found is not None and found.status == 403 and found.code == "model_unreadable"
+    assert "policy.allowed_models" in found.message and "could not be read" in found.message
+    assert policy_verdict(body, Rules()) is None  # no allow-list: nothing to enforce
+
+
+@pytest.mark.parametrize("body", [b"", b'{"messages": []}', b'{"input": "x", "metadata": {"note": "model"}}'])
+def test_a_request_without_a_model_passes(body: bytes) -> None:
+    assert policy_verdict(body) is None
+
+
+def test_anthropic_message_batches_are_checked_request_by_request() -> None:
+    def batch(*models: Any) -> bytes:
+        requests = [{"custom_id": str(i), "params": {"model": m, "max_tokens": 5}} for i, m in enumerate(models)]
+        return json.dumps({"requests": requests}).encode()
+
+    rules = Rules(allowed_models=["claude-*"])
+    assert check("anthropic", "/messages/batches", batch("claude-a", "claude-b"), None, rules) is None
+    found = check("anthropic", "/messages/batches", batch("claude-a", "gpt-5"), None, rules)
+    assert found is not None and "'gpt-5'" in found.message
+    found = check("anthropic", "/messages/batches", batch("claude-a", 7), None, rules)
+    assert found is not None and found.code == "model_unreadable"
+
+
+def test_aliases_and_limits_see_the_top_level_model() -> None:
+    from yibu_middleware.core.request import read_body
+
+    body = json.dumps({"messages": [tool_use_turn("gpt-4")], "model": "gpt-4o"}).encode()
+    assert read_body(body, {"gpt-4": "gpt-5.2"}) == ("gpt-4o", "gpt-4o", body, False)
+    body = json.dumps({"metadata": {"model": "gpt-4o"}, "model": "gpt-4", "stream": True}).encode()
+    asked, sent, new, stream = read_body(body, {"gpt-4": "gpt-5.2"})
+    assert (asked, sent, stream) == ("gpt-4", "gpt-5.2", True)
+    assert json.loads(new or b"") == {"metadata": {"model": "gpt-4o"}, "model": "gpt-5.2", "stream": True}
+    long_name = "m" * 300
+    assert read_body(json.dumps({"model": long_name}).encode(), {})[0] == long_name
+
+
+@pytest.mark.parametrize("client", ["httpx", "requests", "aiohttp"])
+def test_a_forbidden_model_behind_a_nested_allowed_one_is_refused_end_to_end(gateway: Any, client: str) -> None:
+    import asyncio
+
+    import aiohttp
+    import httpx
+    import requests
+    from helpers import OPENAI_KEY, install_for
+    from offline import offline
+
+    install_for(gateway, policy={"allowed_models": ["gpt-4o*"]})
+    body = {"metadata": {"model": "gpt-4o"}, "model": FORBIDDEN, "messages": [{"role": "user", "content": "hi"}]}
+    url, headers = "https://api.openai.com/v1/chat/completions", {"Authorization": f"Bearer {OPENAI_KEY}"}
+
+    async def go() -> int:
+        async with aiohttp.ClientSession() as session, session.post(url, json=body, headers=headers) as response:
+            return response.status
+
+    with offline():  # were it not routed, it would fail here rather than leave
+        if client == "httpx":
+            status = httpx.post(url, json=body, headers=headers).status_code
+        elif client == "requests":
+            status = requests.post(url, json=body, headers=headers, timeout=10).status_code
+        else:
+            status = asyncio.run(go())
+    assert status == 403
+    assert gateway.records == []  # nothing was sent

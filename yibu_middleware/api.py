@@ -7,8 +7,9 @@ import sys
 import threading
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
-from . import hooks, redaction, runtime
+from . import egress, hooks, redaction, runtime
 from .settings import Settings, load_settings, unknown_env_names
 
 log = logging.getLogger("yibu_middleware")
@@ -36,11 +37,13 @@ def install(settings: Settings | Mapping[str, Any] | None = None) -> None:
             redaction.uninstall()
         _configure_log_output(resolved.log)
         hooks.activate()
+        egress.install(_guarded_hosts(current) if resolved.egress.block_unrouted_providers else None)
 
 
 def uninstall() -> None:
     """Put every patched method back exactly as it was; traffic goes where the app sends it."""
     with _lock:
+        egress.uninstall()
         hooks.deactivate()
         redaction.uninstall()
         runtime.set_current(None)
@@ -65,3 +68,10 @@ def _configure_log_output(level: str) -> None:
     log.addHandler(handler)
     log.setLevel(level.upper())
     _stderr_handler = handler
+
+
+def _guarded_hosts(current: runtime.Runtime) -> frozenset[str]:
+    """The egress guard's hosts: providers, routed hosts (on any port) and extra ones; no node."""
+    settings = current.settings
+    nodes = [urlsplit(url).hostname or "" for url in settings.gateway_nodes]
+    return egress.guarded_hosts(current.routes.any_port_hosts, settings.egress.extra_hosts, nodes)

@@ -20,7 +20,7 @@ from .core.plan import Hedging, RetryPolicy
 from .core.policy import Rules
 from .core.redact import redact_text
 from .core.retry import RetryBudget
-from .core.routes import Route, RouteTable
+from .core.routes import Route, RouteTable, parse_route_key
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -52,7 +52,11 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.routes = RouteTable(
-            {host: Route(host, spec.provider, spec.strip_prefix) for host, spec in settings.routes.items()}
+            (
+                Route(host, spec.provider, spec.strip_prefix, port, spec.paths)
+                for (host, port), spec in ((parse_route_key(key), spec) for key, spec in settings.routes.items())
+            ),
+            _unrouted_path,
         )
         ejection = settings.ejection
         self.pool = NodePool(
@@ -120,6 +124,23 @@ class Runtime:
             self.limiter.reset()  # the parent's waiters and slots are not this process's
         self._lock = threading.Lock()
         self._checker = None  # threads do not survive fork; a new one starts on first use
+
+
+def _unrouted_path(route: Route, segment: str) -> None:
+    """Told once per path (its first segment) of a routed host that routing leaves alone."""
+    host = route.host if route.port is None else f"{route.host}:{route.port}"
+    log.warning(
+        "yibu-middleware: requests to %s%s%s... are not routed: %s is not a %s model API path the gateway"
+        " serves, so they go to the provider as the app sent them (egress.block_unrouted_providers refuses"
+        " them instead). If the gateway serves it, add it to the route: routes.%s.paths = [%r]",
+        host,
+        route.strip_prefix.rstrip("/"),
+        segment,
+        segment,
+        route.provider,
+        host,
+        segment,
+    )
 
 
 _current: Runtime | None = None

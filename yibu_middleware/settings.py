@@ -55,6 +55,21 @@ class RouteSpec(BaseModel):
         "/v1",
         description="path prefix removed before the rest is joined onto the node URL, e.g. '/v1' or '/openai/v1'",
     )
+    paths: tuple[str, ...] = Field(
+        (),
+        description="more paths routed, besides the provider's model API: gateway-side paths (after"
+        " strip_prefix), each a prefix, e.g. ['/rerank', '/beta']; ['/'] routes every path of the host",
+    )
+
+    @field_validator("paths", mode="before")
+    @classmethod
+    def _check_paths(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [value]
+        for path in value if isinstance(value, list | tuple) else ():
+            if not isinstance(path, str) or not path.startswith("/") or any(c in path for c in "?#") or "//" in path:
+                raise ValueError(f"{path!r} is not a path; expected a path such as '/rerank' (or '/' for every path)")
+        return value
 
 
 DEFAULT_ROUTES: dict[str, RouteSpec] = {
@@ -256,6 +271,47 @@ class PolicySettings(BaseModel):
         return bool(self.allowed_models or self.denied_modalities or self.check_media)
 
 
+class EgressSettings(BaseModel):
+    """The egress guard: no connection to an LLM provider's host except through the gateway."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    block_unrouted_providers: bool = Field(
+        False,
+        description="refuse any connection from this process to a known LLM provider host (or a routed"
+        " host) that does not go through the gateway: a raw socket, a websocket, an unhooked client, an"
+        " unrouted path; with a PermissionError naming the host, and a warning logged",
+    )
+    extra_hosts: Annotated[list[str], NoDecode] = Field(
+        [],
+        description="more host names the guard refuses, besides the known providers and the routed hosts."
+        " Env: comma-separated or a JSON list",
+    )
+
+    @field_validator("extra_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return _json_value(text, 'a JSON list of host names, e.g. ["api.example.ai"]')
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("extra_hosts")
+    @classmethod
+    def _check_hosts(cls, value: list[str]) -> list[str]:
+        from .core.routes import parse_route_key
+
+        hosts = []
+        for item in value:
+            host, port = parse_route_key(item)
+            if port is not None:
+                raise ValueError(f"{item!r}: give a host name without a port, e.g. {host!r}")
+            hosts.append(host)
+        return hosts
+
+
 class Settings(BaseSettings):
     """Every setting of yibu-middleware. See the README's configuration reference."""
 
@@ -302,6 +358,9 @@ class Settings(BaseSettings):
     redaction: RedactionSettings = Field(RedactionSettings(), description="masking keys in logs")
     limits: LimitSettings = Field(LimitSettings(), description="client-side limits (off until a limit is set)")
     policy: PolicySettings = Field(PolicySettings(), description="client-side checks before sending")
+    egress: EgressSettings = Field(
+        EgressSettings(), description="the egress guard: refuse provider traffic that bypasses the gateway"
+    )
     log: Literal["off", "warning", "info", "debug"] = Field(
         "off",
         description="print the library's own log lines (one per redirected call at 'info') to stderr;"
@@ -359,9 +418,12 @@ class Settings(BaseSettings):
             value = _json_value(value, 'a JSON object, e.g. {"api.deepseek.com": "openai"}')
         if not isinstance(value, Mapping):
             raise ValueError("expected a table of host = provider")
+        from .core.routes import parse_route_key, route_key
+
         merged: dict[str, Any] = dict(DEFAULT_ROUTES)
-        for host, spec in value.items():
-            host = str(host).strip().lower()
+        for key, spec in value.items():
+            # Keys are kept as DNS compares hosts (case, trailing dot, IDNA): one spelling each.
+            host = route_key(*parse_route_key(key))
             if spec is False:
                 merged.pop(host, None)
             elif isinstance(spec, str):
@@ -652,9 +714,13 @@ def _check_consistency(settings: Settings) -> None:
                     f"invalid yibu-middleware settings:\n- {setting} (from {settings.origin(setting)}): {url} is not"
                     f" one of the gateway nodes ({', '.join(nodes)}). Use a URL exactly as listed in nodes."
                 )
+    from .core.routes import DEFAULT_PORTS, canonical_host, route_key
+
     for url in settings.gateway_nodes:
-        host = (urlsplit(url).hostname or "").lower()
-        if host in settings.routes:
+        parts = urlsplit(url)
+        host = canonical_host(parts.hostname or "")
+        port = parts.port or DEFAULT_PORTS.get(parts.scheme)
+        if route_key(host, None) in settings.routes or route_key(host, port) in settings.routes:
             setting = "nodes" if settings.nodes else "base_url"
             raise ConfigError(
                 f"invalid yibu-middleware settings:\n- {setting} (from {settings.origin(setting)}): {url} is on"

@@ -196,7 +196,7 @@ class ParsedBody:
             if raw and raw.lstrip()[:1] == b"{":
                 try:
                     document = json.loads(raw)
-                except ValueError:
+                except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
                     document = None
             self._document = document if isinstance(document, dict) else None
         result: dict[str, Any] | None = self._document
@@ -231,11 +231,17 @@ def check(
     """
     if not rules.active:
         return None
-    if model_as_sent is not None and not rules.model_allowed(model_as_sent):
-        return _model_denied(model_as_sent, rules)
+    parsed = body if isinstance(body, ParsedBody) else ParsedBody(body)
+    if rules.allowed:
+        if model_as_sent is not None:
+            if not rules.model_allowed(model_as_sent):
+                return _model_denied(model_as_sent, rules)
+        else:
+            violation = _check_modelless(parsed, rules, path)
+            if violation is not None:
+                return violation
     if not rules.media:
         return None
-    parsed = body if isinstance(body, ParsedBody) else ParsedBody(body)
     if not parsed.parsed and not needs_document(parsed.raw, rules):
         return None
     document = parsed.document()
@@ -246,6 +252,50 @@ def check(
         if violation is not None:
             return violation
     return None
+
+
+def _check_modelless(parsed: ParsedBody, rules: Rules, path: str) -> Violation | None:
+    """A JSON body with no readable top-level model, under an allow-list: refused when it has a
+    model we cannot read (not a string, or a body that is not valid JSON); an Anthropic message
+    batch is checked request by request. A body that is not JSON (none, or a multipart form)
+    is not looked into."""
+    raw = parsed.raw
+    if not raw or raw.lstrip()[:1] != b"{":
+        return None
+    document = parsed.document()
+    if document is None:
+        return _model_unreadable("the body is not valid JSON (or is nested too deeply to read)", rules, path)
+    if "model" in document:
+        return _model_unreadable(f"its model is {_kind(document['model'])}, not a name", rules, path)
+    requests = document.get("requests")
+    if isinstance(requests, list):  # Anthropic message batches: each request names its model
+        for index, request in enumerate(requests):
+            params = request.get("params") if isinstance(request, dict) else None
+            model = params.get("model") if isinstance(params, dict) else None
+            if not isinstance(model, str):
+                what = f"requests[{index}].params.model is {_kind(model)}, not a name"
+                return _model_unreadable(what, rules, path)
+            if not rules.model_allowed(model):
+                return _model_denied(model, rules)
+    return None
+
+
+def _kind(value: Any) -> str:
+    return "missing" if value is None else f"a JSON {type(value).__name__.replace('dict', 'object')}"
+
+
+def _model_unreadable(what: str, rules: Rules, path: str) -> Violation:
+    allowed = ", ".join(repr(name) for name in rules.allowed)
+    return Violation(
+        403,
+        "model_unreadable",
+        "allowed models",
+        "policy.allowed_models",
+        f"yibu-middleware policy: the model of this request could not be read ({what}), so it cannot be"
+        f" checked against the allowed models (rule: allowed models; setting: policy.allowed_models ="
+        f" [{allowed}]). Sent: a request to {path}. Send the model as a string in the body's top-level"
+        ' "model" field. (Checked client-side; nothing was sent to the gateway.)',
+    )
 
 
 def _model_denied(model: str, rules: Rules) -> Violation:

@@ -210,44 +210,86 @@ def _kind(name: bytes) -> str | bytes:
 
 
 _STREAM_FLAG = re.compile(rb'"stream"\s*:\s*true')
-_MODEL = re.compile(rb'"model"\s*:\s*"((?:[^"\\]|\\.){1,200})"')
-# The same for a value with no escapes, the usual case: tried first where the first key is.
-_PLAIN_MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]{1,200})"')
+_MODEL = re.compile(rb'"model"\s*:\s*"((?:[^"\\]|\\.)*)"')
+# The same for a value with no escapes, the usual case: tried first.
+_PLAIN_MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]*)"')
+# Every escape of a letter of "model" starts so (m o d e l: \u006d \u006f \u0064 \u0065 \u006c).
+_ESCAPED_LETTER = b"\\u006"
 
 
 def read_body(
     body: bytes | None, aliases: Mapping[str, str], parsed: ParsedBody | None = None
 ) -> tuple[str | None, str | None, bytes | None, bool]:
-    """A JSON body's ``model`` (rewritten per ``aliases``) and ``stream`` flag.
+    """A JSON body's top-level ``model`` (rewritten per ``aliases``) and ``stream`` flag.
 
-    Returns (model as asked, model as sent, body to send, streamed). Reading the two
-    fields is a scan, not a parse (a multimodal body can be megabytes); the body is
-    parsed and re-encoded only when its model is to be aliased (through ``parsed`` when
-    given, whose parse the policy checks then reuse). Anything that is not a JSON object is
-    forwarded untouched.
+    Returns (model as asked, model as sent, body to send, streamed). The model is the
+    top-level field only, as the gateway reads it: a ``"model"`` key inside a tool call's
+    input, ``metadata`` or a schema does not count. None: no top-level model that is a
+    string (the policy tells "absent" from "unreadable", ``policy.check``).
+
+    Cheap in the usual case: a body with exactly one ``"model"`` key spelt plainly is
+    scanned, not parsed (a multimodal body can be megabytes). Anything else (several
+    ``"model"`` keys, or, when the policy is looking (``parsed`` given), a key that may be
+    spelt with ``\\u`` escapes) is parsed, through ``parsed`` when given so that the policy
+    reuses the parse. The one case the scan reads differently from a parse is a body whose
+    only ``"model"`` key is nested (no top-level model at all): the policy then judges that
+    name, which can only refuse a request that would have passed, never let a model through.
+    The body is re-encoded only when its model is aliased. Anything that is not a JSON object
+    is forwarded untouched.
     """
     if not body or body.lstrip()[:1] != b"{":
         return None, None, body, False
     stream = b'"stream"' in body and _STREAM_FLAG.search(body) is not None
     first = body.find(b'"model"')
-    found = None if first == -1 else _PLAIN_MODEL.match(body, first) or _MODEL.search(body, first)
-    model = found.group(1).decode("utf-8", "replace") if found else None
+    # A key spelt with escapes is the gateway's "model" but not ours: only the policy must care.
+    plain = parsed is None or _ESCAPED_LETTER not in body
+    if first == -1 and plain:
+        return None, None, body, stream  # no model key at all: nothing to read
+    found = None
+    if first != -1 and plain and body.find(b'"model"', first + 7) == -1:
+        found = _PLAIN_MODEL.match(body, first)
+        if found is not None:
+            model: str | None = found.group(1).decode("utf-8", "replace")
+        else:
+            found = _MODEL.match(body, first)
+            model = _decoded(found.group(1)) if found is not None else None
+    document: object = None
+    if found is None:
+        document = parsed.document() if parsed is not None else _parse(body)
+        if not isinstance(document, dict):
+            return None, None, body, stream  # not JSON after all: forwarded as it is
+        value = document.get("model")
+        model = value if isinstance(value, str) else None
+        stream = document.get("stream") is True
     if model is None or model not in aliases:
         return model, model, body, stream
-    if parsed is not None:
-        document: object = parsed.document()
-    else:
-        try:
-            document = json.loads(body)
-        except ValueError:
-            return model, model, body, stream  # not JSON after all: forwarded as it is
+    if document is None:
+        document = parsed.document() if parsed is not None else _parse(body)
     if not isinstance(document, dict) or document.get("model") != model:
         return model, model, body, stream
     target = aliases[model]
     document["model"] = target
-    if found is not None and _MODEL.search(body, found.end()) is None:
-        # The only "model" key is the top-level one: swap its value in place. Re-encoding a
-        # megabyte of base64 images costs more than parsing it did.
+    if found is not None:
+        # The only "model" key is the top-level one (the parse confirmed it): swap its value in
+        # place. Re-encoding a megabyte of base64 images costs more than parsing it did.
         value = json.dumps(target, ensure_ascii=False)[1:-1].encode()
         return model, target, body[: found.start(1)] + value + body[found.end(1) :], stream
     return model, target, json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode(), stream
+
+
+def _decoded(raw: bytes) -> str:
+    """A JSON string's content as the gateway reads it: escapes decoded when there are any."""
+    if b"\\" not in raw:
+        return raw.decode("utf-8", "replace")
+    try:
+        value = json.loads(b'"' + raw + b'"')
+    except ValueError:
+        return raw.decode("utf-8", "replace")
+    return value if isinstance(value, str) else raw.decode("utf-8", "replace")
+
+
+def _parse(body: bytes) -> object:
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        return None

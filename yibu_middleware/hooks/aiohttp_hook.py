@@ -124,7 +124,11 @@ def _request_wrapper(lib: _Lib) -> Any:
 async def _middleware(lib: _Lib, timeout: Any, request: Any, handler: Any) -> Any:
     """Our middleware: a request for a routed host becomes a call; any other passes through."""
     runtime = current()
-    route = runtime.routes.match(request.url.raw_host or "") if runtime is not None else None
+    route = (
+        runtime.routes.match(request.url.raw_host or "", request.url.port, request.url.path)
+        if runtime is not None
+        else None
+    )
     if route is None or runtime is None:
         return await handler(request)
     body = request.body  # a Payload, or b"" when there is none

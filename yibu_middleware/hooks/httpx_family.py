@@ -33,6 +33,7 @@ from typing import Any
 
 from ..core.nodes import Node
 from ..core.plan import Deliver, GiveUp, Send
+from ..core.routes import DEFAULT_PORTS as PORTS
 from ..core.sse import StreamWatch
 from ..runtime import current
 from .base import Hook
@@ -73,7 +74,11 @@ def _sync_wrapper(lib: ModuleType) -> Callable[..., Any]:
     def handle_request(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: Any) -> Any:
         runtime = current()
         request = args[0] if args else kwargs["request"]
-        route = runtime.routes.match(request.url.host) if runtime is not None else None
+        route = (
+            runtime.routes.match(request.url.host, request.url.port or PORTS.get(request.url.scheme), request.url.path)
+            if runtime is not None
+            else None
+        )
         if route is None or runtime is None:
             return wrapped(*args, **kwargs)
         fast = first_attempt(lib, runtime, route, request)
@@ -177,7 +182,11 @@ def _async_wrapper(lib: ModuleType) -> Callable[..., Any]:
     ) -> Any:
         runtime = current()
         request = args[0] if args else kwargs["request"]
-        route = runtime.routes.match(request.url.host) if runtime is not None else None
+        route = (
+            runtime.routes.match(request.url.host, request.url.port or PORTS.get(request.url.scheme), request.url.path)
+            if runtime is not None
+            else None
+        )
         if route is None or runtime is None:
             return await wrapped(*args, **kwargs)
         fast = first_attempt(lib, runtime, route, request)

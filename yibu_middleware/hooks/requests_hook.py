@@ -33,6 +33,7 @@ from urllib.parse import SplitResult, urlsplit
 from ..core.nodes import Node
 from ..core.plan import Deliver, GiveUp, Send
 from ..core.retry import Kind
+from ..core.routes import DEFAULT_PORTS as PORTS
 from ..core.routes import Route
 from ..core.sse import StreamWatch
 from ..runtime import Runtime, current
@@ -99,7 +100,7 @@ def _send_wrapper(lib: _Lib) -> Callable[..., Any]:
             return wrapped(*args, **kwargs)
         request = args[0] if args else kwargs["request"]
         url = urlsplit(request.url)
-        route = runtime.routes.match(url.hostname or "")
+        route = runtime.routes.match(url.hostname or "", url.port or PORTS.get(url.scheme), url.path)
         if route is None:
             return wrapped(*args, **kwargs)
         options = dict(zip(_OPTIONS, args[1:], strict=False))
