@@ -150,6 +150,11 @@ async def _exchange(call: AiohttpCall, action: Send) -> Exchange:
         async with asyncio.timeout(call.attempt_limit()):
             response = await call.handler(call.request_for(action))
             status: int = response.status
+            if 300 <= status < 400 and (
+                redirect := call.redirected(action.node, status, response.headers.get("location"))
+            ):
+                response.close()  # never followed (the session would, with the app's headers): see Call.redirected
+                return Exchange(action, None, 0, redirect)
             if status >= 400:
                 await response.read()  # error bodies are read before judging
             elif call.watches_stream(response):

@@ -16,12 +16,14 @@ how to build a response of its own type.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple
+from urllib.parse import urljoin, urlsplit
 
 from ..core.errors import annotate, error_body
 from ..core.genai import ResponseReader
@@ -368,6 +370,28 @@ class Call:
         """A transport error in a few words, for the log line and the list of nodes tried."""
         return str(exc) or type(exc).__name__
 
+    def redirected(self, node: Node, status: int, location: str | None) -> Failure | None:
+        """The failure a node's redirect is (None: ``status`` is no redirect).
+
+        A gateway call is never redirected off the gateway. The hook sits below each client's
+        redirect handling, so a 3xx handed back would be followed by the client itself, with the
+        app's own headers (its provider key, unswapped: ``x-api-key``, ``api-key``) and the
+        prompt, to whatever host the node names, and that host's answer would reach the app as
+        the model's. A gateway has no reason to redirect an API call: a 3xx means a misconfigured
+        or hostile node. So it is a failed attempt, as a 5xx is (the next node is tried, and the
+        node is blamed), never handed back: answering it without its Location instead would only
+        give the app a 3xx it cannot use. The attempt's outcome names the redirect and where it
+        pointed (scheme, host and port only). 304 is no redirect (it has no Location to follow)."""
+        if not 300 <= status < 400 or status == 304:
+            return None
+        if location:
+            target = urlsplit(urljoin(node.base_url, location.strip()))
+            where = f" to {target.scheme}://{target.netloc.rpartition('@')[2]}"
+        else:
+            where = ""
+        detail = self.runtime.redact(f"{status} redirect{where}, not followed (a gateway call stays on the gateway)")
+        return Failure(Kind.NODE_FAILED, detail, False)
+
     def stream_failed(self, why: str) -> Failure:
         """A stream that failed before its first content (see ``Commit.failure``)."""
         # The gateway's own error text can quote a key: masked like everything else.
@@ -409,7 +433,8 @@ class Call:
         self.finish(error_type="cancelled")
 
     def failed_exchange(self, done: Exchange) -> bool:
-        """Did this exchange fail (so that a hedge still running should be waited for)?"""
+        """Did this exchange fail (so that a hedge still running should be waited for)?
+        (A redirect is an exchange's failure already: see ``redirected``.)"""
         return done.failure is not None or done.status == 429 or done.status >= 500
 
     def note_lost(self, done: Exchange) -> None:
@@ -442,7 +467,9 @@ class Call:
             self.reader.sse = event_stream
         if not action.final:
             return response
-        body = self.error_body(response)
+        # A node can quote the key it was sent (a 401's "Incorrect API key provided: ..."):
+        # what we hand back is masked like a log line, or the app's exception would hold it.
+        body = masked_body(self.error_body(response), self.runtime.redact)
         if self.reader is not None:
             self.reader.chunk(body)
         explained = describe_gateway_refusal(status, gateway_code(body))
@@ -456,7 +483,8 @@ class Call:
         self.finish(error_type=str(status))
         if self.plan.retried:
             body = annotate(body, f"yibu-middleware tried: {self.plan.summary()}") or body
-        headers = [(k, v) for k, v in self.headers_of(response) if k.lower() not in BODY_HEADERS]
+        redact = self.runtime.redact
+        headers = [(k, redact(v)) for k, v in self.headers_of(response) if k.lower() not in BODY_HEADERS]
         headers.append(("x-should-retry", "false"))
         return self.answer(status, headers, body, response)
 
@@ -487,6 +515,37 @@ class Call:
         """The call's log line at INFO (the caller checks that INFO is on)."""
         tried = self.plan.summary() if self.plan.retried else ""
         log_answer(self.where, self.gateway, node, status, self.started, tried)
+
+
+def masked_body(body: bytes, redact: Callable[[str], str]) -> bytes:
+    """An error body with every secret in it masked (``redact``: the runtime's), still valid JSON
+    when it was: the masks are plain text, but an app's ``redaction.extra_patterns`` may span a
+    quote, so a body that no longer parses is masked string by string instead."""
+    text = body.decode("utf-8", "surrogateescape")
+    masked = redact(text)
+    if masked == text:
+        return body  # nothing to mask (the common case): the node's bytes as they came
+    if body.lstrip()[:1] in (b"{", b"["):
+        try:
+            json.loads(masked)
+        except (ValueError, RecursionError):
+            try:
+                document = json.loads(body)
+            except (ValueError, RecursionError):
+                pass  # not JSON after all (or too deep to walk): masked as text
+            else:
+                return json.dumps(_masked_strings(document, redact)).encode()
+    return masked.encode("utf-8", "surrogateescape")
+
+
+def _masked_strings(value: Any, redact: Callable[[str], str]) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list):
+        return [_masked_strings(item, redact) for item in value]
+    if isinstance(value, dict):
+        return {redact(key): _masked_strings(item, redact) for key, item in value.items()}
+    return value
 
 
 def log_answer(where: str, gateway: GatewayRequest, node: str, status: int, started: float, tried: str) -> None:

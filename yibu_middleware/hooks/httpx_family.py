@@ -134,6 +134,9 @@ def _exchange_sync(
         if response is None:
             response = wrapped(call.request_for(action))
         status: int = response.status_code
+        if 300 <= status < 400 and (redirect := call.redirected(action.node, status, response.headers.get("location"))):
+            response.close()  # never followed: see Call.redirected
+            return Exchange(action, None, 0, redirect)
         if status >= 400 or call.reads_whole(response):
             response.read()  # error bodies are read before judging; see reads_whole for the rest
         elif call.watches_stream(response):
@@ -234,6 +237,9 @@ async def _exchange_async(
         if response is None:
             response = await wrapped(call.request_for(action))
         status: int = response.status_code
+        if 300 <= status < 400 and (redirect := call.redirected(action.node, status, response.headers.get("location"))):
+            await response.aclose()  # never followed: see Call.redirected
+            return Exchange(action, None, 0, redirect)
         if status >= 400 or call.reads_whole(response):
             await response.aread()
         elif call.watches_stream(response):

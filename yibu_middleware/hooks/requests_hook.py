@@ -120,6 +120,9 @@ def _exchange(call: RequestsCall, wrapped: Callable[..., Any], action: Send) -> 
     try:
         response = wrapped(call.request_for(action), **call.options_for_attempt())
         status: int = response.status_code
+        if 300 <= status < 400 and (redirect := call.redirected(action.node, status, response.headers.get("location"))):
+            response.close()  # never followed (Session.send would, with the app's headers): see Call.redirected
+            return Exchange(action, None, 0, redirect)
         if status >= 400:
             _ = response.content  # error bodies are read before judging
         elif call.watches_stream(response):

@@ -1,0 +1,206 @@
+"""Keys and prompts never leave by a side door: a node's redirect, the app's proxy, a node echoing
+the key. Every client library the middleware hooks, against small hostile servers on loopback
+(``sidedoor_servers``), with the real clients and SDKs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import aiohttp
+import anthropic
+import httpx
+import httpx2
+import openai
+import pytest
+import requests
+from helpers import ANTHROPIC_KEY, GATEWAY_KEY, OPENAI_KEY, PROVIDER_KEYS
+from sidedoor_servers import Scripted, Seen, echoing_401, elsewhere, redirecting, serving
+
+import yibu_middleware
+
+CHAT_URL = "https://api.openai.com/v1/chat/completions"
+MESSAGES_URL = "https://api.anthropic.com/v1/messages"
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "the secret prompt"}]}
+MESSAGE = {"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "the secret prompt"}]}
+ALL_KEYS = (*PROVIDER_KEYS, GATEWAY_KEY)
+
+
+class Outcome(NamedTuple):
+    """What the app saw: the status it got (0: an exception instead) and the error text, if any."""
+
+    status: int
+    text: str  # the body, or the exception's text
+
+
+def install(*nodes: Scripted, **settings: Any) -> None:
+    yibu_middleware.install({"nodes": [node.base_url for node in nodes], "api_key": GATEWAY_KEY, **settings})
+
+
+# --- every client, one POST each ----------------------------------------------------------------
+
+
+def _httpx_sync(lib: Any, url: str, body: Any, headers: dict[str, str], **client: Any) -> Outcome:
+    with lib.Client(follow_redirects=True, **client) as session:
+        response = session.post(url, json=body, headers=headers)
+        return Outcome(response.status_code, response.text)
+
+
+async def _httpx_async(lib: Any, url: str, body: Any, headers: dict[str, str], **client: Any) -> Outcome:
+    async with lib.AsyncClient(follow_redirects=True, **client) as session:
+        response = await session.post(url, json=body, headers=headers)
+        return Outcome(response.status_code, response.text)
+
+
+def _requests(url: str, body: Any, headers: dict[str, str], **options: Any) -> Outcome:
+    response = requests.post(url, json=body, headers=headers, timeout=10, **options)  # follows redirects by default
+    return Outcome(response.status_code, response.text)
+
+
+async def _aiohttp(url: str, body: Any, headers: dict[str, str], **session: Any) -> Outcome:
+    async with aiohttp.ClientSession(**session) as client, client.post(url, json=body, headers=headers) as response:
+        return Outcome(response.status, await response.text())  # allow_redirects defaults to True
+
+
+def _sdk_error(exc: Exception) -> Outcome:
+    status = getattr(exc, "status_code", 0)
+    return Outcome(status, str(exc))
+
+
+def _openai(**client: Any) -> Outcome:
+    try:
+        answer = openai.OpenAI(api_key=OPENAI_KEY, max_retries=0, **client).chat.completions.create(**CHAT)  # type: ignore[call-overload]
+    except openai.APIError as exc:
+        return _sdk_error(exc)
+    return Outcome(200, answer.choices[0].message.content or "")
+
+
+async def _openai_async(**client: Any) -> Outcome:
+    async with openai.AsyncOpenAI(api_key=OPENAI_KEY, max_retries=0, **client) as sdk:
+        try:
+            answer = await sdk.chat.completions.create(**CHAT)  # type: ignore[call-overload]
+        except openai.APIError as exc:
+            return _sdk_error(exc)
+    return Outcome(200, answer.choices[0].message.content or "")
+
+
+def _anthropic(**client: Any) -> Outcome:
+    try:
+        answer = anthropic.Anthropic(api_key=ANTHROPIC_KEY, max_retries=0, **client).messages.create(**MESSAGE)  # type: ignore[call-overload]
+    except anthropic.APIError as exc:
+        return _sdk_error(exc)
+    return Outcome(200, str(answer.content))
+
+
+async def _anthropic_async(**client: Any) -> Outcome:
+    async with anthropic.AsyncAnthropic(api_key=ANTHROPIC_KEY, max_retries=0, **client) as sdk:
+        try:
+            answer = await sdk.messages.create(**MESSAGE)  # type: ignore[call-overload]
+        except anthropic.APIError as exc:
+            return _sdk_error(exc)
+    return Outcome(200, str(answer.content))
+
+
+BEARER = {"Authorization": f"Bearer {OPENAI_KEY}"}
+AZURE = {"api-key": OPENAI_KEY}  # a credential header httpx keeps on a redirect to another host
+ANTHROPIC = {"x-api-key": ANTHROPIC_KEY, "anthropic-version": "2023-06-01"}
+
+# Every client the middleware hooks, as an app would call it: name -> a call giving its Outcome.
+CLIENTS: dict[str, Callable[[], Outcome]] = {
+    "httpx": lambda: _httpx_sync(httpx, CHAT_URL, CHAT, AZURE),
+    "httpx-async": lambda: asyncio.run(_httpx_async(httpx, CHAT_URL, CHAT, AZURE)),
+    "httpx2": lambda: _httpx_sync(httpx2, MESSAGES_URL, MESSAGE, ANTHROPIC),
+    "httpx2-async": lambda: asyncio.run(_httpx_async(httpx2, MESSAGES_URL, MESSAGE, ANTHROPIC)),
+    "openai": _openai,
+    "openai-async": lambda: asyncio.run(_openai_async()),
+    "openai-aiohttp": lambda: asyncio.run(_openai_async(http_client=openai.DefaultAioHttpClient())),
+    "anthropic": _anthropic,
+    "anthropic-async": lambda: asyncio.run(_anthropic_async()),
+    "anthropic-aiohttp": lambda: asyncio.run(_anthropic_async(http_client=anthropic.DefaultAioHttpClient())),
+    "requests": lambda: _requests(MESSAGES_URL, MESSAGE, ANTHROPIC),
+    "requests-bearer": lambda: _requests(CHAT_URL, CHAT, BEARER),
+    "aiohttp": lambda: asyncio.run(_aiohttp(MESSAGES_URL, MESSAGE, ANTHROPIC)),
+    "aiohttp-bearer": lambda: asyncio.run(_aiohttp(CHAT_URL, CHAT, BEARER)),
+}
+
+
+def assert_only_the_gateway_key(seen: list[Seen]) -> None:
+    for request in seen:
+        for key in PROVIDER_KEYS:
+            assert key not in request.text(), f"a provider key reached a node: {request.path}"
+
+
+# --- item 1: a node's redirect is never followed ------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [307, 308, 302])
+@pytest.mark.parametrize("client", list(CLIENTS))
+def test_a_redirecting_node_is_a_failed_attempt_never_followed(client: str, status: int) -> None:
+    target = elsewhere()
+    with target:
+        node = redirecting(target.origin, status)
+        with serving(node):
+            install(node)
+            outcome = CLIENTS[client]()
+    assert target.seen == [], f"{client} followed a node's {status} off the gateway"
+    assert node.seen, "the node was not tried"
+    assert_only_the_gateway_key(node.seen)
+    # The app gets the gateway's failure, naming the redirect that was not followed.
+    assert outcome.status == 503, outcome
+    assert f"{status} redirect to {target.origin}" in outcome.text and "not followed" in outcome.text
+
+
+@pytest.mark.parametrize("client", ["httpx", "openai", "requests", "aiohttp-bearer", "openai-aiohttp"])
+def test_a_redirecting_node_gives_way_to_the_next_node(client: str) -> None:
+    """Another node answers: the call succeeds there, and the redirect is one of the nodes tried."""
+    target = elsewhere()
+    good = Scripted(lambda seen: (200, [("content-type", "application/json")], json.dumps(_answer(seen)).encode()))
+    with target, good:
+        node = redirecting(target.origin)
+        with serving(node):
+            install(node, good, pin=node.base_url)  # the redirecting node first
+            outcome = CLIENTS[client]()
+    assert target.seen == []
+    assert outcome.status == 200 and "from the gateway" in outcome.text
+    assert len(node.seen) == 1 and len(good.seen) == 1
+    assert_only_the_gateway_key([*node.seen, *good.seen])
+
+
+def _answer(seen: Seen) -> dict[str, Any]:
+    from sidedoor_servers import CHAT_ANSWER, MESSAGE_ANSWER
+
+    answer = json.loads(json.dumps(MESSAGE_ANSWER if "/messages" in seen.path else CHAT_ANSWER))
+    if "choices" in answer:
+        answer["choices"][0]["message"]["content"] = "from the gateway"
+    else:
+        answer["content"][0]["text"] = "from the gateway"
+    return answer
+
+
+# --- item 4: a node echoing the key -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("client", list(CLIENTS))
+def test_a_key_echoed_in_a_401_is_masked_in_what_the_app_gets(client: str) -> None:
+    node = echoing_401()
+    with node:
+        install(node)
+        outcome = CLIENTS[client]()
+    assert outcome.status == 401, outcome
+    for key in ALL_KEYS:
+        assert key not in outcome.text, f"{client} handed the app a key the node echoed"
+    assert "Incorrect API key provided" in outcome.text
+
+
+@pytest.mark.parametrize("client", ["httpx", "requests", "aiohttp-bearer"])
+def test_a_masked_error_body_stays_valid_json(client: str) -> None:
+    node = echoing_401()
+    with node:
+        install(node)
+        outcome = CLIENTS[client]()
+    document = json.loads(outcome.text)
+    assert document["error"]["code"] == "invalid_api_key"
+    message = document["error"]["message"]
+    assert GATEWAY_KEY not in message and GATEWAY_KEY[:6] not in message  # masked as in the logs
