@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import aiohttp
@@ -16,10 +16,11 @@ import httpx2
 import openai
 import pytest
 import requests
-from helpers import ANTHROPIC_KEY, GATEWAY_KEY, OPENAI_KEY, PROVIDER_KEYS
+from helpers import ANTHROPIC_KEY, GATEWAY_KEY, OPENAI_KEY, PROVIDER_KEYS, install_for
 from sidedoor_servers import Scripted, Seen, echoing_401, elsewhere, redirecting, serving
 
 import yibu_middleware
+from yibu_middleware.simulator import GatewaySimulator
 
 CHAT_URL = "https://api.openai.com/v1/chat/completions"
 MESSAGES_URL = "https://api.anthropic.com/v1/messages"
@@ -204,3 +205,125 @@ def test_a_masked_error_body_stays_valid_json(client: str) -> None:
     assert document["error"]["code"] == "invalid_api_key"
     message = document["error"]["message"]
     assert GATEWAY_KEY not in message and GATEWAY_KEY[:6] not in message  # masked as in the logs
+
+
+# --- item 14: a one-shot body refused at connect goes to the next node ----------------------------
+
+
+def _generator() -> Iterator[bytes]:
+    """A request body that can be read once only, as an upload or a generator is."""
+    yield b'{"model": "gpt-4o-mini", '
+    yield b'"messages": [{"role": "user", "content": "the secret prompt"}]}'
+
+
+def _one_shot(client: str) -> tuple[int, str]:
+    headers = {**BEARER, "content-type": "application/json"}
+    if client == "requests":
+        response = requests.post(CHAT_URL, data=_generator(), headers=headers, timeout=10)
+        return response.status_code, response.text
+    lib = httpx if client == "httpx" else httpx2
+    with lib.Client() as session:
+        answer = session.post(CHAT_URL, content=_generator(), headers=headers)
+        return answer.status_code, answer.text
+
+
+@pytest.mark.parametrize("client", ["requests", "httpx", "httpx2"])
+def test_a_one_shot_body_refused_at_connect_goes_to_the_next_node(gateway: GatewaySimulator, client: str) -> None:
+    gateway.set_faults("a", refuse=True)  # nothing is sent to it: the generator is still whole
+    install_for(gateway, pin=gateway.node("a").base_url)
+    status, text = _one_shot(client)
+    assert status == 200, text
+    (record,) = gateway.records
+    assert record.node != "a" and record.key == GATEWAY_KEY
+    assert record.body["messages"][0]["content"] == "the secret prompt"  # the whole body, once
+
+
+@pytest.mark.parametrize("client", ["requests", "httpx", "httpx2"])
+def test_a_one_shot_body_a_node_read_is_never_sent_again(gateway: GatewaySimulator, client: str) -> None:
+    gateway.set_faults("a", status_override=503)  # the body was sent, and read: it cannot be replayed
+    install_for(gateway, pin=gateway.node("a").base_url)
+    status, text = _one_shot(client)
+    assert status == 503 and "overloaded" in text  # the node's own answer, handed back
+    assert [record.node for record in gateway.records] == ["a"]
+
+
+# --- item 14: a deadline that runs out raises the client's own timeout error ------------------------
+
+
+def _slow_everywhere(gateway: GatewaySimulator) -> None:
+    for node in gateway.nodes:
+        gateway.set_faults(node.name, latency=3.0)
+    install_for(gateway)
+
+
+def _timeout_of(client: str) -> BaseException:
+    """The exception ``client`` raises for a call with a 0.5 s timeout that no node answers in time."""
+    body, headers = CHAT, BEARER
+    try:
+        if client == "httpx":
+            with httpx.Client(timeout=0.5) as session:
+                session.post(CHAT_URL, json=body, headers=headers)
+        elif client == "httpx2-async":
+
+            async def call() -> None:
+                async with httpx2.AsyncClient(timeout=0.5) as session:
+                    await session.post(CHAT_URL, json=body, headers=headers)
+
+            asyncio.run(call())
+        elif client == "openai":
+            openai.OpenAI(api_key=OPENAI_KEY, timeout=0.5, max_retries=0).chat.completions.create(**CHAT)  # type: ignore[call-overload]
+        elif client == "anthropic-async":
+
+            async def call() -> None:
+                sdk = anthropic.AsyncAnthropic(api_key=ANTHROPIC_KEY, timeout=0.5, max_retries=0)
+                await sdk.messages.create(**MESSAGE)  # type: ignore[call-overload]
+
+            asyncio.run(call())
+        elif client == "openai-aiohttp":
+
+            async def call() -> None:
+                http_client = openai.DefaultAioHttpClient(timeout=0.5)
+                sdk = openai.AsyncOpenAI(api_key=OPENAI_KEY, max_retries=0, http_client=http_client)
+                await sdk.chat.completions.create(**CHAT)  # type: ignore[call-overload]
+
+            asyncio.run(call())
+        elif client == "requests":
+            requests.post(CHAT_URL, json=body, headers=headers, timeout=0.5)
+        elif client == "aiohttp":
+
+            async def call() -> None:
+                async with (
+                    aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(sock_read=0.5)) as session,
+                    session.post(CHAT_URL, json=body, headers=headers) as response,
+                ):
+                    await response.read()
+
+            asyncio.run(call())
+    except BaseException as exc:
+        return exc
+    raise AssertionError(f"{client} got an answer")
+
+
+# The exception each client raises for a request that runs out of time without the middleware.
+OWN_TIMEOUT: dict[str, type[BaseException] | tuple[type[BaseException], ...]] = {
+    "httpx": httpx.ReadTimeout,
+    "httpx2-async": httpx2.ReadTimeout,
+    "openai": openai.APITimeoutError,
+    "anthropic-async": anthropic.APITimeoutError,
+    "openai-aiohttp": openai.APITimeoutError,
+    "requests": requests.Timeout,
+    "aiohttp": (aiohttp.ServerTimeoutError, TimeoutError),
+}
+
+
+@pytest.mark.parametrize("client", list(OWN_TIMEOUT))
+def test_a_deadline_that_runs_out_raises_the_clients_own_timeout(gateway: GatewaySimulator, client: str) -> None:
+    _slow_everywhere(gateway)
+    error = _timeout_of(client)
+    assert isinstance(error, OWN_TIMEOUT[client]), repr(error)
+    # Ours (the SDKs raise theirs from it) names the nodes tried, with no key in it.
+    ours = error.__cause__ if isinstance(error, (openai.APIError, anthropic.APIError)) else error
+    text = str(ours)
+    assert "timed out" in text and any(f"127.0.0.1:{node.port}: " in text for node in gateway.nodes), text
+    for key in ALL_KEYS:
+        assert key not in text

@@ -93,6 +93,8 @@ class _Lib:
         self.HttpVersion11 = aiohttp.HttpVersion11
         self.ClientTimeout = aiohttp.ClientTimeout
         self.ClientPayloadError = aiohttp.ClientPayloadError
+        # What aiohttp raises when a read runs out of time (3.10+; before, its base class).
+        self.SocketTimeoutError = getattr(aiohttp, "SocketTimeoutError", aiohttp.ServerTimeoutError)
         self.RelayReader = type("RelayReader", (_Relay, streams.StreamReader), {})
         # What an attempt may raise: aiohttp's errors, and the TimeoutError of its time limit.
         self.errors = (aiohttp.ClientError, TimeoutError)
@@ -343,6 +345,10 @@ class AiohttpCall(Call):
         content.feed_eof()
         response.content = content
         return response
+
+    def timeout_error(self, message: str) -> BaseException:
+        error: BaseException = self.lib.SocketTimeoutError(message)
+        return error
 
     def stream_error(self, node: Node, detail: str) -> Exception:
         """The error a caller gets when a stream breaks after its first content: aiohttp's own

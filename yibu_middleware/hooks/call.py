@@ -57,7 +57,7 @@ class Failure(NamedTuple):
 
     kind: Kind
     detail: str  # masked: it can quote the gateway's error text
-    timeout: bool  # a timeout: if no node answers at all, the call is answered 504, else 503
+    timeout: bool  # a timeout: if no node answers at all, the client's timeout error is raised (see give_up)
 
 
 class Exchange(NamedTuple):
@@ -144,7 +144,7 @@ class Call:
         )
         self.ttft = runtime.settings.stream.first_token_timeout if self.gateway.stream else None
         self._app_path = path
-        self.timed_out = False  # the last failure was a timeout: answered with 504, else 503
+        self.timed_out = False  # the last failure was a timeout: see give_up
         # The response is read for its usage (and ids) when a span or a token limit wants it.
         limiter = runtime.limiter
         self.reader = ResponseReader() if limiter is not None and limiter.counts_tokens else None
@@ -191,6 +191,10 @@ class Call:
     def answer(self, status: int, headers: list[tuple[str, str]], body: bytes, based_on: Any) -> Any:
         """A complete response of the library's own type, built by us (``based_on``: the
         node's response it replaces, or None when no node answered)."""
+        raise NotImplementedError
+
+    def timeout_error(self, message: str) -> BaseException:
+        """The library's own exception for a request that ran out of time (see ``give_up``)."""
         raise NotImplementedError
 
     # --- client-side limits and policy ------------------------------------------------------
@@ -489,18 +493,36 @@ class Call:
         return self.answer(status, headers, body, response)
 
     def give_up(self, action: GiveUp) -> Any:
-        """No node gave an answer to hand back: answer for the gateway, in the provider's format.
+        """No node gave an answer to hand back.
 
-        A response rather than an exception, with ``x-should-retry: false``, so that the
-        openai/anthropic SDKs raise at once instead of running retry rounds of their own."""
-        status = 504 if self.timed_out else 503
+        When the last attempt timed out (the call's deadline ran out, or every node timed
+        out), the client's own timeout exception is raised, naming the nodes tried: what the
+        library alone raises when a request runs out of time (httpx's and httpx2's
+        ``ReadTimeout``, which the openai and anthropic SDKs raise as ``APITimeoutError``;
+        requests' ``ReadTimeout``; aiohttp's ``SocketTimeoutError``), so that an app's handling
+        of timeouts, and the SDK's own retry of a timeout (``max_retries``), work as without
+        the middleware. A 504 of our own would turn a timeout into an ``InternalServerError``
+        the app does not expect from one.
+
+        Otherwise (nodes refused, dropped or redirected), the library answers for the gateway
+        with a 503 in the provider's format, with ``x-should-retry: false``, so that the
+        openai/anthropic SDKs raise at once instead of running retry rounds of their own over
+        nodes just found dead."""
+        summary = self.plan.summary()
+        if self.timed_out:
+            message = self.runtime.redact(
+                f"yibu-middleware: {self.where} timed out: no gateway node answered in time ({summary}); {action.reason}"
+            )
+            log.warning("%s", message)
+            self.finish(error_type="timeout")
+            raise self.timeout_error(message)
         message = self.runtime.redact(
-            f"yibu-middleware: {self.where} got no answer from the gateway ({self.plan.summary()}); {action.reason}"
+            f"yibu-middleware: {self.where} got no answer from the gateway ({summary}); {action.reason}"
         )
         log.warning("%s", message)
-        self.finish(error_type="timeout" if self.timed_out else "yibu_no_answer")
-        body = error_body(self.gateway.route.provider, status, message, "yibu_no_answer")
-        return self.answer(status, [("content-type", "application/json"), ("x-should-retry", "false")], body, None)
+        self.finish(error_type="yibu_no_answer")
+        body = error_body(self.gateway.route.provider, 503, message, "yibu_no_answer")
+        return self.answer(503, [("content-type", "application/json"), ("x-should-retry", "false")], body, None)
 
     def stream_broke(self, node: Node, detail: str) -> str:
         """A stream broke after its first content: too late to retry, but the node is blamed.

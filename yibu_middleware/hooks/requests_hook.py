@@ -318,6 +318,10 @@ class RequestsCall(Call):
         )
         return self.adapter.build_response(self.original, raw)
 
+    def timeout_error(self, message: str) -> BaseException:
+        error: BaseException = self.lib.requests.ReadTimeout(message, request=self.original)
+        return error
+
     def stream_error(self, node: Node, detail: str) -> Exception:
         """The error a caller gets when a stream breaks after its first content: urllib3's,
         which requests raises as ChunkedEncodingError."""
