@@ -152,9 +152,11 @@ def echoing_401() -> Scripted:
                 "code": "invalid_api_key",
             }
         }
-        return 401, [("content-type", "application/json"), ("www-authenticate", f"Bearer {sent}")], json.dumps(
-            error
-        ).encode()
+        return (
+            401,
+            [("content-type", "application/json"), ("www-authenticate", f"Bearer {sent}")],
+            json.dumps(error).encode(),
+        )
 
     return Scripted(reply)
 

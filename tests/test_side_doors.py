@@ -17,7 +17,7 @@ import openai
 import pytest
 import requests
 from helpers import ANTHROPIC_KEY, GATEWAY_KEY, OPENAI_KEY, PROVIDER_KEYS, install_for
-from sidedoor_servers import Scripted, Seen, echoing_401, elsewhere, redirecting, serving
+from sidedoor_servers import RecordingProxy, Scripted, Seen, echoing_401, elsewhere, redirecting, serving
 
 import yibu_middleware
 from yibu_middleware.simulator import GatewaySimulator
@@ -25,7 +25,11 @@ from yibu_middleware.simulator import GatewaySimulator
 CHAT_URL = "https://api.openai.com/v1/chat/completions"
 MESSAGES_URL = "https://api.anthropic.com/v1/messages"
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "the secret prompt"}]}
-MESSAGE = {"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "the secret prompt"}]}
+MESSAGE = {
+    "model": "claude-sonnet-4-5",
+    "max_tokens": 10,
+    "messages": [{"role": "user", "content": "the secret prompt"}],
+}
 ALL_KEYS = (*PROVIDER_KEYS, GATEWAY_KEY)
 
 
@@ -327,3 +331,88 @@ def test_a_deadline_that_runs_out_raises_the_clients_own_timeout(gateway: Gatewa
     assert "timed out" in text and any(f"127.0.0.1:{node.port}: " in text for node in gateway.nodes), text
     for key in ALL_KEYS:
         assert key not in text
+
+
+# --- item 2: the proxy for a node is the environment's decision for the node's URL ----------------
+
+PROXY_CLIENTS = ["openai", "openai-aiohttp", "httpx", "httpx-async", "requests", "aiohttp"]
+
+
+def _via(client: str, **extra: Any) -> Outcome:
+    """One chat call with ``client``, which takes its proxy from the environment (aiohttp only
+    with trust_env=True), or from ``extra`` (the app's explicit proxy in code)."""
+    if client == "openai":
+        return _openai(**extra)
+    if client == "openai-aiohttp":
+        return asyncio.run(_openai_async(http_client=openai.DefaultAioHttpClient()))
+    if client == "httpx":
+        return _httpx_sync(httpx, CHAT_URL, CHAT, BEARER, **extra)
+    if client == "httpx-async":
+        return asyncio.run(_httpx_async(httpx, CHAT_URL, CHAT, BEARER, **extra))
+    if client == "requests":
+        return _requests(CHAT_URL, CHAT, BEARER, **extra)
+    return asyncio.run(_aiohttp(CHAT_URL, CHAT, BEARER, trust_env=True, **extra))
+
+
+@pytest.fixture
+def proxy(monkeypatch: pytest.MonkeyPatch) -> Iterator[RecordingProxy]:
+    with RecordingProxy() as recording:
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+            monkeypatch.setenv(name, recording.url)
+        for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        yield recording
+
+
+@pytest.mark.parametrize("client", PROXY_CLIENTS)
+def test_no_proxy_covering_the_node_keeps_the_call_off_the_proxy(
+    gateway: GatewaySimulator, proxy: RecordingProxy, monkeypatch: pytest.MonkeyPatch, client: str
+) -> None:
+    """HTTPS_PROXY is the provider host's proxy; NO_PROXY covers the node: the node is reached directly."""
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    install_for(gateway)
+    outcome = _via(client)
+    assert outcome.status == 200, outcome
+    assert proxy.everything == b"", f"{client} sent the call to the proxy: {proxy.everything[:200]!r}"
+    assert [record.key for record in gateway.records] == [GATEWAY_KEY]
+
+
+@pytest.mark.parametrize("client", PROXY_CLIENTS)
+def test_a_node_not_in_no_proxy_goes_through_the_environments_proxy(
+    gateway: GatewaySimulator, proxy: RecordingProxy, client: str
+) -> None:
+    """The environment's decision for the node's URL: through the proxy (an http:// node, so in
+    clear text: only the node's URL and the gateway key, never the provider host or its key)."""
+    install_for(gateway)
+    outcome = _via(client)
+    assert outcome.status == 200, outcome
+    seen = proxy.everything
+    assert b"127.0.0.1:" in seen and b"api.openai.com" not in seen
+    for key in PROVIDER_KEYS:
+        assert key.encode() not in seen
+
+
+@pytest.mark.parametrize("client", ["httpx", "requests", "aiohttp"])
+def test_an_explicit_proxy_is_kept_for_the_node_unless_no_proxy_covers_it(
+    gateway: GatewaySimulator, monkeypatch: pytest.MonkeyPatch, client: str
+) -> None:
+    """A proxy given in code was the app's choice for its API traffic: the node's too, unless
+    the environment's NO_PROXY says the node is reached directly."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    install_for(gateway)
+    with RecordingProxy() as explicit:
+        options: dict[str, Any] = {
+            "httpx": {"proxy": explicit.url},
+            "requests": {"proxies": {"http": explicit.url, "https": explicit.url}},
+            "aiohttp": {"proxy": explicit.url},
+        }[client]
+        assert _via(client, **options).status == 200
+        assert b"127.0.0.1:" in explicit.everything  # kept for the node
+        explicit.received.clear()
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        monkeypatch.setenv("no_proxy", "127.0.0.1")
+        assert _via(client, **options).status == 200
+        assert explicit.everything == b""  # NO_PROXY covers the node: reached directly
+    assert [record.key for record in gateway.records] == [GATEWAY_KEY, GATEWAY_KEY]

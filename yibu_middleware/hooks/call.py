@@ -16,8 +16,10 @@ how to build a response of its own type.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -511,7 +513,8 @@ class Call:
         summary = self.plan.summary()
         if self.timed_out:
             message = self.runtime.redact(
-                f"yibu-middleware: {self.where} timed out: no gateway node answered in time ({summary}); {action.reason}"
+                f"yibu-middleware: {self.where} timed out: no gateway node answered in time ({summary});"
+                f" {action.reason}"
             )
             log.warning("%s", message)
             self.finish(error_type="timeout")
@@ -537,6 +540,25 @@ class Call:
         """The call's log line at INFO (the caller checks that INFO is on)."""
         tried = self.plan.summary() if self.plan.retried else ""
         log_answer(self.where, self.gateway, node, status, self.started, tried)
+
+
+def no_proxy_covers(host: str, port: int | None) -> bool:
+    """Does the environment's NO_PROXY cover ``host`` (a node's), as urllib decides it (which
+    aiohttp and the ``requests`` helpers use too)? Cached per NO_PROXY value: reading every
+    environment variable, as urllib does, costs more than the rest of an attempt's choice."""
+    return _no_proxy_covers(host, port, os.environ.get("no_proxy"), os.environ.get("NO_PROXY"))
+
+
+@functools.lru_cache(maxsize=256)
+def _no_proxy_covers(host: str, port: int | None, lower: str | None, upper: str | None) -> bool:
+    no_proxy = lower if lower is not None else upper
+    if not no_proxy:
+        return False
+    import urllib.request  # here: only a process with NO_PROXY set and a proxied client needs it
+
+    target = host if port is None else f"{host}:{port}"
+    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]  # public, not in typeshed
+    return bool(bypass(target, {"no": no_proxy}))
 
 
 def masked_body(body: bytes, redact: Callable[[str], str]) -> bytes:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextvars import ContextVar
 from functools import partial
 from types import ModuleType
 from typing import Any
@@ -36,7 +37,7 @@ from ..core.plan import Deliver, GiveUp, Send
 from ..core.sse import StreamWatch
 from ..runtime import current
 from .base import Hook
-from .call import Commit, Exchange, Failure
+from .call import Commit, Exchange, Failure, no_proxy_covers
 from .httpx_call import HttpxCall
 from .httpx_fast import FastAttempt, first_attempt
 
@@ -60,6 +61,69 @@ class HttpxFamilyHook(Hook):
                 self.wrap(owner, method, _async_wrapper(lib))
             else:
                 self.wrap(owner, method, _sync_wrapper(lib))
+        if module is lib:
+            # Where a client chooses a transport (and so a proxy) for a URL: noted, so that each
+            # attempt can be sent with the transport the client chooses for the node's URL.
+            for client_class in ("Client", "AsyncClient"):
+                self.wrap(getattr(lib, client_class), "_transport_for_url", _note_sender)
+
+
+# --- the transport for a node: the client's choice for the node's URL, not the provider's -------
+#
+# The client chose the hooked transport (and with it a proxy, or none) for the provider's URL:
+# an HTTPS_PROXY for api.openai.com, say, while NO_PROXY covers the node. So each attempt is
+# sent with the transport the same client would choose for the node's URL (its mounts: the
+# environment's proxies with NO_PROXY when it trusts the environment, or the app's own
+# ``proxy=`` / ``mounts=``), and directly (the client's default transport) when the
+# environment's NO_PROXY covers the node, whatever proxy the app gave in code: a proxy the app
+# chose was chosen for the provider host, and NO_PROXY is where a user says a host is reached
+# directly. An https node through a proxy is tunnelled (CONNECT): the proxy sees its host and
+# port, never a header. A client without mounts has one transport for every URL: nothing to
+# choose, and nothing noted.
+
+# (the client, the transport it chose) of the request being sent in this thread or task.
+_sender: ContextVar[tuple[Any, Any] | None] = ContextVar("yibu_httpx_sender", default=None)
+
+
+def _note_sender(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: Any) -> Any:
+    transport = wrapped(*args, **kwargs)
+    if instance._mounts:
+        _sender.set((instance, transport))
+    return transport
+
+
+def _sender_for(instance: Any, wrapped: Callable[..., Any], method: str) -> Callable[[Any], Any]:
+    """How a routed call's attempts are sent: with ``wrapped`` (the hooked transport's own method),
+    or, when the client that chose that transport has mounts, with the transport it chooses for
+    each node (see above). ``method``: the transports' method, ``handle_request`` or
+    ``handle_async_request``."""
+    noted = _sender.get()
+    if noted is None:
+        return wrapped
+    _sender.set(None)
+    client, chosen = noted
+    if chosen is not instance:
+        return wrapped  # noted for another transport: this one was called some other way
+    return partial(_send_via_client, client, instance, wrapped, method)
+
+
+def _send_via_client(client: Any, instance: Any, wrapped: Callable[..., Any], method: str, request: Any) -> Any:
+    """Send ``request`` (to a node) with the transport ``client`` chooses for its URL. Another
+    transport's method is hooked too, but the node's host is not routed: it sends at once."""
+    url = request.url
+    transport = client._transport if no_proxy_covers(url.host, url.port) else _mounted(client, url)
+    if transport is instance:
+        return wrapped(request)
+    return getattr(transport, method)(request)
+
+
+def _mounted(client: Any, url: Any) -> Any:
+    """The transport ``client`` mounts for ``url``, as its ``_transport_for_url`` chooses it (not
+    called, so that choosing for a node notes nothing)."""
+    for pattern, transport in client._mounts.items():
+        if pattern.matches(url):
+            return client._transport if transport is None else transport
+    return client._transport
 
 
 # --- sync ------------------------------------------------------------------------------------
@@ -76,6 +140,7 @@ def _sync_wrapper(lib: ModuleType) -> Callable[..., Any]:
         route = runtime.routes.match(request.url.host) if runtime is not None else None
         if route is None or runtime is None:
             return wrapped(*args, **kwargs)
+        wrapped = _sender_for(instance, wrapped, "handle_request")
         fast = first_attempt(lib, runtime, route, request)
         if isinstance(fast, FastAttempt):
             return _fast_sync(fast, wrapped, stream_class, traced_class)
@@ -183,6 +248,7 @@ def _async_wrapper(lib: ModuleType) -> Callable[..., Any]:
         route = runtime.routes.match(request.url.host) if runtime is not None else None
         if route is None or runtime is None:
             return await wrapped(*args, **kwargs)
+        wrapped = _sender_for(instance, wrapped, "handle_async_request")
         fast = first_attempt(lib, runtime, route, request)
         if isinstance(fast, FastAttempt):
             return await _fast_async(fast, wrapped, stream_class, traced_class)
