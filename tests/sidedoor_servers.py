@@ -13,10 +13,13 @@ import json
 import select
 import socket
 import socketserver
+import ssl
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, NamedTuple
 
 
@@ -59,8 +62,10 @@ Reply = tuple[int, list[tuple[str, str]], bytes]
 class Scripted:
     """An HTTP server on 127.0.0.1 whose every answer ``reply(seen)`` makes; records each request."""
 
-    def __init__(self, reply: Callable[[Seen], Reply]) -> None:
+    def __init__(self, reply: Callable[[Seen], Reply], tls: ssl.SSLContext | None = None) -> None:
+        """``tls``: serve https with this context (see ``self_signed``)."""
         self.seen: list[Seen] = []
+        self._scheme = "https" if tls is not None else "http"
         self._reply = reply
         owner = self
 
@@ -90,11 +95,17 @@ class Scripted:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
+        if tls is not None:
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    @property
     def origin(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return f"{self._scheme}://127.0.0.1:{self.port}"
 
     @property
     def base_url(self) -> str:
@@ -118,6 +129,37 @@ def _read_chunked(rfile: Any) -> bytes:
             return body
         body += rfile.read(size)
         rfile.readline()
+
+
+def self_signed(directory: Path) -> tuple[ssl.SSLContext, Path]:
+    """A server context for 127.0.0.1 with a certificate made here, and that certificate's file,
+    which a client trusts to verify it (made with the openssl command: no test dependency)."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"),
+            *("-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return context, cert
+
+
+def answering() -> Callable[[Seen], Reply]:
+    """A node's answer to every request: a chat completion (or a message), "from the gateway"."""
+
+    def reply(seen: Seen) -> Reply:
+        answer = json.loads(json.dumps(MESSAGE_ANSWER if "/messages" in seen.path else CHAT_ANSWER))
+        if "choices" in answer:
+            answer["choices"][0]["message"]["content"] = "from the gateway"
+        else:
+            answer["content"][0]["text"] = "from the gateway"
+        return 200, [("content-type", "application/json")], json.dumps(answer).encode()
+
+    return reply
 
 
 def elsewhere() -> Scripted:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import aiohttp
@@ -17,7 +19,17 @@ import openai
 import pytest
 import requests
 from helpers import ANTHROPIC_KEY, GATEWAY_KEY, OPENAI_KEY, PROVIDER_KEYS, install_for
-from sidedoor_servers import RecordingProxy, Scripted, Seen, echoing_401, elsewhere, redirecting, serving
+from sidedoor_servers import (
+    RecordingProxy,
+    Scripted,
+    Seen,
+    answering,
+    echoing_401,
+    elsewhere,
+    redirecting,
+    self_signed,
+    serving,
+)
 
 import yibu_middleware
 from yibu_middleware.simulator import GatewaySimulator
@@ -161,7 +173,7 @@ def test_a_redirecting_node_is_a_failed_attempt_never_followed(client: str, stat
 def test_a_redirecting_node_gives_way_to_the_next_node(client: str) -> None:
     """Another node answers: the call succeeds there, and the redirect is one of the nodes tried."""
     target = elsewhere()
-    good = Scripted(lambda seen: (200, [("content-type", "application/json")], json.dumps(_answer(seen)).encode()))
+    good = Scripted(answering())
     with target, good:
         node = redirecting(target.origin)
         with serving(node):
@@ -171,17 +183,6 @@ def test_a_redirecting_node_gives_way_to_the_next_node(client: str) -> None:
     assert outcome.status == 200 and "from the gateway" in outcome.text
     assert len(node.seen) == 1 and len(good.seen) == 1
     assert_only_the_gateway_key([*node.seen, *good.seen])
-
-
-def _answer(seen: Seen) -> dict[str, Any]:
-    from sidedoor_servers import CHAT_ANSWER, MESSAGE_ANSWER
-
-    answer = json.loads(json.dumps(MESSAGE_ANSWER if "/messages" in seen.path else CHAT_ANSWER))
-    if "choices" in answer:
-        answer["choices"][0]["message"]["content"] = "from the gateway"
-    else:
-        answer["content"][0]["text"] = "from the gateway"
-    return answer
 
 
 # --- item 4: a node echoing the key -------------------------------------------------------------
@@ -416,3 +417,42 @@ def test_an_explicit_proxy_is_kept_for_the_node_unless_no_proxy_covers_it(
         assert _via(client, **options).status == 200
         assert explicit.everything == b""  # NO_PROXY covers the node: reached directly
     assert [record.key for record in gateway.records] == [GATEWAY_KEY, GATEWAY_KEY]
+
+
+def _via_tls(client: str, ca: Path) -> Outcome:
+    """As ``_via``, with the test's certificate authority trusted (the environment's proxy)."""
+    context = ssl.create_default_context(cafile=str(ca))
+    if client == "openai":
+        return _openai(http_client=openai.DefaultHttpxClient(verify=context))
+    if client == "openai-aiohttp":
+        return asyncio.run(_openai_async(http_client=openai.DefaultAioHttpClient(verify=context)))
+    if client == "httpx":
+        return _httpx_sync(httpx, CHAT_URL, CHAT, BEARER, verify=context)
+    if client == "httpx-async":
+        return asyncio.run(_httpx_async(httpx, CHAT_URL, CHAT, BEARER, verify=context))
+    if client == "requests":
+        return _requests(CHAT_URL, CHAT, BEARER, verify=str(ca))
+
+    async def with_aiohttp() -> Outcome:
+        return await _aiohttp(CHAT_URL, CHAT, BEARER, trust_env=True, connector=aiohttp.TCPConnector(ssl=context))
+
+    return asyncio.run(with_aiohttp())
+
+
+@pytest.mark.parametrize("client", PROXY_CLIENTS)
+def test_a_clear_text_proxy_never_sees_a_key_for_an_https_node(
+    proxy: RecordingProxy, tmp_path: Path, client: str
+) -> None:
+    """An https node through the environment's http:// proxy is tunnelled (CONNECT): the proxy
+    carries the node's TLS, and sees its host and port, never a header or the prompt."""
+    context, ca = self_signed(tmp_path)
+    node = Scripted(answering(), tls=context)
+    with node:
+        install(node)
+        outcome = _via_tls(client, ca)
+    assert outcome.status == 200 and "from the gateway" in outcome.text, outcome
+    assert [seen.headers.get("authorization") for seen in node.seen] == [f"Bearer {GATEWAY_KEY}"]
+    (tunnel,) = proxy.received
+    assert tunnel.startswith(f"CONNECT 127.0.0.1:{node.port} ".encode()), tunnel[:100]
+    for secret in (*ALL_KEYS, "the secret prompt", "api.openai.com"):
+        assert secret.encode() not in tunnel, f"{client}: the proxy saw {secret!r}"
