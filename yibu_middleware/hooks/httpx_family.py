@@ -6,6 +6,10 @@ one call here. A request whose host is not routed leaves after one dict lookup. 
 request we send on to a node is not routed either (its host is the node's), so a
 transport stacked on another hooked transport never handles a call twice.
 
+Each attempt goes out through the transport the client would choose for the node's URL
+(its proxy, or none when NO_PROXY covers the node; see below), and a redirect from a
+node is a failed attempt, never handed back to the client's redirect handling.
+
 A call that needs nothing up front but a node (no limit, rule, hedge or stream) is
 first sent by the fast path (``httpx_fast``), which makes no loop unless that first
 attempt does not end the call; the loop then goes on from it.

@@ -9,7 +9,9 @@ request is never handled twice, whatever runs on top of requests.
 
 Each attempt sends a copy of the app's ``PreparedRequest`` (the node's URL, the
 gateway's headers) with the caller's own ``stream``, ``verify``, ``cert`` and
-``proxies``, and its ``timeout`` cut to the call's deadline. urllib3 reads a body only
+``proxies`` (none when NO_PROXY covers the node), and its ``timeout`` cut to the call's
+deadline. A redirect from a node is a failed attempt: ``Session.send``, above the hook,
+would follow it with the app's own headers. urllib3 reads a body only
 when asked (``Response.raw``), so an error body is read before the verdict, and an
 event stream is read from ``raw`` up to its first content; ``raw`` is then replaced by
 :class:`_RelayRaw`, which replays what was read and passes the rest through, watched.
