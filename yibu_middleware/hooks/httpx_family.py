@@ -29,11 +29,12 @@ missing final event, either of which reaches the caller as an error.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextvars import ContextVar
 from functools import partial
-from types import ModuleType
+from types import FunctionType, ModuleType
 from typing import Any
 
 from ..core.nodes import Node
@@ -69,7 +70,27 @@ class HttpxFamilyHook(Hook):
             # Where a client chooses a transport (and so a proxy) for a URL: noted, so that each
             # attempt can be sent with the transport the client chooses for the node's URL.
             for client_class in ("Client", "AsyncClient"):
-                self.wrap(getattr(lib, client_class), "_transport_for_url", _note_sender)
+                self._note_choice(getattr(lib, client_class))
+
+    def _note_choice(self, owner: type) -> None:
+        """Wrap ``owner._transport_for_url`` (see ``_sender``) with a plain function: it runs for
+        every request of every client, routed or not, and binding a wrapt wrapper costs more per
+        call than the rest of what it does. Put back by ``unpatch`` like any wrapped method;
+        wrapt only when another tool's wrapper is there already (kept, as ``wrap`` keeps it)."""
+        original = owner.__dict__["_transport_for_url"]
+        if not isinstance(original, FunctionType):
+            self.wrap(owner, "_transport_for_url", _note_sender)
+            return
+
+        @functools.wraps(original)
+        def _transport_for_url(client: Any, url: Any) -> Any:
+            transport = original(client, url)
+            if client._mounts:
+                _sender.set((client, transport))
+            return transport
+
+        owner._transport_for_url = _transport_for_url  # type: ignore[attr-defined]
+        self._originals.append((owner, "_transport_for_url", original))
 
 
 # --- the transport for a node: the client's choice for the node's URL, not the provider's -------
