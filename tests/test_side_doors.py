@@ -456,3 +456,12 @@ def test_a_clear_text_proxy_never_sees_a_key_for_an_https_node(
     assert tunnel.startswith(f"CONNECT 127.0.0.1:{node.port} ".encode()), tunnel[:100]
     for secret in (*ALL_KEYS, "the secret prompt", "api.openai.com"):
         assert secret.encode() not in tunnel, f"{client}: the proxy saw {secret!r}"
+
+
+@pytest.mark.parametrize("client", ["httpx", "requests", "aiohttp-bearer"])
+def test_a_redirect_with_a_malformed_location_is_a_failed_attempt_too(client: str) -> None:
+    node = Scripted(lambda seen: (308, [("location", "http://[::1/v1" + "x" * 300)], b""))
+    with node:
+        install(node)
+        outcome = CLIENTS[client]()
+    assert outcome.status == 503 and "308 redirect" in outcome.text and "not followed" in outcome.text

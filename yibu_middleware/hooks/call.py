@@ -390,11 +390,15 @@ class Call:
         pointed (scheme, host and port only). 304 is no redirect (it has no Location to follow)."""
         if not 300 <= status < 400 or status == 304:
             return None
+        where = ""
         if location:
-            target = urlsplit(urljoin(node.base_url, location.strip()))
-            where = f" to {target.scheme}://{target.netloc.rpartition('@')[2]}"
-        else:
-            where = ""
+            try:
+                target = urlsplit(urljoin(node.base_url, location.strip()))
+            except ValueError:  # a hostile node's Location need not parse
+                where = " to a malformed Location"
+            else:
+                # Scheme, host and port only (never userinfo, a path or a query), and not at any length.
+                where = f" to {target.scheme[:16]}://{target.netloc.rpartition('@')[2][:200]}"
         detail = self.runtime.redact(f"{status} redirect{where}, not followed (a gateway call stays on the gateway)")
         return Failure(Kind.NODE_FAILED, detail, False)
 
