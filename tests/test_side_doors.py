@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -226,13 +226,27 @@ def _one_shot(client: str) -> tuple[int, str]:
     if client == "requests":
         response = requests.post(CHAT_URL, data=_generator(), headers=headers, timeout=10)
         return response.status_code, response.text
+    if client == "aiohttp":
+
+        async def upload() -> AsyncIterator[bytes]:
+            for piece in _generator():
+                yield piece
+
+        async def send() -> tuple[int, str]:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.post(CHAT_URL, data=upload(), headers=headers) as response,
+            ):
+                return response.status, await response.text()
+
+        return asyncio.run(send())
     lib = httpx if client == "httpx" else httpx2
     with lib.Client() as session:
         answer = session.post(CHAT_URL, content=_generator(), headers=headers)
         return answer.status_code, answer.text
 
 
-@pytest.mark.parametrize("client", ["requests", "httpx", "httpx2"])
+@pytest.mark.parametrize("client", ["requests", "httpx", "httpx2", "aiohttp"])
 def test_a_one_shot_body_refused_at_connect_goes_to_the_next_node(gateway: GatewaySimulator, client: str) -> None:
     gateway.set_faults("a", refuse=True)  # nothing is sent to it: the generator is still whole
     install_for(gateway, pin=gateway.node("a").base_url)
@@ -243,7 +257,7 @@ def test_a_one_shot_body_refused_at_connect_goes_to_the_next_node(gateway: Gatew
     assert record.body["messages"][0]["content"] == "the secret prompt"  # the whole body, once
 
 
-@pytest.mark.parametrize("client", ["requests", "httpx", "httpx2"])
+@pytest.mark.parametrize("client", ["requests", "httpx", "httpx2", "aiohttp"])
 def test_a_one_shot_body_a_node_read_is_never_sent_again(gateway: GatewaySimulator, client: str) -> None:
     gateway.set_faults("a", status_override=503)  # the body was sent, and read: it cannot be replayed
     install_for(gateway, pin=gateway.node("a").base_url)
