@@ -374,8 +374,17 @@ def test_one_shot_body_is_never_replayed_and_says_why() -> None:
     plan, _ = make_plan(Clock(), replayable=False)
     action = plan.start()
     assert isinstance(action, Send)
-    result = plan.failed(action, Kind.NOT_SENT, "refused")
+    result = plan.failed(action, Kind.NODE_FAILED, "reset")
     assert isinstance(result, GiveUp) and "one-shot stream" in result.reason
+
+
+def test_one_shot_body_refused_at_connect_goes_to_another_node() -> None:
+    """Nothing was sent: the body was never read, so it is still whole."""
+    plan, _ = make_plan(Clock(), replayable=False)
+    action = plan.start()
+    assert isinstance(action, Send)
+    result = plan.failed(action, Kind.NOT_SENT, "refused")
+    assert isinstance(result, Send) and result.node != action.node
 
 
 def test_in_flight_slots_are_released_whatever_happens() -> None:

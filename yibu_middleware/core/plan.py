@@ -21,7 +21,8 @@ The rules (each from the shared notes on resilience):
   ``retry-after`` longer than ``max_retry_after`` is then handed back to the caller);
 - 4xx and gateway quota/permission errors are never retried;
 - every retry must fit in the call's deadline, ``max_attempts`` and the process-wide
-  retry budget; a one-shot request body is never sent twice.
+  retry budget; a one-shot request body is never sent twice (but one that a connection
+  refused before anything was sent is still whole, and goes to the next node).
 
 Attempts are told apart by ``Send.attempt`` (a hedge and a retry may share a node), and
 every node slot an attempt takes is given back exactly once: when it is judged, when it
@@ -294,7 +295,9 @@ class CallPlan:
         policy = self._policy
         if kind is Kind.FINAL:
             return "the request was refused; retrying cannot help"
-        if not self._replayable:
+        if not self._replayable and kind is not Kind.NOT_SENT:
+            # A connection that failed before anything was sent never read the body: even a
+            # one-shot body (a generator, an upload) is still whole, and goes to the next node.
             return "not retried: the request body is a one-shot stream that cannot be sent again"
         if len(self.steps) >= policy.max_attempts:
             return f"retry.max_attempts ({policy.max_attempts}) reached"

@@ -31,6 +31,7 @@ import functools
 import http
 import importlib
 import inspect
+import os
 from collections.abc import Iterable, Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -42,7 +43,7 @@ from ..core.routes import Route
 from ..core.sse import StreamWatch
 from ..runtime import Runtime, current
 from .base import Hook
-from .call import Call, Commit, Exchange
+from .call import Call, Commit, Exchange, no_proxy_covers
 
 if TYPE_CHECKING:
     from aiohttp import StreamReader as _ReaderBase
@@ -89,10 +90,14 @@ class _Lib:
         self.multidict = importlib.import_module("multidict")
         self.URL = importlib.import_module("yarl").URL
         self.BytesPayload = aiohttp.BytesPayload
-        self.TimerNoop = importlib.import_module("aiohttp.helpers").TimerNoop
+        helpers = importlib.import_module("aiohttp.helpers")
+        self.TimerNoop = helpers.TimerNoop
+        self.get_env_proxy_for_url = helpers.get_env_proxy_for_url
         self.HttpVersion11 = aiohttp.HttpVersion11
         self.ClientTimeout = aiohttp.ClientTimeout
         self.ClientPayloadError = aiohttp.ClientPayloadError
+        # What aiohttp raises when a read runs out of time (3.10+; before, its base class).
+        self.SocketTimeoutError = getattr(aiohttp, "SocketTimeoutError", aiohttp.ServerTimeoutError)
         self.RelayReader = type("RelayReader", (_Relay, streams.StreamReader), {})
         # What an attempt may raise: aiohttp's errors, and the TimeoutError of its time limit.
         self.errors = (aiohttp.ClientError, TimeoutError)
@@ -114,14 +119,18 @@ def _request_wrapper(lib: _Lib) -> Any:
         # as the app made it. Per-request middlewares replace the session's, as aiohttp has it.
         given = kwargs.get("middlewares")
         chain = instance._middlewares if given is None else given
-        ours = functools.partial(_middleware, lib, kwargs.get("timeout", instance.timeout))
+        # Where the request's proxy comes from: the app's own (in code), else the environment's
+        # (trust_env), else none; the node's is chosen by the same rule (AiohttpCall.node_proxy).
+        explicit = kwargs.get("proxy") is not None or getattr(instance, "_default_proxy", None) is not None
+        proxy_source = "explicit" if explicit else "environment" if instance._trust_env else ""
+        ours = functools.partial(_middleware, lib, kwargs.get("timeout", instance.timeout), proxy_source)
         kwargs["middlewares"] = (*chain, ours)
         return await wrapped(*args, **kwargs)
 
     return _request
 
 
-async def _middleware(lib: _Lib, timeout: Any, request: Any, handler: Any) -> Any:
+async def _middleware(lib: _Lib, timeout: Any, proxy_source: str, request: Any, handler: Any) -> Any:
     """Our middleware: a request for a routed host becomes a call; any other passes through."""
     runtime = current()
     route = (
@@ -139,7 +148,7 @@ async def _middleware(lib: _Lib, timeout: Any, request: Any, handler: Any) -> An
         data = bytes(await body.as_bytes())  # bytes, str and json= bodies
     else:
         data = None  # a file, a stream or a multipart form: forwarded as it is, and never replayed
-    call = AiohttpCall(lib, runtime, route, request, handler, data, timeout)
+    call = AiohttpCall(lib, runtime, route, request, handler, data, timeout, proxy_source)
     # Partials rather than closures: calling one adds no Python frame of its own.
     return await call.run_async(functools.partial(_exchange, call), _aclose, functools.partial(_hand_back, call))
 
@@ -154,6 +163,11 @@ async def _exchange(call: AiohttpCall, action: Send) -> Exchange:
         async with asyncio.timeout(call.attempt_limit()):
             response = await call.handler(call.request_for(action))
             status: int = response.status
+            if 300 <= status < 400 and (
+                redirect := call.redirected(action.node, status, response.headers.get("location"))
+            ):
+                response.close()  # never followed (the session would, with the app's headers): see Call.redirected
+                return Exchange(action, None, 0, redirect)
             if status >= 400:
                 await response.read()  # error bodies are read before judging
             elif call.watches_stream(response):
@@ -203,7 +217,7 @@ def _hand_back(call: AiohttpCall, action: Deliver | GiveUp, done: Exchange | Non
 class AiohttpCall(Call):
     """The state one aiohttp call carries between attempts."""
 
-    __slots__ = ("_body", "_timeout", "handler", "lib", "original")
+    __slots__ = ("_body", "_proxy_source", "_timeout", "handler", "lib", "original")
 
     def __init__(
         self,
@@ -214,8 +228,12 @@ class AiohttpCall(Call):
         handler: Any,
         body: bytes | None,
         timeout: Any,
+        proxy_source: str = "",
     ) -> None:
+        """``proxy_source``: where the session took the request's proxy from, "explicit" (the
+        app's, in code), "environment" (trust_env) or "" (none)."""
         self.lib = lib
+        self._proxy_source = proxy_source
         self.original = original  # aiohttp's request, as the app's session built it
         self.handler = handler  # the rest of the middleware chain: connects and sends
         self._timeout = timeout
@@ -261,7 +279,24 @@ class AiohttpCall(Call):
             headers["Content-Length"] = original.headers["Content-Length"]  # dropped by prepare()
         request.url = url
         request.headers = headers
+        if self._proxy_source:
+            request.proxy, request.proxy_auth, request.proxy_headers = self.node_proxy(original, url)
         return request
+
+    def node_proxy(self, original: Any, url: Any) -> tuple[Any, Any, Any]:
+        """The proxy for an attempt on a node (``url``): (proxy, proxy_auth, proxy_headers).
+
+        The session chose the request's proxy for the provider's URL. An environment proxy is
+        chosen again for the node's URL, as the session chooses one (``get_env_proxy_for_url``:
+        NO_PROXY honoured); a proxy the app gave in code is kept for the node, unless the
+        environment's NO_PROXY covers the node (see README, "Proxies"). An https node is
+        tunnelled (CONNECT): the proxy never sees its headers."""
+        if self._proxy_source == "explicit":
+            if no_proxy_covers(url.host or "", url.port):
+                return None, None, None
+            return original.proxy, original.proxy_auth, original.proxy_headers
+        proxy, auth = _env_proxy(self.lib, f"{url.scheme}://{url.host_port_subcomponent}", _proxy_environment())
+        return proxy, auth, None
 
     def attempt_limit(self) -> float | None:
         """Seconds one attempt may take up to its answer (and a stream's first content)."""
@@ -342,6 +377,10 @@ class AiohttpCall(Call):
         content.feed_eof()
         response.content = content
         return response
+
+    def timeout_error(self, message: str) -> BaseException:
+        error: BaseException = self.lib.SocketTimeoutError(message)
+        return error
 
     def stream_error(self, node: Node, detail: str) -> Exception:
         """The error a caller gets when a stream breaks after its first content: aiohttp's own
@@ -457,6 +496,22 @@ class _SentAlready:
     """The stream writer of a request already sent, for a response of our own (aiohttp 3.14)."""
 
     output_size = 0
+
+
+def _proxy_environment() -> tuple[tuple[str, str], ...]:
+    """The environment's proxy settings, as a cache key for ``_env_proxy``."""
+    return tuple(sorted((name, value) for name, value in os.environ.items() if name.lower().endswith("_proxy")))
+
+
+@functools.lru_cache(maxsize=64)
+def _env_proxy(lib: _Lib, origin: str, environment: tuple[tuple[str, str], ...]) -> tuple[Any, Any]:
+    """aiohttp's own choice of proxy for ``origin`` from the environment (None when NO_PROXY
+    covers it or none is set), made once per origin and environment: it reads ~/.netrc."""
+    try:
+        proxy, auth = lib.get_env_proxy_for_url(lib.URL(origin))
+    except LookupError:
+        return None, None
+    return proxy, auth
 
 
 _urls: dict[str, Any] = {}

@@ -16,12 +16,16 @@ how to build a response of its own type.
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple
+from urllib.parse import urljoin, urlsplit
 
 from ..core.errors import annotate, error_body
 from ..core.genai import ResponseReader
@@ -55,7 +59,7 @@ class Failure(NamedTuple):
 
     kind: Kind
     detail: str  # masked: it can quote the gateway's error text
-    timeout: bool  # a timeout: if no node answers at all, the call is answered 504, else 503
+    timeout: bool  # a timeout: if no node answers at all, the client's timeout error is raised (see give_up)
 
 
 class Exchange(NamedTuple):
@@ -142,7 +146,7 @@ class Call:
         )
         self.ttft = runtime.settings.stream.first_token_timeout if self.gateway.stream else None
         self._app_path = path
-        self.timed_out = False  # the last failure was a timeout: answered with 504, else 503
+        self.timed_out = False  # the last failure was a timeout: see give_up
         # The response is read for its usage (and ids) when a span or a token limit wants it.
         limiter = runtime.limiter
         self.reader = ResponseReader() if limiter is not None and limiter.counts_tokens else None
@@ -189,6 +193,10 @@ class Call:
     def answer(self, status: int, headers: list[tuple[str, str]], body: bytes, based_on: Any) -> Any:
         """A complete response of the library's own type, built by us (``based_on``: the
         node's response it replaces, or None when no node answered)."""
+        raise NotImplementedError
+
+    def timeout_error(self, message: str) -> BaseException:
+        """The library's own exception for a request that ran out of time (see ``give_up``)."""
         raise NotImplementedError
 
     # --- client-side limits and policy ------------------------------------------------------
@@ -368,6 +376,32 @@ class Call:
         """A transport error in a few words, for the log line and the list of nodes tried."""
         return str(exc) or type(exc).__name__
 
+    def redirected(self, node: Node, status: int, location: str | None) -> Failure | None:
+        """The failure a node's redirect is (None: ``status`` is no redirect).
+
+        A gateway call is never redirected off the gateway. The hook sits below each client's
+        redirect handling, so a 3xx handed back would be followed by the client itself, with the
+        app's own headers (its provider key, unswapped: ``x-api-key``, ``api-key``) and the
+        prompt, to whatever host the node names, and that host's answer would reach the app as
+        the model's. A gateway has no reason to redirect an API call: a 3xx means a misconfigured
+        or hostile node. So it is a failed attempt, as a 5xx is (the next node is tried, and the
+        node is blamed), never handed back: answering it without its Location instead would only
+        give the app a 3xx it cannot use. The attempt's outcome names the redirect and where it
+        pointed (scheme, host and port only). 304 is no redirect (it has no Location to follow)."""
+        if not 300 <= status < 400 or status == 304:
+            return None
+        where = ""
+        if location:
+            try:
+                target = urlsplit(urljoin(node.base_url, location.strip()))
+            except ValueError:  # a hostile node's Location need not parse
+                where = " to a malformed Location"
+            else:
+                # Scheme, host and port only (never userinfo, a path or a query), and not at any length.
+                where = f" to {target.scheme[:16]}://{target.netloc.rpartition('@')[2][:200]}"
+        detail = self.runtime.redact(f"{status} redirect{where}, not followed (a gateway call stays on the gateway)")
+        return Failure(Kind.NODE_FAILED, detail, False)
+
     def stream_failed(self, why: str) -> Failure:
         """A stream that failed before its first content (see ``Commit.failure``)."""
         # The gateway's own error text can quote a key: masked like everything else.
@@ -409,7 +443,8 @@ class Call:
         self.finish(error_type="cancelled")
 
     def failed_exchange(self, done: Exchange) -> bool:
-        """Did this exchange fail (so that a hedge still running should be waited for)?"""
+        """Did this exchange fail (so that a hedge still running should be waited for)?
+        (A redirect is an exchange's failure already: see ``redirected``.)"""
         return done.failure is not None or done.status == 429 or done.status >= 500
 
     def note_lost(self, done: Exchange) -> None:
@@ -442,7 +477,9 @@ class Call:
             self.reader.sse = event_stream
         if not action.final:
             return response
-        body = self.error_body(response)
+        # A node can quote the key it was sent (a 401's "Incorrect API key provided: ..."):
+        # what we hand back is masked like a log line, or the app's exception would hold it.
+        body = masked_body(self.error_body(response), self.runtime.redact)
         if self.reader is not None:
             self.reader.chunk(body)
         explained = describe_gateway_refusal(status, gateway_code(body))
@@ -456,23 +493,43 @@ class Call:
         self.finish(error_type=str(status))
         if self.plan.retried:
             body = annotate(body, f"yibu-middleware tried: {self.plan.summary()}") or body
-        headers = [(k, v) for k, v in self.headers_of(response) if k.lower() not in BODY_HEADERS]
+        redact = self.runtime.redact
+        headers = [(k, redact(v)) for k, v in self.headers_of(response) if k.lower() not in BODY_HEADERS]
         headers.append(("x-should-retry", "false"))
         return self.answer(status, headers, body, response)
 
     def give_up(self, action: GiveUp) -> Any:
-        """No node gave an answer to hand back: answer for the gateway, in the provider's format.
+        """No node gave an answer to hand back.
 
-        A response rather than an exception, with ``x-should-retry: false``, so that the
-        openai/anthropic SDKs raise at once instead of running retry rounds of their own."""
-        status = 504 if self.timed_out else 503
+        When the last attempt timed out (the call's deadline ran out, or every node timed
+        out), the client's own timeout exception is raised, naming the nodes tried: what the
+        library alone raises when a request runs out of time (httpx's and httpx2's
+        ``ReadTimeout``, which the openai and anthropic SDKs raise as ``APITimeoutError``;
+        requests' ``ReadTimeout``; aiohttp's ``SocketTimeoutError``), so that an app's handling
+        of timeouts, and the SDK's own retry of a timeout (``max_retries``), work as without
+        the middleware. A 504 of our own would turn a timeout into an ``InternalServerError``
+        the app does not expect from one.
+
+        Otherwise (nodes refused, dropped or redirected), the library answers for the gateway
+        with a 503 in the provider's format, with ``x-should-retry: false``, so that the
+        openai/anthropic SDKs raise at once instead of running retry rounds of their own over
+        nodes just found dead."""
+        summary = self.plan.summary()
+        if self.timed_out:
+            message = self.runtime.redact(
+                f"yibu-middleware: {self.where} timed out: no gateway node answered in time ({summary});"
+                f" {action.reason}"
+            )
+            log.warning("%s", message)
+            self.finish(error_type="timeout")
+            raise self.timeout_error(message)
         message = self.runtime.redact(
-            f"yibu-middleware: {self.where} got no answer from the gateway ({self.plan.summary()}); {action.reason}"
+            f"yibu-middleware: {self.where} got no answer from the gateway ({summary}); {action.reason}"
         )
         log.warning("%s", message)
-        self.finish(error_type="timeout" if self.timed_out else "yibu_no_answer")
-        body = error_body(self.gateway.route.provider, status, message, "yibu_no_answer")
-        return self.answer(status, [("content-type", "application/json"), ("x-should-retry", "false")], body, None)
+        self.finish(error_type="yibu_no_answer")
+        body = error_body(self.gateway.route.provider, 503, message, "yibu_no_answer")
+        return self.answer(503, [("content-type", "application/json"), ("x-should-retry", "false")], body, None)
 
     def stream_broke(self, node: Node, detail: str) -> str:
         """A stream broke after its first content: too late to retry, but the node is blamed.
@@ -487,6 +544,56 @@ class Call:
         """The call's log line at INFO (the caller checks that INFO is on)."""
         tried = self.plan.summary() if self.plan.retried else ""
         log_answer(self.where, self.gateway, node, status, self.started, tried)
+
+
+def no_proxy_covers(host: str, port: int | None) -> bool:
+    """Does the environment's NO_PROXY cover ``host`` (a node's), as urllib decides it (which
+    aiohttp and the ``requests`` helpers use too)? Cached per NO_PROXY value: reading every
+    environment variable, as urllib does, costs more than the rest of an attempt's choice."""
+    return _no_proxy_covers(host, port, os.environ.get("no_proxy"), os.environ.get("NO_PROXY"))
+
+
+@functools.lru_cache(maxsize=256)
+def _no_proxy_covers(host: str, port: int | None, lower: str | None, upper: str | None) -> bool:
+    no_proxy = lower if lower is not None else upper
+    if not no_proxy:
+        return False
+    import urllib.request  # here: only a process with NO_PROXY set and a proxied client needs it
+
+    target = host if port is None else f"{host}:{port}"
+    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]  # public, not in typeshed
+    return bool(bypass(target, {"no": no_proxy}))
+
+
+def masked_body(body: bytes, redact: Callable[[str], str]) -> bytes:
+    """An error body with every secret in it masked (``redact``: the runtime's), still valid JSON
+    when it was: the masks are plain text, but an app's ``redaction.extra_patterns`` may span a
+    quote, so a body that no longer parses is masked string by string instead."""
+    text = body.decode("utf-8", "surrogateescape")
+    masked = redact(text)
+    if masked == text:
+        return body  # nothing to mask (the common case): the node's bytes as they came
+    if body.lstrip()[:1] in (b"{", b"["):
+        try:
+            json.loads(masked)
+        except (ValueError, RecursionError):
+            try:
+                document = json.loads(body)
+            except (ValueError, RecursionError):
+                pass  # not JSON after all (or too deep to walk): masked as text
+            else:
+                return json.dumps(_masked_strings(document, redact)).encode()
+    return masked.encode("utf-8", "surrogateescape")
+
+
+def _masked_strings(value: Any, redact: Callable[[str], str]) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list):
+        return [_masked_strings(item, redact) for item in value]
+    if isinstance(value, dict):
+        return {redact(key): _masked_strings(item, redact) for key, item in value.items()}
+    return value
 
 
 def log_answer(where: str, gateway: GatewayRequest, node: str, status: int, started: float, tried: str) -> None:

@@ -142,6 +142,10 @@ class HttpxCall(Call):
             return self.lib.Response(status, headers=headers, content=body)
         return self.lib.Response(status, headers=headers, content=body, extensions=based_on.extensions)
 
+    def timeout_error(self, message: str) -> BaseException:
+        error: BaseException = self.lib.ReadTimeout(message, request=self.original)
+        return error
+
     def stream_error(self, node: Any, detail: str) -> Exception:
         """The error a caller gets when a stream breaks after its first content."""
         error: Exception = self.lib.RemoteProtocolError(self.stream_broke(node, detail), request=self.original)

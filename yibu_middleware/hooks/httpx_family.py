@@ -6,6 +6,10 @@ one call here. A request whose host is not routed leaves after one dict lookup. 
 request we send on to a node is not routed either (its host is the node's), so a
 transport stacked on another hooked transport never handles a call twice.
 
+Each attempt goes out through the transport the client would choose for the node's URL
+(its proxy, or none when NO_PROXY covers the node; see below), and a redirect from a
+node is a failed attempt, never handed back to the client's redirect handling.
+
 A call that needs nothing up front but a node (no limit, rule, hedge or stream) is
 first sent by the fast path (``httpx_fast``), which makes no loop unless that first
 attempt does not end the call; the loop then goes on from it.
@@ -25,10 +29,12 @@ missing final event, either of which reaches the caller as an error.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextvars import ContextVar
 from functools import partial
-from types import ModuleType
+from types import FunctionType, ModuleType
 from typing import Any
 
 from ..core.nodes import Node
@@ -37,7 +43,7 @@ from ..core.routes import DEFAULT_PORTS as PORTS
 from ..core.sse import StreamWatch
 from ..runtime import current
 from .base import Hook
-from .call import Commit, Exchange, Failure
+from .call import Commit, Exchange, Failure, no_proxy_covers
 from .httpx_call import HttpxCall
 from .httpx_fast import FastAttempt, first_attempt
 
@@ -61,6 +67,89 @@ class HttpxFamilyHook(Hook):
                 self.wrap(owner, method, _async_wrapper(lib))
             else:
                 self.wrap(owner, method, _sync_wrapper(lib))
+        if module is lib:
+            # Where a client chooses a transport (and so a proxy) for a URL: noted, so that each
+            # attempt can be sent with the transport the client chooses for the node's URL.
+            for client_class in ("Client", "AsyncClient"):
+                self._note_choice(getattr(lib, client_class))
+
+    def _note_choice(self, owner: type) -> None:
+        """Wrap ``owner._transport_for_url`` (see ``_sender``) with a plain function: it runs for
+        every request of every client, routed or not, and binding a wrapt wrapper costs more per
+        call than the rest of what it does. Put back by ``unpatch`` like any wrapped method;
+        wrapt only when another tool's wrapper is there already (kept, as ``wrap`` keeps it)."""
+        original = owner.__dict__["_transport_for_url"]
+        if not isinstance(original, FunctionType):
+            self.wrap(owner, "_transport_for_url", _note_sender)
+            return
+
+        @functools.wraps(original)
+        def _transport_for_url(client: Any, url: Any) -> Any:
+            transport = original(client, url)
+            if client._mounts:
+                _sender.set((client, transport))
+            return transport
+
+        owner._transport_for_url = _transport_for_url  # type: ignore[attr-defined]
+        self._originals.append((owner, "_transport_for_url", original))
+
+
+# --- the transport for a node: the client's choice for the node's URL, not the provider's -------
+#
+# The client chose the hooked transport (and with it a proxy, or none) for the provider's URL:
+# an HTTPS_PROXY for api.openai.com, say, while NO_PROXY covers the node. So each attempt is
+# sent with the transport the same client would choose for the node's URL (its mounts: the
+# environment's proxies with NO_PROXY when it trusts the environment, or the app's own
+# ``proxy=`` / ``mounts=``), and directly (the client's default transport) when the
+# environment's NO_PROXY covers the node, whatever proxy the app gave in code: a proxy the app
+# chose was chosen for the provider host, and NO_PROXY is where a user says a host is reached
+# directly. An https node through a proxy is tunnelled (CONNECT): the proxy sees its host and
+# port, never a header. A client without mounts has one transport for every URL: nothing to
+# choose, and nothing noted.
+
+# (the client, the transport it chose) of the request being sent in this thread or task.
+_sender: ContextVar[tuple[Any, Any] | None] = ContextVar("yibu_httpx_sender", default=None)
+
+
+def _note_sender(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: Any) -> Any:
+    transport = wrapped(*args, **kwargs)
+    if instance._mounts:
+        _sender.set((instance, transport))
+    return transport
+
+
+def _sender_for(instance: Any, wrapped: Callable[..., Any], method: str) -> Callable[[Any], Any]:
+    """How a routed call's attempts are sent: with ``wrapped`` (the hooked transport's own method),
+    or, when the client that chose that transport has mounts, with the transport it chooses for
+    each node (see above). ``method``: the transports' method, ``handle_request`` or
+    ``handle_async_request``."""
+    noted = _sender.get()
+    if noted is None:
+        return wrapped
+    _sender.set(None)
+    client, chosen = noted
+    if chosen is not instance:
+        return wrapped  # noted for another transport: this one was called some other way
+    return partial(_send_via_client, client, instance, wrapped, method)
+
+
+def _send_via_client(client: Any, instance: Any, wrapped: Callable[..., Any], method: str, request: Any) -> Any:
+    """Send ``request`` (to a node) with the transport ``client`` chooses for its URL. Another
+    transport's method is hooked too, but the node's host is not routed: it sends at once."""
+    url = request.url
+    transport = client._transport if no_proxy_covers(url.host, url.port) else _mounted(client, url)
+    if transport is instance:
+        return wrapped(request)
+    return getattr(transport, method)(request)
+
+
+def _mounted(client: Any, url: Any) -> Any:
+    """The transport ``client`` mounts for ``url``, as its ``_transport_for_url`` chooses it (not
+    called, so that choosing for a node notes nothing)."""
+    for pattern, transport in client._mounts.items():
+        if pattern.matches(url):
+            return client._transport if transport is None else transport
+    return client._transport
 
 
 # --- sync ------------------------------------------------------------------------------------
@@ -81,6 +170,7 @@ def _sync_wrapper(lib: ModuleType) -> Callable[..., Any]:
         )
         if route is None or runtime is None:
             return wrapped(*args, **kwargs)
+        wrapped = _sender_for(instance, wrapped, "handle_request")
         fast = first_attempt(lib, runtime, route, request)
         if isinstance(fast, FastAttempt):
             return _fast_sync(fast, wrapped, stream_class, traced_class)
@@ -139,6 +229,9 @@ def _exchange_sync(
         if response is None:
             response = wrapped(call.request_for(action))
         status: int = response.status_code
+        if 300 <= status < 400 and (redirect := call.redirected(action.node, status, response.headers.get("location"))):
+            response.close()  # never followed: see Call.redirected
+            return Exchange(action, None, 0, redirect)
         if status >= 400 or call.reads_whole(response):
             response.read()  # error bodies are read before judging; see reads_whole for the rest
         elif call.watches_stream(response):
@@ -189,6 +282,7 @@ def _async_wrapper(lib: ModuleType) -> Callable[..., Any]:
         )
         if route is None or runtime is None:
             return await wrapped(*args, **kwargs)
+        wrapped = _sender_for(instance, wrapped, "handle_async_request")
         fast = first_attempt(lib, runtime, route, request)
         if isinstance(fast, FastAttempt):
             return await _fast_async(fast, wrapped, stream_class, traced_class)
@@ -243,6 +337,9 @@ async def _exchange_async(
         if response is None:
             response = await wrapped(call.request_for(action))
         status: int = response.status_code
+        if 300 <= status < 400 and (redirect := call.redirected(action.node, status, response.headers.get("location"))):
+            await response.aclose()  # never followed: see Call.redirected
+            return Exchange(action, None, 0, redirect)
         if status >= 400 or call.reads_whole(response):
             await response.aread()
         elif call.watches_stream(response):

@@ -8,11 +8,11 @@ span (``benchmarks/overhead.py --span-floor``). So the first attempt is made her
 a straight line, from the same pieces the loop uses: ``prepare``, ``first_node``,
 ``start_tracing``, ``cut_timeouts``, ``clone_request``, ``log_answer``.
 
-An answer under 400 ends the call here. Anything else (an error status, a transport
+An answer under 300 ends the call here. Anything else (an error status, a transport
 error, a traced answer that is not JSON) is handed to the loop, which adopts the
 attempt (``UnderWay``) and judges it like any other: every decision about a retry
 stays in ``core/plan.py``. The only one made here is "this answer ends the call",
-which is the plan's own rule for a status under 400.
+which is the plan's own rule for a status under 300 (a redirect is the loop's to judge).
 
 Nothing here sends or reads bytes: the sync and async halves in ``httpx_family`` do,
 around it.
@@ -90,10 +90,11 @@ class FastAttempt:
             raise
 
     def ends_call(self, response: Any) -> bool:
-        """Does this answer end the call here? A status under 400 (the plan delivers it as it
+        """Does this answer end the call here? A status under 300 (the plan delivers it as it
         is), when its usage, if traced, can be read from the whole body before it is handed
-        back (JSON, as ``HttpxCall.reads_whole``). The caller then reads it if traced."""
-        if response.status_code >= 400:
+        back (JSON, as ``HttpxCall.reads_whole``). The caller then reads it if traced. A 3xx
+        goes to the loop, which never hands a redirect back (``Call.redirected``)."""
+        if response.status_code >= 300:
             return False
         return self.telemetry is None or content_type(response, True).startswith(b"application/json")
 

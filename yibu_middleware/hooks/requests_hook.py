@@ -9,7 +9,9 @@ request is never handled twice, whatever runs on top of requests.
 
 Each attempt sends a copy of the app's ``PreparedRequest`` (the node's URL, the
 gateway's headers) with the caller's own ``stream``, ``verify``, ``cert`` and
-``proxies``, and its ``timeout`` cut to the call's deadline. urllib3 reads a body only
+``proxies`` (none when NO_PROXY covers the node), and its ``timeout`` cut to the call's
+deadline. A redirect from a node is a failed attempt: ``Session.send``, above the hook,
+would follow it with the app's own headers. urllib3 reads a body only
 when asked (``Response.raw``), so an error body is read before the verdict, and an
 event stream is read from ``raw`` up to its first content; ``raw`` is then replaced by
 :class:`_RelayRaw`, which replays what was read and passes the rest through, watched.
@@ -21,9 +23,11 @@ requests is never imported here: its types are taken from the module being hooke
 
 from __future__ import annotations
 
+import functools
 import http
 import importlib
 import io
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import partial
 from types import ModuleType
@@ -62,6 +66,7 @@ class _Lib:
         exceptions = urllib3.exceptions
         self.requests = requests
         self.CaseInsensitiveDict = requests.structures.CaseInsensitiveDict
+        self.should_bypass_proxies = requests.utils.should_bypass_proxies
         self.HTTPResponse = urllib3.HTTPResponse
         self.ProtocolError = exceptions.ProtocolError
         # What an attempt may raise: requests' own errors from send() and response.content,
@@ -119,8 +124,11 @@ def _close(response: Any) -> None:
 def _exchange(call: RequestsCall, wrapped: Callable[..., Any], action: Send) -> Exchange:
     response = None
     try:
-        response = wrapped(call.request_for(action), **call.options_for_attempt())
+        response = wrapped(call.request_for(action), **call.options_for_attempt(action.node))
         status: int = response.status_code
+        if 300 <= status < 400 and (redirect := call.redirected(action.node, status, response.headers.get("location"))):
+            response.close()  # never followed (Session.send would, with the app's headers): see Call.redirected
+            return Exchange(action, None, 0, redirect)
         if status >= 400:
             _ = response.content  # error bodies are read before judging
         elif call.watches_stream(response):
@@ -237,19 +245,32 @@ class RequestsCall(Call):
         request.body = body
         return request
 
-    def options_for_attempt(self) -> dict[str, Any]:
-        """The caller's send() options, its timeout cut to the call's deadline (and to
-        stream.first_token_timeout for a stream's reads)."""
+    def options_for_attempt(self, node: Node) -> dict[str, Any]:
+        """The caller's send() options for an attempt on ``node``: its timeout cut to the call's
+        deadline (and to stream.first_token_timeout for a stream's reads), and no proxy when
+        NO_PROXY covers the node.
+
+        The session merged the environment's proxies for the provider's URL (NO_PROXY checked
+        against the provider host, not the node) with the app's own ``proxies=``; urllib3 then
+        picks one by the node's scheme, which is the environment's choice for the node unless
+        NO_PROXY covers it: then the node is reached directly, as requests' own
+        ``should_bypass_proxies`` decides (the environment's NO_PROXY, or the ``no_proxy`` entry
+        of the app's proxies). An explicit proxy the app gave is kept otherwise (see README,
+        "Proxies"). An https node is tunnelled (CONNECT): the proxy never sees its headers."""
+        options = self.options
+        proxies = options.get("proxies")
+        if proxies and _bypasses(self.lib, node.base_url, proxies.get("no_proxy")):
+            options = {**options, "proxies": {}}
         left = self.plan.timeout_left()
         if left is None and self.ttft is None:
-            return self.options
-        connect, read = _connect_read(self.options.get("timeout"))
+            return options
+        connect, read = _connect_read(options.get("timeout"))
         if left is not None:
             connect = left if connect is None else min(connect, left)
             read = left if read is None else min(read, left)
         if self.ttft is not None:
             read = self.ttft if read is None else min(read, self.ttft)
-        return {**self.options, "timeout": (connect, read)}
+        return {**options, "timeout": (connect, read)}
 
     # --- requests' objects, for the shared call ---------------------------------------------
 
@@ -315,6 +336,10 @@ class RequestsCall(Call):
             decode_content=False,
         )
         return self.adapter.build_response(self.original, raw)
+
+    def timeout_error(self, message: str) -> BaseException:
+        error: BaseException = self.lib.requests.ReadTimeout(message, request=self.original)
+        return error
 
     def stream_error(self, node: Node, detail: str) -> Exception:
         """The error a caller gets when a stream breaks after its first content: urllib3's,
@@ -451,6 +476,17 @@ def _connect_read(timeout: Any) -> tuple[float | None, float | None]:
         connect if isinstance(connect, (int, float)) else None,
         read if isinstance(read, (int, float)) else None,
     )
+
+
+def _bypasses(lib: _Lib, url: str, no_proxy: str | None) -> bool:
+    """requests' own decision: does NO_PROXY (the environment's, or ``no_proxy``) cover ``url``?"""
+    return _bypass_cached(lib, url, no_proxy, os.environ.get("no_proxy"), os.environ.get("NO_PROXY"))
+
+
+@functools.lru_cache(maxsize=256)
+def _bypass_cached(lib: _Lib, url: str, no_proxy: str | None, lower: str | None, upper: str | None) -> bool:
+    # The environment's values are part of the key: should_bypass_proxies reads them itself.
+    return bool(lib.should_bypass_proxies(url, no_proxy=no_proxy))
 
 
 def _cause(exc: BaseException, lib: _Lib) -> BaseException:
