@@ -2,24 +2,45 @@
 
 Hooked where every logger makes its records (``Logger.makeRecord``) rather than on
 handlers, so it covers every logger, every handler (also those added after ``install()``, e.g. by a
-later ``logging.basicConfig``), and ``warnings`` routed to logging, and it costs
+later ``logging.basicConfig``), handlers that never call ``format()`` (loguru's
+``InterceptHandler`` reads ``getMessage()``), and ``warnings`` routed to logging, and it costs
 nothing for records below the enabled level (those are never made). Each record is
 masked once, whatever number of handlers then format it: the message with its args
 (``%s`` of a dict or an SDK's request options included), the formatted exception
 and traceback, the stack info, and string ``extra`` fields.
+
+A masked record keeps its shape, because formatters and filters read its parts: uvicorn's
+access formatter unpacks ``record.args``, the openai SDK's ``SensitiveHeadersFilter`` (a
+logger filter, so it runs after this) replaces header values in the ``record.args`` dict,
+caplog tests compare ``record.msg``. So ``msg`` stays the format string and ``args`` a tuple
+or dict of the same length; only a value that held a secret changes, in its place:
+a string is masked, a dict, list or tuple is copied with its strings masked (the caller's
+own object is never changed), and any other object becomes a masked string (``MaskedText``,
+whose ``repr`` is masked too, so ``%r`` still shows a repr).
+
+The safety net is the whole message: what the parts format to must equal the whole formatted
+message masked at once (which also sees a secret split between the format string and an arg,
+e.g. ``"api-key: %s"``). When it does not, the record keeps its args (masked) but its ``msg``
+becomes the masked message, escaped, followed by one ``%.0s`` per arg (an arg printed with
+precision 0 prints nothing), so it still formats, with no error, to exactly the masked text.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import wrapt
 
+from .core.redact import mask
+
 # The attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 _formatter = logging.Formatter()
+# Nested containers in an arg are copied with masked strings down to this depth; deeper,
+# the whole container becomes masked text (and a self-containing list cannot loop).
+_MAX_DEPTH = 8
 
 Redact = Callable[[str], str]
 
@@ -50,13 +71,24 @@ def uninstall() -> None:
         _original = None
 
 
+class MaskedText(str):
+    """An arg that held a secret, as masked text: ``%s`` shows its masked ``str()``, ``%r``
+    its masked ``repr()``, so the line reads as it would have, less the secret."""
+
+    __slots__ = ("_repr",)
+    _repr: str
+
+    def __new__(cls, text: str, representation: str) -> MaskedText:
+        made = super().__new__(cls, text)
+        made._repr = representation
+        return made
+
+    def __repr__(self) -> str:
+        return self._repr
+
+
 def scrub(record: logging.LogRecord, redact: Redact) -> None:
-    try:
-        message = record.getMessage()
-    except Exception:  # a bad format string: logging reports it later; mask what is there
-        message = f"{record.msg!s} {record.args!r}"
-    record.msg = redact(message)
-    record.args = None
+    _scrub_message(record, redact)
     if record.exc_info and not record.exc_text:
         record.exc_text = _formatter.formatException(record.exc_info)
     if record.exc_text:
@@ -66,3 +98,73 @@ def scrub(record: logging.LogRecord, redact: Redact) -> None:
     for name, value in record.__dict__.items():
         if name not in _STANDARD and isinstance(value, str):
             record.__dict__[name] = redact(value)
+
+
+def _scrub_message(record: logging.LogRecord, redact: Redact) -> None:
+    msg, args = record.msg, record.args
+    try:
+        message = record.getMessage()
+    except Exception:
+        # A format string that does not fit its args: logging reports it when a handler
+        # formats the record, printing msg and args as they are, so mask both in place.
+        whole = redact(f"{msg!s} {args!r}")
+        record.msg = redact(msg) if isinstance(msg, str) else _masked_part(msg, whole, redact, 0)
+        record.args = _masked_args(args, whole, redact)
+        return
+    masked = redact(message)
+    if masked == message:
+        return  # no secret: the record stays exactly as it was made (the common case)
+    new_args = _masked_args(args, masked, redact)
+    new_msg = msg if isinstance(msg, str) else _masked_part(msg, masked, redact, 0)
+    for candidate in (new_msg, redact(new_msg) if isinstance(new_msg, str) else new_msg):
+        record.msg, record.args = candidate, new_args
+        try:
+            if record.getMessage() == masked:
+                return
+        except Exception:  # e.g. masking the format string took a placeholder with it
+            pass
+    # The parts do not add up to the masked whole: print the whole, keep the args' shape.
+    text = masked.replace("%", "%%") if new_args else masked
+    if isinstance(new_args, tuple):
+        text += "%.0s" * len(new_args)
+    record.msg, record.args = text, new_args
+
+
+def _masked_args(args: Any, masked: str, redact: Redact) -> Any:
+    if isinstance(args, Mapping):
+        return {name: _masked_part(value, masked, redact, 0) for name, value in args.items()}
+    if isinstance(args, tuple):
+        return tuple(_masked_part(value, masked, redact, 0) for value in args)
+    return args
+
+
+def _masked_part(value: Any, masked: str, redact: Redact, depth: int) -> Any:
+    """``value`` as it may stay in a record whose whole message masks to ``masked``: itself
+    when all of its text shows in the masked message (nothing in it was hidden), else
+    masked, keeping its kind where formatters may rely on it."""
+    if value is None or isinstance(value, int | float):
+        return value  # numbers are not keys; %d and %f need them as numbers
+    if isinstance(value, str):
+        return value if value in masked else _masked_str(value, redact)
+    kind = type(value)
+    if kind in (dict, list, tuple) and depth < _MAX_DEPTH:
+        if repr(value) in masked:
+            return value
+        if kind is dict:
+            return {name: _masked_part(item, masked, redact, depth + 1) for name, item in value.items()}
+        return kind(_masked_part(item, masked, redact, depth + 1) for item in value)
+    try:
+        text, representation = str(value), repr(value)
+    except Exception:  # an object that cannot show itself: nothing of it is printed anyway
+        return value
+    if text in masked and representation in masked:
+        return value
+    return MaskedText(_masked_str(text, redact), _masked_str(representation, redact))
+
+
+def _masked_str(text: str, redact: Redact) -> str:
+    """A string that does not show in the masked message: mask what in it looks secret;
+    when nothing does alone, its secret was told by its context (``"api-key: %s"``), so all
+    of it is the secret."""
+    redacted = redact(text)
+    return redacted if redacted != text else mask(text)
