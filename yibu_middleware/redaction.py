@@ -27,6 +27,7 @@ precision 0 prints nothing), so it still formats, with no error, to exactly the 
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -131,6 +132,16 @@ def _scrub_message(record: logging.LogRecord, redact: Redact) -> None:
 
 
 def _masked_args(args: Any, masked: str, redact: Redact) -> Any:
+    if isinstance(args, dict):
+        # A copy of the same class (gunicorn's atoms answer "-" for a missing name), its
+        # values set directly: the class's own __init__ may rework what it is given.
+        try:
+            copied = copy.copy(args)
+        except Exception:  # a class that cannot be copied: a plain dict formats the same
+            copied = dict(args)
+        for name, value in args.items():
+            dict.__setitem__(copied, name, _masked_part(value, masked, redact, 0))
+        return copied
     if isinstance(args, Mapping):
         return {name: _masked_part(value, masked, redact, 0) for name, value in args.items()}
     if isinstance(args, tuple):
