@@ -14,7 +14,6 @@ import os
 import signal
 import socket
 import subprocess
-import textwrap
 import time
 import urllib.error
 import urllib.request
@@ -106,7 +105,9 @@ async def app(scope, receive, send):
 def test_uvicorn_writes_its_access_lines(tmp_path: Path, servers: list[Server]) -> None:
     (tmp_path / "asgi_app.py").write_text(ASGI_APP.replace("Bearer %s", f"Bearer {KEY}"))
     port = free_port()
-    server = Server([PYTHON, "-m", "uvicorn", "asgi_app:app", "--host", "127.0.0.1", "--port", str(port)], tmp_path, port)
+    server = Server(
+        [PYTHON, "-m", "uvicorn", "asgi_app:app", "--host", "127.0.0.1", "--port", str(port)], tmp_path, port
+    )
     servers.append(server)
     assert server.get(f"/v1/models?api_key={KEY}") == 200
     assert server.get("/health") == 200
@@ -213,7 +214,12 @@ logging.getLogger("foreign").info("plain %s %d", "line", 7)
 def test_structlog_processor_formatter(tmp_path: Path) -> None:
     (tmp_path / "structlog_app.py").write_text(STRUCTLOG_APP)
     result = subprocess.run(
-        [PYTHON, "structlog_app.py", KEY], cwd=tmp_path, env=middleware_env(), capture_output=True, text=True, timeout=60
+        [PYTHON, "structlog_app.py", KEY],
+        cwd=tmp_path,
+        env=middleware_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     check_output(result.stdout + result.stderr)

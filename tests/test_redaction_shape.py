@@ -124,7 +124,11 @@ def test_the_openai_sdk_header_filter_still_replaces_headers_whole(output: io.St
     header values in the ``record.args`` dict with "<redacted>": it must still find that dict."""
     from openai import _base_client
 
-    options = {"method": "post", "url": "/chat/completions", "headers": {"api-key": KEY, "Authorization": f"Bearer {KEY}"}}
+    options = {
+        "method": "post",
+        "url": "/chat/completions",
+        "headers": {"api-key": KEY, "Authorization": f"Bearer {KEY}"},
+    }
     _base_client.log.debug("Request options: %s", options)
     line = output.getvalue()
     assert "'api-key': '<redacted>'" in line and "'Authorization': '<redacted>'" in line, line
