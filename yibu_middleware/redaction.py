@@ -116,19 +116,26 @@ def _scrub_message(record: logging.LogRecord, redact: Redact) -> None:
     if masked == message:
         return  # no secret: the record stays exactly as it was made (the common case)
     new_args = _masked_args(args, masked, redact)
-    new_msg = msg if isinstance(msg, str) else _masked_part(msg, masked, redact, 0)
-    for candidate in (new_msg, redact(new_msg) if isinstance(new_msg, str) else new_msg):
-        record.msg, record.args = candidate, new_args
-        try:
-            if record.getMessage() == masked:
-                return
-        except Exception:  # e.g. masking the format string took a placeholder with it
-            pass
+    record.msg = msg if isinstance(msg, str) else _masked_part(msg, masked, redact, 0)
+    record.args = new_args
+    if _formats_to(record, masked):
+        return
+    if isinstance(msg, str):  # the format string itself held a secret (an f-string line)
+        record.msg = redact(msg)
+        if _formats_to(record, masked):
+            return
     # The parts do not add up to the masked whole: print the whole, keep the args' shape.
     text = masked.replace("%", "%%") if new_args else masked
     if isinstance(new_args, tuple):
         text += "%.0s" * len(new_args)
     record.msg, record.args = text, new_args
+
+
+def _formats_to(record: logging.LogRecord, masked: str) -> bool:
+    try:
+        return record.getMessage() == masked
+    except Exception:  # e.g. masking the format string took a placeholder with it
+        return False
 
 
 def _masked_args(args: Any, masked: str, redact: Redact) -> Any:
