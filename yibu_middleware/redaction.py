@@ -96,9 +96,11 @@ def scrub(record: logging.LogRecord, redact: Redact) -> None:
         record.exc_text = redact(record.exc_text)
     if record.stack_info:
         record.stack_info = redact(record.stack_info)
-    for name, value in record.__dict__.items():
-        if name not in _STANDARD and isinstance(value, str):
-            record.__dict__[name] = redact(value)
+    fields = record.__dict__
+    for name in fields.keys() - _STANDARD:  # the `extra=` fields, found by one set difference
+        value = fields[name]
+        if isinstance(value, str):
+            fields[name] = redact(value)
 
 
 def _scrub_message(record: logging.LogRecord, redact: Redact) -> None:

@@ -170,9 +170,8 @@ MIN_EXACT_LENGTH = 8
 # neither starts nor ends one, so "-<key>" and "<key>-1" still find "<key>".
 _WORD_CHARS = "A-Za-z0-9_"
 _WORD = re.compile(rf"[{_WORD_CHARS}][{_WORD_CHARS}-]{{{MIN_EXACT_LENGTH - 2},}}[{_WORD_CHARS}]")
-# Values with other characters cannot be looked up by word: each is searched for on its
-# own, so only the most recent few are kept (the gateway key and keys of usual shapes
-# never land here).
+# Provider keys with other characters cannot be looked up by word: each is searched for on
+# its own, so only the most recent few are kept (keys of the usual shapes never land here).
 ODD_CAPACITY = 32
 
 
@@ -190,8 +189,9 @@ class KnownValues:
         self.capacity = capacity
         self._words: dict[str, None] = {}  # oldest first
         self._odd: dict[str, re.Pattern[str]] = {}  # oldest first
-        self._pinned_words: set[str] = set()
-        self._pinned_odd: dict[str, re.Pattern[str]] = {}
+        # Pinned values are few (the gateway key): each is searched for on its own, which
+        # costs a line with no remembered key almost nothing.
+        self._pinned: dict[str, re.Pattern[str]] = {}
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -208,11 +208,8 @@ class KnownValues:
         is_word = _WORD.fullmatch(value) is not None
         with self._lock:
             if pinned:
-                if is_word:
-                    self._pinned_words.add(value)
-                else:
-                    self._pinned_odd[value] = _exact(value)
-            elif value in self._pinned_words or value in self._pinned_odd:
+                self._pinned[value] = _exact(value)
+            elif value in self._pinned:
                 return
             elif is_word:
                 self._words.pop(value, None)
@@ -230,12 +227,12 @@ class KnownValues:
             self.add(value)
 
     def mask_in(self, text: str) -> str:
-        words, pinned = self._words, self._pinned_words
-        if words or pinned:
+        words = self._words
+        if words:
             found = _WORD.findall(text)
-            if found and not (words.keys().isdisjoint(found) and pinned.isdisjoint(found)):
+            if found and not words.keys().isdisjoint(found):
                 text = _WORD.sub(self._masked_word, text)
-        for patterns in (self._pinned_odd, self._odd):
+        for patterns in (self._pinned, self._odd):
             if patterns:
                 for value, pattern in tuple(patterns.items()):
                     if value in text:
@@ -244,7 +241,7 @@ class KnownValues:
 
     def _masked_word(self, found: re.Match[str]) -> str:
         word = found.group()
-        return mask(word) if word in self._words or word in self._pinned_words else word
+        return mask(word) if word in self._words else word
 
     def after_fork(self) -> None:
         self._lock = threading.Lock()  # another thread may have held it at fork
