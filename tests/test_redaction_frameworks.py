@@ -84,10 +84,10 @@ def servers() -> Iterator[list[Server]]:
         server.stop()
 
 
-def check_output(output: str) -> None:
+def check_output(output: str, tracebacks: int = 0) -> None:
     assert "Logging error" not in output, output
     assert KEY not in output, output
-    assert "Traceback" not in output, output
+    assert output.count("Traceback") == tracebacks, output  # only those the app logged
 
 
 ASGI_APP = """
@@ -197,7 +197,11 @@ structlog.configure(
 handler = logging.StreamHandler(sys.stdout)
 handler.setFormatter(
     structlog.stdlib.ProcessorFormatter(
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, structlog.processors.JSONRenderer()],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,  # formats record.exc_info itself, not exc_text
+            structlog.processors.JSONRenderer(),
+        ],
         foreign_pre_chain=pre_chain,
     )
 )
@@ -208,6 +212,10 @@ root.setLevel(logging.INFO)
 structlog.get_logger("native").info("calling", authorization="Bearer " + KEY, attempt=2)
 logging.getLogger("foreign").info("calling %s with %s", "gpt-4o", "Bearer " + KEY)
 logging.getLogger("foreign").info("plain %s %d", "line", 7)
+try:
+    raise RuntimeError("upstream refused Bearer " + KEY)
+except RuntimeError:
+    logging.getLogger("foreign").exception("call failed")
 """
 
 
@@ -222,13 +230,14 @@ def test_structlog_processor_formatter(tmp_path: Path) -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    check_output(result.stdout + result.stderr)
-    native, foreign, plain = (json.loads(line) for line in result.stdout.splitlines())
+    check_output(result.stdout + result.stderr, tracebacks=1)
+    native, foreign, plain, failed = (json.loads(line) for line in result.stdout.splitlines())
     # structlog's own event dict reaches its formatter as a dict, its values masked.
     assert native["event"] == "calling" and native["attempt"] == 2, native
     assert native["authorization"] == f"Bearer {MASKED}", native
     assert foreign["event"] == f"calling gpt-4o with Bearer {MASKED}", foreign
     assert plain["event"] == "plain line 7", plain
+    assert failed["event"] == "call failed" and f"RuntimeError: upstream refused Bearer {MASKED}" in failed["exception"]
 
 
 LOGURU_APP = """
@@ -253,10 +262,16 @@ class InterceptHandler(logging.Handler):  # as in loguru's documentation
 
 
 logger.remove()
-logger.add(sys.stdout, format="{level} {name} {message}")
+# diagnose=False, as loguru advises in production: with it, loguru prints the variables of each
+# frame of a traceback, which are no part of the log record (the README says so).
+logger.add(sys.stdout, format="{level} {name} {message}", diagnose=False)
 logging.basicConfig(handlers=[InterceptHandler()], level=0, force=True)
 logging.getLogger("sdk").info("headers %s", {"x-api-key": KEY, "accept": "application/json"})
 logging.getLogger("sdk").info("plain %s %d", "line", 7)
+try:
+    raise RuntimeError("upstream refused Bearer " + KEY)
+except RuntimeError:
+    logging.getLogger("sdk").exception("call failed")  # loguru formats record.exc_info itself
 """
 
 
@@ -266,9 +281,10 @@ def test_loguru_intercept_handler(tmp_path: Path) -> None:
         [PYTHON, "loguru_app.py", KEY], cwd=tmp_path, env=middleware_env(), capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
-    check_output(result.stdout + result.stderr)
+    check_output(result.stdout + result.stderr, tracebacks=1)
     assert f"INFO __main__ headers {{'x-api-key': '{MASKED}', 'accept': 'application/json'}}" in result.stdout
     assert "INFO __main__ plain line 7" in result.stdout, result.stdout
+    assert f"RuntimeError: upstream refused Bearer {MASKED}" in result.stdout, result.stdout
 
 
 def test_gunicorn_atoms_keep_their_kind() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
+import traceback
 from collections.abc import Iterator
 
 import pytest
@@ -143,3 +144,37 @@ def test_exceptions_stack_and_extra_are_still_masked(output: io.StringIO) -> Non
         log.exception("failed for %s", "alice", extra={"note": f"token={KEY}"})
     log.info("stack", stack_info=True, extra={"detail": KEY})
     assert KEY not in output.getvalue() and "RuntimeError" in output.getvalue()
+
+
+class NeedsResponse(Exception):
+    """Like the SDKs' APIStatusError: an __init__ of its own, the message kept as an attribute."""
+
+    def __init__(self, message: str, *, response: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.response = response
+
+
+def test_exc_info_becomes_a_masked_copy_for_handlers_that_format_it_themselves(installed: None) -> None:
+    cause = ValueError(f"x-api-key: {KEY}")
+    error = NeedsResponse(f"401 for Bearer {KEY}", response=object())
+    error.__cause__ = cause
+    group = ExceptionGroup("several", [RuntimeError(f"Bearer {KEY}")])
+    for raised in (error, group):
+        try:
+            raise raised
+        except Exception:
+            import sys
+
+            record = logging.getLogger("app").makeRecord(
+                "app", logging.ERROR, __file__, 1, "failed", (), sys.exc_info()
+            )
+        assert record.exc_info is not None and record.exc_info[1] is not None
+        shown = record.exc_info[1]
+        assert shown is not raised and shown.__traceback__ is raised.__traceback__
+        assert type(shown).__name__ == type(raised).__name__ and KEY not in str(shown)
+        text = "".join(traceback.format_exception(*record.exc_info))
+        assert KEY not in text and record.exc_text is not None and KEY not in record.exc_text
+    assert isinstance(shown, Exception)  # the group: a stand-in of the same name
+    assert str(error) == f"401 for Bearer {KEY}"  # the app's own exception is unchanged
+    assert type(error) is NeedsResponse

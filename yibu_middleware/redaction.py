@@ -93,7 +93,15 @@ def scrub(record: logging.LogRecord, redact: Redact) -> None:
     if record.exc_info and not record.exc_text:
         record.exc_text = _formatter.formatException(record.exc_info)
     if record.exc_text:
-        record.exc_text = redact(record.exc_text)
+        masked = redact(record.exc_text)
+        if masked != record.exc_text:
+            record.exc_text = masked
+            # Some handlers format exc_info themselves, not exc_text (structlog's
+            # format_exc_info, loguru's InterceptHandler, error trackers): hand them a masked
+            # stand-in of the exception, with the same traceback.
+            if record.exc_info and record.exc_info[1] is not None:
+                stand_in = _masked_exception(record.exc_info[1], redact, 0)
+                record.exc_info = (type(stand_in), stand_in, record.exc_info[2])
     if record.stack_info:
         record.stack_info = redact(record.stack_info)
     fields = record.__dict__
@@ -131,6 +139,61 @@ def _scrub_message(record: logging.LogRecord, redact: Redact) -> None:
     if isinstance(new_args, tuple):
         text += "%.0s" * len(new_args)
     record.msg, record.args = text, new_args
+
+
+def _masked_exception(exc: BaseException, redact: Redact, depth: int) -> BaseException:
+    """A copy of ``exc`` whose text is masked: the same class, made without its ``__init__``
+    (whose signature is the class's own), with masked ``args`` and attributes, and the same
+    traceback and masked causes. When the class will not be copied so (an exception group),
+    or its text still shows a secret, a stand-in of the same name and module holds the
+    masked text. The app's own exception object is never changed."""
+    kind = type(exc)
+    try:
+        copied = kind.__new__(kind)
+        copied.args = tuple(_masked_value(arg, redact) for arg in exc.args)
+        for name, value in vars(exc).items():
+            copied.__dict__[name] = _masked_value(value, redact)
+        text = str(copied)
+        if redact(text) != text and redact(str(exc)) != text:
+            raise ValueError("its text still shows a secret")
+    except Exception:
+        stand_in = type(kind.__name__, (Exception,), {"__module__": kind.__module__, "__qualname__": kind.__qualname__})
+        copied = stand_in(redact(_text_of(exc)))
+    copied.__traceback__ = exc.__traceback__
+    copied.__suppress_context__ = exc.__suppress_context__
+    if depth < _MAX_DEPTH:
+        for link in ("__cause__", "__context__"):
+            linked = getattr(exc, link)
+            setattr(copied, link, None if linked is None else _masked_exception(linked, redact, depth + 1))
+    return copied
+
+
+def _masked_value(value: Any, redact: Redact) -> Any:
+    """An exception's arg or attribute: a string masked, anything whose repr shows a secret
+    as masked text, anything else as it is."""
+    if isinstance(value, str):
+        return redact(value)
+    if value is None or isinstance(value, int | float):
+        return value
+    text, representation = _text_of(value), _repr_of(value)
+    masked_text, masked_representation = redact(text), redact(representation)
+    if masked_text == text and masked_representation == representation:
+        return value
+    return MaskedText(masked_text, masked_representation)
+
+
+def _text_of(value: object) -> str:
+    try:
+        return str(value)
+    except Exception:
+        return f"<{type(value).__name__}>"
+
+
+def _repr_of(value: object) -> str:
+    try:
+        return repr(value)
+    except Exception:
+        return f"<{type(value).__name__}>"
 
 
 def _formats_to(record: logging.LogRecord, masked: str) -> bool:
