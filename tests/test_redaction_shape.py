@@ -16,8 +16,12 @@ from collections.abc import Iterator
 
 import pytest
 from helpers import GATEWAY_KEY, OPENAI_KEY
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 import yibu_middleware
+from yibu_middleware import runtime
 
 KEY = OPENAI_KEY
 
@@ -178,3 +182,34 @@ def test_exc_info_becomes_a_masked_copy_for_handlers_that_format_it_themselves(i
     assert isinstance(shown, Exception)  # the group: a stand-in of the same name
     assert str(error) == f"401 for Bearer {KEY}"  # the app's own exception is unchanged
     assert type(error) is NeedsResponse
+
+
+# Args of every kind a log call passes, some holding a key in a place the rules know.
+ARG = st.one_of(
+    st.text(alphabet="abc XYZ019-_:/?=&'\"%", max_size=20),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.sampled_from([f"Bearer {KEY}", f"https://h/v1?key={KEY}", KEY, f"{{'x-api-key': '{KEY}'}}", None]),
+    st.builds(lambda key: {"headers": {"authorization": f"Bearer {key}", "accept": "*/*"}}, st.just(KEY)),
+    st.builds(lambda key: [("api-key", key), ("n", 1)], st.just(KEY)),
+    st.just(Options()),
+)
+PREFIX = st.sampled_from(["", "api-key: ", "call ", f"key {KEY} ", "100% done "])
+
+
+@hypothesis_settings(max_examples=200, deadline=None)
+@given(prefix=PREFIX, args=st.lists(ARG, max_size=4), conversion=st.sampled_from(["%s", "%r"]))
+def test_any_record_keeps_its_shape_and_formats_to_the_masked_message(
+    prefix: str, args: list[object], conversion: str
+) -> None:
+    yibu_middleware.install({"api_key": GATEWAY_KEY, "nodes": ["http://127.0.0.1:9/v1"]})
+    current = runtime.current()
+    assert current is not None
+    msg = prefix.replace("%", "%%") + " ".join([conversion] * len(args))
+    original = logging.LogRecord("p", logging.INFO, __file__, 1, msg, tuple(args), None)
+    expected = current.redact(original.getMessage())
+    record = make(msg, tuple(args))
+    assert type(record.args) is type(original.args)
+    assert len(record.args or ()) == len(original.args or ())  # type: ignore[arg-type]
+    assert record.getMessage() == expected
+    assert KEY not in record.getMessage() and KEY not in repr(record.args)
