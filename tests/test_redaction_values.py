@@ -119,7 +119,18 @@ def test_many_keys_mask_the_right_ones(gateway: GatewaySimulator) -> None:
 
 @pytest.mark.parametrize(
     "pattern",
-    [r"(a+)+$", r"(a*)*b", r"(\w+\s?)*x", r"(?:[a-z]+-?)+!", r"(a|aa)+$", r"(a|a?)+", r"(x+x+)+y", r"(\d|\d\d)+x"],
+    [
+        r"(a+)+$",
+        r"(a*)*b",
+        r"(\w+\s?)*x",
+        r"(?:[a-z]+-?)+!",
+        r"(a|aa)+$",
+        r"(a|a?)+",
+        r"(x+x+)+y",
+        r"(\d|\d\d)+x",
+        r"\w+\w+x",
+        r".*.*=",
+    ],
 )
 def test_a_pattern_that_can_backtrack_forever_is_refused(pattern: str) -> None:
     with pytest.raises(ConfigError) as caught:
@@ -140,6 +151,8 @@ def test_a_pattern_that_can_backtrack_forever_is_refused(pattern: str) -> None:
         r"(?:foo|bar)+",
         r"(?:\d|1)+z",
         r"(?>a+)+b",
+        r"[a-z]+[0-9]+",
+        r"\s*\w+",
     ],
 )
 def test_ordinary_patterns_are_accepted(pattern: str) -> None:

@@ -17,6 +17,7 @@ What is found, in any text (shared notes, "Secrets to redact"):
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 import re._constants as sre_constants  # type: ignore[import-not-found]  # the parser re itself uses
 import re._parser as sre_parse  # type: ignore[import-not-found]
@@ -262,12 +263,23 @@ def backtracking_risk(pattern: str) -> str | None:
     or None. Found: a quantified group holding a part that itself repeats a variable number
     of times (``(a+)+``, ``(\\w+\\s?)*``), unless each round starts or ends with a character
     that part cannot match (``(?:-[a-z]+)*`` is safe); and a quantified group of alternatives
-    that can start alike (``(a|aa)+``). Atomic groups and possessive quantifiers never
-    backtrack and are accepted. Polynomial forms (``.*.*=``) are not found."""
+    that can start alike (``(a|aa)+``); and two long repeats in a row that can match the same
+    characters (``\\w+\\w+x``, ``.*.*=``: cubic on a line where they fail). Atomic groups and
+    possessive quantifiers never backtrack and are accepted. Not found: quadratic forms such
+    as a search for ``.*x`` (a fifth of a second on a 16 KiB line)."""
     return _risk_in(sre_parse.parse(pattern))
 
 
 def _risk_in(items: Any) -> str | None:
+    for (first_op, first), (second_op, second) in itertools.pairwise(items):
+        if (
+            first_op in _REPEATS
+            and second_op in _REPEATS
+            and _long(first)
+            and _long(second)
+            and any(_can_match(first[2], char) and _can_match(second[2], char) for char in range(128))
+        ):
+            return "two repeats in a row can match the same characters, so a line can be split in countless ways"
     for op, av in items:
         if op in _REPEATS:
             low, high, body = av
@@ -289,6 +301,12 @@ def _risk_in(items: Any) -> str | None:
         if found:
             return found
     return None
+
+
+def _long(repeat: Any) -> bool:
+    """A repeat of a variable count that can run long (``+``, ``*``, ``{2,}``)."""
+    low, high, _ = repeat
+    return bool(high != low and high > 100)
 
 
 def _variable_repeats(items: Any) -> list[Any]:
