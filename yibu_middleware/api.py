@@ -55,7 +55,11 @@ def installed() -> bool:
 
 
 def _configure_log_output(level: str) -> None:
-    """``log`` setting: print our own lines to stderr without touching the app's logging."""
+    """``log`` setting: print our own lines to stderr without touching the app's logging.
+
+    The logger still propagates, so the app's own handlers (a file, an aggregator) keep
+    getting our lines; our stderr handler stands aside for a record that one of them
+    already writes to stderr, so that a call is not printed twice (``logging.basicConfig``)."""
     global _stderr_handler
     if _stderr_handler is not None:
         log.removeHandler(_stderr_handler)
@@ -65,6 +69,7 @@ def _configure_log_output(level: str) -> None:
         return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("yibu: %(message)s"))
+    handler.addFilter(_unless_the_app_prints_it)
     log.addHandler(handler)
     log.setLevel(level.upper())
     _stderr_handler = handler
@@ -75,3 +80,27 @@ def _guarded_hosts(current: runtime.Runtime) -> frozenset[str]:
     settings = current.settings
     nodes = [urlsplit(url).hostname or "" for url in settings.gateway_nodes]
     return egress.guarded_hosts(current.routes.any_port_hosts, settings.egress.extra_hosts, nodes)
+
+
+def _unless_the_app_prints_it(record: logging.LogRecord) -> bool:
+    """False when a handler of the app, on the way the record propagates, writes it to
+    stderr too (checked per record: the app may configure its logging after install)."""
+    logger: logging.Logger | None = log
+    while logger is not None:
+        for handler in logger.handlers:
+            if handler is not _stderr_handler and record.levelno >= handler.level and _writes_to_stderr(handler):
+                return False
+        logger = logger.parent if logger.propagate else None
+    return True
+
+
+def _writes_to_stderr(handler: logging.Handler) -> bool:
+    stream = getattr(handler, "stream", None) if isinstance(handler, logging.StreamHandler) else None
+    if stream is None:
+        return False
+    if stream is sys.stderr or stream is sys.__stderr__:
+        return True
+    try:
+        return bool(stream.fileno() == 2)
+    except (AttributeError, OSError, ValueError):  # in memory, closed, or not a file
+        return False

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from .core.nodes import NodePool
 from .core.plan import Hedging, RetryPolicy
 from .core.policy import Rules
-from .core.redact import redact_text
+from .core.redact import KnownValues, redact_text
 from .core.retry import RetryBudget
 from .core.routes import Route, RouteTable, parse_route_key
 from .settings import Settings
@@ -40,13 +40,14 @@ class Runtime:
         "capture_content",
         "gateway_key",
         "hedging",
+        "known_values",
+        "last_swapped",
         "limiter",
         "policy",
         "pool",
         "routes",
         "rules",
         "settings",
-        "swapped_keys",
     )
 
     def __init__(self, settings: Settings) -> None:
@@ -83,23 +84,25 @@ class Runtime:
         self.capture_content = os.environ.get(CAPTURE_CONTENT_ENV, "").strip().lower() in ("1", "true", "yes", "on")
         self.gateway_key = settings.api_key.get_secret_value().encode() if settings.api_key else None
         self.aliases = dict(settings.model_aliases)
-        # Provider keys swapped out at run time: kept only so they can be masked by value.
-        self.swapped_keys: set[str] = set()
+        # Secrets masked by exact value: the gateway key, and the provider keys swapped out at
+        # run time (the most recently used ones only, so memory stays bounded).
+        self.known_values = KnownValues(settings.redaction.remembered_keys)
+        if settings.api_key:
+            self.known_values.add(settings.api_key.get_secret_value(), pinned=True, any_shape=True)
+        self.last_swapped: Collection[str] = ()
         self._lock = threading.Lock()
         self._checker: threading.Thread | None = None
 
     def remember_swapped(self, keys: Collection[str]) -> None:
-        if keys and not self.swapped_keys.issuperset(keys):
-            with self._lock:
-                self.swapped_keys.update(keys)
-
-    def known_secrets(self) -> tuple[str, ...]:
-        secrets = tuple(self.swapped_keys)
-        return (*secrets, self.gateway_key.decode()) if self.gateway_key else secrets
+        """Called by every call with the provider keys it swapped out: cheap when the keys are
+        those of the call before (the usual case: one key per process)."""
+        if keys and keys != self.last_swapped:
+            self.known_values.remember(keys)
+            self.last_swapped = keys
 
     def redact(self, text: str) -> str:
         redaction = self.settings.redaction
-        return redact_text(text, self.known_secrets(), tuple(redaction.extra_headers), tuple(redaction.extra_patterns))
+        return redact_text(text, self.known_values, tuple(redaction.extra_headers), tuple(redaction.extra_patterns))
 
     def ensure_health_checker(self) -> None:
         """Start the active health checker on first use, if it is switched on."""
@@ -123,6 +126,7 @@ class Runtime:
         if self.limiter is not None:
             self.limiter.reset()  # the parent's waiters and slots are not this process's
         self._lock = threading.Lock()
+        self.known_values.after_fork()
         self._checker = None  # threads do not survive fork; a new one starts on first use
 
 

@@ -141,17 +141,33 @@ class RedactionSettings(BaseModel):
     enabled: bool = Field(True, description="mask keys in every log record of the process; turned off only explicitly")
     extra_headers: list[str] = Field([], description="more header names whose values are secret")
     extra_patterns: list[str] = Field([], description="more regular expressions for secrets")
+    remembered_keys: int = Field(
+        10_000,
+        ge=100,
+        description="provider keys swapped out that are masked by exact value: the most recently used ones",
+    )
 
     @field_validator("extra_patterns")
     @classmethod
     def _compiles(cls, value: list[str]) -> list[str]:
+        """Each pattern runs on every log line, so one that compiles but can backtrack without
+        end (one warning() once took 7 s) is refused here, not found out in production."""
         import re
+
+        from .core.redact import backtracking_risk
 
         for pattern in value:
             try:
                 re.compile(pattern)
             except re.error as exc:
                 raise ValueError(f"{pattern!r} is not a valid regular expression ({exc})") from None
+            risk = backtracking_risk(pattern)
+            if risk:
+                raise ValueError(
+                    f"{pattern!r} can backtrack catastrophically ({risk}): one log line could take seconds."
+                    " Rewrite it without a repeat inside a repeat (e.g. '(a+)+' as 'a+'), or make the inner"
+                    " part atomic ('(?>a+)+') or possessive ('(a++)+')"
+                )
         return value
 
 
