@@ -129,7 +129,7 @@ def test_doctor_shows_sources_hooks_and_nodes(tmp_path: Path, gateway: GatewaySi
     gateway.set_faults("c", refuse=True)
     env = app_env(gateway, YIBU_API_KEY=SECRET)
     result = run([YIBU, "doctor"], env, cwd=tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == 1, result.stdout + result.stderr  # the nodes reject SECRET
     out = result.stdout
     assert SECRET not in out and "...0000" in out
     assert "env YIBU_NODES" in out and "env YIBU_API_KEY" in out

@@ -388,10 +388,10 @@ class Settings(BaseSettings):
             return None  # empty is unset: refused later unless keys.pass_through is set
         for position, char in enumerate(value, 1):
             if not "!" <= char <= "~":
-                kind = "a space" if char.isspace() else "a control character" if char.isascii() else "a non-ASCII character"
+                kind = "a space" if char.isspace() else "a control" if char.isascii() else "a non-ASCII"
                 raise ValueError(
-                    f"the key holds {kind} (U+{ord(char):04X}) at position {position}; a key is printable ASCII"
-                    " with no spaces. Copy it again from the gateway's console"
+                    f"the key holds {kind} character (U+{ord(char):04X}) at position {position}; a key is"
+                    " printable ASCII with no spaces. Copy it again from the gateway's console"
                 )
         return value
 
@@ -497,8 +497,8 @@ def _node_url(value: str, allow_insecure: bool) -> str:
     if "@" in url:
         # The sender would drop it (the key travels in its own header): say so rather than ignore it.
         raise ValueError(
-            "a node URL takes no user:password@; put the gateway key in YIBU_API_KEY (api_key) instead,"
-            " and it is sent in the Authorization header"
+            "a node URL takes no user name or password before its host; put the gateway key in YIBU_API_KEY"
+            " (api_key) instead, and it is sent in the Authorization header"
         )
     try:
         parts = urlsplit(url)
@@ -591,7 +591,7 @@ def find_settings_file(cwd: Path | None = None) -> SettingsFile | None:
     if named:
         path = Path(named).expanduser()
         if path.is_dir():
-            raise _settings_error([f"- {CONFIG_ENV}={named} is a folder, not a file. Point it at a TOML settings file."])
+            raise _settings_error([f"- {CONFIG_ENV}={named} is a folder, not a file. Point it at a TOML file."])
         if not path.is_file():
             raise _settings_error(
                 [f"- {CONFIG_ENV}={named}: no such file. Point {CONFIG_ENV} at a TOML settings file, or unset it."]
@@ -767,10 +767,7 @@ def _unknown_env() -> tuple[list[str], list[str]]:
 
 
 def _misspelt_env_names() -> list[str]:
-    return [
-        f"- {name}: no such setting; it would be ignored. Rename it, or unset it."
-        for name in _unknown_env()[0]
-    ]
+    return [f"- {name}: no such setting; it would be ignored. Rename it, or unset it." for name in _unknown_env()[0]]
 
 
 def unknown_env_names() -> list[str]:
