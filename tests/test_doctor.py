@@ -67,6 +67,8 @@ def test_no_gateway_key_is_not_routed_and_exits_2(gateway: GatewaySimulator, tmp
     assert result.returncode == 2, result.stdout
     line = verdict(result.stdout)
     assert line.startswith("Routing: OFF") and "YIBU_API_KEY" in line and "would not start" in line
+    enabled = next(line for line in result.stdout.splitlines() if line.split()[:1] == ["enabled"])
+    assert "not routed" in enabled
 
 
 def test_pass_through_is_routed_without_a_key(tmp_path: Path) -> None:

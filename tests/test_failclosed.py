@@ -5,6 +5,7 @@ settings error that names the setting, never a Python error, and never show a se
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 from pathlib import Path
 
@@ -213,8 +214,6 @@ def test_credentials_in_a_node_url_at_start_are_masked(tmp_path: Path) -> None:
 
 
 def app_env_without_nodes() -> dict[str, str]:
-    import os
-
     env = {name: value for name, value in os.environ.items() if not name.startswith("YIBU_")}
     env.update(YIBU_ENABLED="1", YIBU_API_KEY=GATEWAY_KEY)
     return env
@@ -399,3 +398,26 @@ def test_http_client_sees_only_valid_node_urls() -> None:
     for url in ("https://gw.example:65535/v1", "https://xn--bcher-kva.example/v1", "http://[::1]:1/v1"):
         settings = load_settings({"nodes": [url]})
         httpx.URL(settings.gateway_nodes[0])
+
+
+def test_settings_file_that_is_a_dangling_link(tmp_path: Path) -> None:
+    """A mounted yibu.toml that is missing is not the same as no settings file."""
+    (tmp_path / "yibu.toml").symlink_to(tmp_path / "mounted" / "yibu.toml")
+    message = config_error({"api_key": GATEWAY_KEY})
+    assert "yibu.toml" in message and "cannot be read" in message
+
+
+def test_named_settings_file_that_is_not_a_regular_file(tmp_path: Path) -> None:
+    fifo = tmp_path / "yibu.fifo"
+    os.mkfifo(fifo)
+    message = config_error({"api_key": GATEWAY_KEY}, YIBU_CONFIG=str(fifo))
+    assert "YIBU_CONFIG" in message and "not a regular file" in message
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads any file")
+def test_settings_file_without_read_permission(tmp_path: Path) -> None:
+    path = tmp_path / "yibu.toml"
+    path.write_text('log = "info"\n')
+    path.chmod(0)
+    message = config_error({"api_key": GATEWAY_KEY})
+    assert "yibu.toml" in message and "cannot be read" in message

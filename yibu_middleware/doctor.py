@@ -53,6 +53,8 @@ def doctor(timeout: float = 3.0) -> int:
     print(f"Routing: {'ON' if routed else 'OFF'}. {why}\n")
     print("Settings (highest source first: install() argument, env YIBU_*, settings file, default)")
     for name, value in _setting_rows(settings):
+        if name == "enabled":  # the setting's value alone is not whether the app is routed
+            value = ("on" if settings.enabled else "off") + ("" if routed else " (not routed: see Routing above)")
         print(_safe(f"  {name:<30} {value:<48} {settings.origin(name)}"))
     for unknown in unknown_env_names():
         print(f"  warning: {unknown} matches no setting and is ignored")

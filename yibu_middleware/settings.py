@@ -592,13 +592,15 @@ def find_settings_file(cwd: Path | None = None) -> SettingsFile | None:
         path = Path(named).expanduser()
         if path.is_dir():
             raise _settings_error([f"- {CONFIG_ENV}={named} is a folder, not a file. Point it at a TOML file."])
+        if path.exists() and not path.is_file():
+            raise _settings_error([f"- {CONFIG_ENV}={named} is not a regular file. Point it at a TOML file."])
         if not path.is_file():
             raise _settings_error(
                 [f"- {CONFIG_ENV}={named}: no such file. Point {CONFIG_ENV} at a TOML settings file, or unset it."]
             )
         return SettingsFile(path, None, _read_toml(path))
     own = cwd / "yibu.toml"
-    if own.is_file():
+    if own.is_file() or own.is_symlink():  # a link to a missing mounted file is an error, not "no file"
         return SettingsFile(own, None, _read_toml(own))
     pyproject = cwd / "pyproject.toml"
     if pyproject.is_file():
