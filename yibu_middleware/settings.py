@@ -12,7 +12,6 @@ whole report raised as one :class:`~yibu_middleware.errors.ConfigError`.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import re
@@ -533,6 +532,8 @@ def _node_url(value: str, allow_insecure: bool) -> str:
 def _is_loopback(host: str) -> bool:
     if host.lower() == "localhost":
         return True
+    import ipaddress  # only for an http:// node: start-up is budgeted
+
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
