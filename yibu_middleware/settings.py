@@ -510,11 +510,9 @@ def _node_url(value: str, allow_insecure: bool) -> str:
     if port == 0:
         raise ValueError(f"{_EXPECTED_URL} (the port must be a number from 1 to 65535)")
     host = parts.hostname.rstrip(".")
-    if ":" in host:
-        pass  # an IPv6 literal, already checked by urlsplit
-    else:
+    if ":" not in host:  # a name or IPv4 address (an IPv6 literal was checked by urlsplit)
         try:
-            ascii_host = host.encode("idna").decode("ascii")
+            ascii_host = host.encode("idna").decode("ascii")  # empty or over-long labels fail here
         except UnicodeError:
             ascii_host = ""
         if not _HOST_CHARS.fullmatch(ascii_host):
