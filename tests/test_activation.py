@@ -46,14 +46,24 @@ def test_disabled_imports_nothing_of_ours() -> None:
 
 @pytest.mark.parametrize("value", ["1", "true", "YES", " on "])
 def test_enabled_values_hook_at_start(value: str, tmp_path: Path) -> None:
-    result = run([PYTHON, "-c", PROBE], clean_env(YIBU_ENABLED=value), cwd=tmp_path)
+    result = run([PYTHON, "-c", PROBE], clean_env(YIBU_ENABLED=value, YIBU_API_KEY=SECRET), cwd=tmp_path)
     assert result.stdout.split() == ["imported", "hooked"], result.stderr
 
 
-@pytest.mark.parametrize("value", ["0", "false", "no", ""])
-def test_other_values_leave_the_app_alone(value: str) -> None:
+@pytest.mark.parametrize("value", ["0", "false", "no", "", "OFF", " False ", "  "])
+def test_false_words_leave_the_app_alone(value: str) -> None:
     result = run([PYTHON, "-c", PROBE], clean_env(YIBU_ENABLED=value))
     assert result.stdout.split() == ["not-imported", "plain"]
+
+
+@pytest.mark.parametrize("value", ["y", "ture", "2", "enable", "1.0", "t"])
+def test_unknown_enabled_words_stop_the_app(value: str, tmp_path: Path) -> None:
+    """A typo must neither switch routing off silently (keys go to the provider) nor guess."""
+    env = clean_env(YIBU_ENABLED=value, YIBU_API_KEY=SECRET, YIBU_NODES="http://127.0.0.1:9/v1")
+    result = run([PYTHON, "-c", "print('the app ran')"], env, cwd=tmp_path)
+    assert result.returncode == 2 and "the app ran" not in result.stdout
+    assert "YIBU_ENABLED" in result.stderr and repr(value) in result.stderr
+    assert "1/true/yes/on" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_bad_settings_stop_the_app_with_one_clear_message(tmp_path: Path) -> None:
@@ -77,7 +87,8 @@ def test_yibu_run_runs_the_users_sitecustomize_too(tmp_path: Path) -> None:
     own.mkdir()
     (own / "sitecustomize.py").write_text("import os\nos.environ['USER_SITECUSTOMIZE'] = 'ran'\n")
     probe = PROBE + "; import os; print(os.environ.get('USER_SITECUSTOMIZE'))"
-    result = run([YIBU, "run", "--", PYTHON, "-c", probe], clean_env(PYTHONPATH=str(own)), cwd=tmp_path)
+    env = clean_env(PYTHONPATH=str(own), YIBU_API_KEY=SECRET)
+    result = run([YIBU, "run", "--", PYTHON, "-c", probe], env, cwd=tmp_path)
     assert result.stdout.split() == ["imported", "hooked", "ran"], result.stderr
 
 
@@ -103,6 +114,12 @@ def test_yibu_run_reports_bad_settings_before_starting(tmp_path: Path) -> None:
     assert result.returncode == 2 and "ran" not in result.stdout and "base_url" in result.stderr
 
 
+def test_yibu_run_without_a_gateway_key_reports_before_starting(tmp_path: Path) -> None:
+    result = run([YIBU, "run", "--", PYTHON, "-c", "print('ran')"], clean_env(), cwd=tmp_path)
+    assert result.returncode == 2 and "ran" not in result.stdout
+    assert "YIBU_API_KEY" in result.stderr and "YIBU_KEYS__PASS_THROUGH" in result.stderr
+
+
 def test_yibu_run_without_a_command() -> None:
     result = run([YIBU, "run"], clean_env())
     assert result.returncode == 2 and "no command given" in result.stderr
@@ -112,7 +129,7 @@ def test_doctor_shows_sources_hooks_and_nodes(tmp_path: Path, gateway: GatewaySi
     gateway.set_faults("c", refuse=True)
     env = app_env(gateway, YIBU_API_KEY=SECRET)
     result = run([YIBU, "doctor"], env, cwd=tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == 1, result.stdout + result.stderr  # the nodes reject SECRET
     out = result.stdout
     assert SECRET not in out and "...0000" in out
     assert "env YIBU_NODES" in out and "env YIBU_API_KEY" in out

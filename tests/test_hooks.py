@@ -167,7 +167,7 @@ def test_unrouted_host_passes_untouched(gateway: GatewaySimulator) -> None:
 
 
 def test_without_gateway_key_callers_key_passes(gateway: GatewaySimulator) -> None:
-    install_for(gateway, api_key=None)
+    install_for(gateway, api_key=None, keys={"pass_through": True})  # asked for explicitly
     client = openai.OpenAI(api_key=GATEWAY_KEY, max_retries=0)  # an app that was given a gateway key
     chat(client)
     assert [r.key for r in gateway.records] == [GATEWAY_KEY]

@@ -165,15 +165,18 @@ def make(message: str, *args: object) -> logging.LogRecord:
 
 
 def test_redaction_off_only_when_asked() -> None:
-    yibu_middleware.install({"nodes": ["http://127.0.0.1:9/v1"], "redaction": {"enabled": False}})
+    yibu_middleware.install(
+        {"api_key": GATEWAY_KEY, "nodes": ["http://127.0.0.1:9/v1"], "redaction": {"enabled": False}}
+    )
     assert PROVIDER_KEYS[0] in make("key %s", PROVIDER_KEYS[0]).getMessage()
-    yibu_middleware.install({"nodes": ["http://127.0.0.1:9/v1"]})
+    yibu_middleware.install({"api_key": GATEWAY_KEY, "nodes": ["http://127.0.0.1:9/v1"]})
     assert PROVIDER_KEYS[0] not in make("key %s", PROVIDER_KEYS[0]).getMessage()
 
 
 def test_extra_patterns_and_headers_from_settings() -> None:
     yibu_middleware.install(
         {
+            "api_key": GATEWAY_KEY,
             "nodes": ["http://127.0.0.1:9/v1"],
             "redaction": {"extra_patterns": [r"corp-[0-9]{6}"], "extra_headers": ["x-corp-auth"]},
         }
@@ -184,7 +187,7 @@ def test_extra_patterns_and_headers_from_settings() -> None:
 
 def test_uninstall_restores_make_record() -> None:
     before = logging.Logger.__dict__["makeRecord"]
-    yibu_middleware.install({"nodes": ["http://127.0.0.1:9/v1"]})
+    yibu_middleware.install({"api_key": GATEWAY_KEY, "nodes": ["http://127.0.0.1:9/v1"]})
     assert logging.Logger.__dict__["makeRecord"] is not before
     yibu_middleware.uninstall()
     assert logging.Logger.__dict__["makeRecord"] is before

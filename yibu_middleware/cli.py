@@ -51,10 +51,10 @@ def run_command(argv: list[str]) -> int:
     if not argv:
         print("yibu run: no command given. Usage: yibu run -- python app.py [args...]", file=sys.stderr)
         return 2
-    from .settings import load_settings
+    from .settings import gateway_key_of, load_settings
 
     try:
-        load_settings()  # bad settings are reported here, before the app starts
+        gateway_key_of(load_settings())  # bad settings are reported here, before the app starts
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2

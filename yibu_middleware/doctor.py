@@ -5,15 +5,27 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.metadata
+import os
 import sys
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel
 
 from .core.redact import mask, redact_text
 from .errors import ConfigError
-from .settings import Settings, load_settings, unknown_env_names
+from .settings import (
+    ENV_PREFIX,
+    TRUE_WORDS,
+    KeySettings,
+    Settings,
+    gateway_key_of,
+    load_settings,
+    mask_userinfo,
+    unknown_env_names,
+)
+
+ENABLED_ENV = ENV_PREFIX + "ENABLED"
 
 # Client libraries worth reporting: those hooked (where), and those that travel over them.
 LIBRARIES = [
@@ -29,14 +41,21 @@ LIBRARIES = [
 
 
 def doctor(timeout: float = 3.0) -> int:
+    """Print the report; exit status 2 when the app would not start (bad settings, no key),
+    1 when a node is wrong for it (rejects the key, wrong path) or none answers, else 0."""
     try:
         settings = load_settings()
     except ConfigError as exc:
-        print(exc)
+        print(_safe(str(exc)))
+        print("\nRouting: OFF. This process's app would not start: the settings above are invalid.")
         return 2
+    routed, why = _routing(settings)
+    print(f"Routing: {'ON' if routed else 'OFF'}. {why}\n")
     print("Settings (highest source first: install() argument, env YIBU_*, settings file, default)")
     for name, value in _setting_rows(settings):
-        print(f"  {name:<30} {value:<48} {settings.origin(name)}")
+        if name == "enabled":  # the setting's value alone is not whether the app is routed
+            value = ("on" if settings.enabled else "off") + ("" if routed else " (not routed: see Routing above)")
+        print(_safe(f"  {name:<30} {value:<48} {settings.origin(name)}"))
     for unknown in unknown_env_names():
         print(f"  warning: {unknown} matches no setting and is ignored")
 
@@ -55,15 +74,52 @@ def doctor(timeout: float = 3.0) -> int:
         print(f"  {distribution:<18} {version:<10} {state}")
 
     print("\nGateway nodes")
-    reachable = 0
-    for url in settings.gateway_nodes:
-        ok, report = _probe(url, settings, timeout)
-        reachable += ok
-        print(f"  {url:<40} {report}")
-    if not reachable:
+    probes = [_probe(url, settings, timeout) for url in settings.gateway_nodes]
+    for url, probe in zip(settings.gateway_nodes, probes, strict=True):
+        print(_safe(f"  {url:<40} {probe.report}"))
+    if not any(probe.reachable for probe in probes):
         print("\nNo gateway node answered: calls would fail. Check nodes/base_url and the network.")
-        return 1
-    return 0
+    elif any(probe.wrong for probe in probes):
+        print("\nA node above is wrong for this app (see its line): calls to it would fail.")
+    if _key_missing(settings):
+        return 2
+    return 1 if any(probe.wrong for probe in probes) or not any(probe.reachable for probe in probes) else 0
+
+
+def _routing(settings: Settings) -> tuple[bool, str]:
+    """Whether an app started in this environment would be routed, and why (not)."""
+    word = os.environ.get(ENABLED_ENV)
+    if _key_missing(settings):
+        return False, (
+            "This process's app would not start: there is no gateway key. Set YIBU_API_KEY, or"
+            " YIBU_KEYS__PASS_THROUGH=1 if the app's own keys are gateway keys already."
+        )
+    keys = (
+        f"gateway key {mask(settings.api_key.get_secret_value())} ({settings.origin('api_key')})"
+        if settings.api_key
+        else "callers' own keys pass through (keys.pass_through)"
+    )
+    if word is None or word.strip().lower() not in TRUE_WORDS:
+        state = "is not set" if word is None or not word.strip() else f"is {word.strip()!r}"
+        return False, (
+            f"This process's app would not be routed: {ENABLED_ENV} {state} (the settings file cannot switch"
+            f" it on). Set {ENABLED_ENV}=1, start it with `yibu run`, or call yibu_middleware.install() in the"
+            f" app; then it would be routed with the {keys}."
+        )
+    return True, f"This process's app would be routed ({ENABLED_ENV}={word.strip()}), with the {keys}."
+
+
+def _key_missing(settings: Settings) -> bool:
+    try:
+        gateway_key_of(settings)
+    except ConfigError:
+        return True
+    return False
+
+
+def _safe(text: str) -> str:
+    """Keys and a URL's user:password masked, whatever the line holds."""
+    return mask_userinfo(redact_text(text))
 
 
 def _setting_rows(settings: Settings) -> list[tuple[str, str]]:
@@ -72,7 +128,8 @@ def _setting_rows(settings: Settings) -> list[tuple[str, str]]:
     for name in type(settings).model_fields:
         value = getattr(settings, name)
         if name == "api_key":
-            rows.append((name, mask(value.get_secret_value()) if value else "(not set: callers' keys pass through)"))
+            unset = "(not set: callers' keys pass through)" if settings.keys.pass_through else "(NOT SET)"
+            rows.append((name, mask(value.get_secret_value()) if value else unset))
         elif isinstance(value, BaseModel) and name != "routes":
             rows.extend((f"{name}.{sub}", _shown(getattr(value, sub))) for sub in type(value).model_fields)
         elif name == "routes":
@@ -96,7 +153,8 @@ def _check_hooks(settings: Settings) -> dict[str, bool]:
     """Install in this process, import each installed library, and see whether its hook landed."""
     from . import api, hooks
 
-    api.install(settings)
+    # Whether the hooks land does not depend on the key: check them even when it is missing.
+    api.install(settings.model_copy(update={"keys": KeySettings(pass_through=True)}))
     try:
         for hook in hooks.HOOKS:
             if _version(hook.distribution) is not None:
@@ -115,7 +173,13 @@ def _version(distribution: str) -> str | None:
         return None
 
 
-def _probe(url: str, settings: Settings, timeout: float) -> tuple[bool, str]:
+class Probe(NamedTuple):
+    reachable: bool  # something answered
+    wrong: bool  # it answered, and calls from this app would fail there
+    report: str
+
+
+def _probe(url: str, settings: Settings, timeout: float) -> Probe:
     import httpx
 
     headers: dict[str, Any] = {}
@@ -126,10 +190,21 @@ def _probe(url: str, settings: Settings, timeout: float) -> tuple[bool, str]:
         with httpx.Client(timeout=timeout, trust_env=False) as client:
             response = client.get(f"{url}/models", headers=headers)
     except httpx.HTTPError as exc:
-        return False, redact_text(f"unreachable: {type(exc).__name__} {exc}")
+        return Probe(False, False, _safe(f"unreachable: {type(exc).__name__} {exc}"))
     elapsed = (time.perf_counter() - started) * 1000
-    verdict = {401: "key rejected", 403: "key not allowed"}.get(response.status_code, "")
-    return True, f"reachable: GET /models {response.status_code} in {elapsed:.1f} ms {verdict}".rstrip()
+    status = response.status_code
+    seen = f"reachable: GET /models {status} in {elapsed:.1f} ms"
+    if status in (401, 403) and not settings.api_key:
+        return Probe(True, False, f"{seen} (no key sent: under pass-through each caller sends its own)")
+    if status == 401:
+        return Probe(True, True, f"{seen}: key rejected. The node does not accept this gateway key: check YIBU_API_KEY")
+    if status == 403:
+        return Probe(True, True, f"{seen}: key not allowed. The key is known but may not list models here")
+    if status == 404:
+        if not url.rstrip("/").endswith("/v1"):
+            return Probe(True, True, f"{seen}: wrong path. Is /v1 missing? Try {url}/v1 as the node URL")
+        return Probe(True, True, f"{seen}: this URL is not a gateway's API base (no {url}/models)")
+    return Probe(True, False, seen)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from .core.policy import Rules
 from .core.redact import KnownValues, redact_text
 from .core.retry import RetryBudget
 from .core.routes import Route, RouteTable, parse_route_key
-from .settings import Settings
+from .settings import Settings, gateway_key_of
 
 if TYPE_CHECKING:
     from .limiter import Limiter
@@ -82,7 +82,7 @@ class Runtime:
         self.rules = Rules.from_settings(settings.policy)
         # Message content in spans only on opt-in: read once, as OpenTelemetry's instrumentations do.
         self.capture_content = os.environ.get(CAPTURE_CONTENT_ENV, "").strip().lower() in ("1", "true", "yes", "on")
-        self.gateway_key = settings.api_key.get_secret_value().encode() if settings.api_key else None
+        self.gateway_key = gateway_key_of(settings)  # ConfigError without a key or keys.pass_through
         self.aliases = dict(settings.model_aliases)
         # Secrets masked by exact value: the gateway key, and the provider keys swapped out at
         # run time (the most recently used ones only, so memory stays bounded).

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
@@ -21,6 +22,7 @@ from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -31,6 +33,7 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
 from .core.redact import mask, redact_text
 from .errors import ConfigError
@@ -40,6 +43,30 @@ CONFIG_ENV = "YIBU_CONFIG"
 DEFAULT_BASE_URL = "https://api.yibuapi.com/v1"
 
 Provider = Literal["openai", "anthropic"]
+
+# The words a switch accepts. YIBU_ENABLED is read by the one-line .pth file too, which
+# hands every value outside FALSE_WORDS to start-up, where anything else is an error:
+# a typo must neither switch routing off unnoticed nor be guessed at.
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("", "0", "false", "no", "off")
+
+# Settings are a few levels deep at most; deeper JSON or TOML is an error, never a RecursionError.
+MAX_NESTING = 16
+
+
+def _switch_word(value: Any) -> Any:
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in TRUE_WORDS:
+            return True
+        if word in FALSE_WORDS:
+            return False
+        raise ValueError("expected 1/true/yes/on to switch it on, or 0/false/no/off (or empty) to switch it off")
+    return value
+
+
+# A bool that takes only the words above (pydantic alone would also take 'y', 't', 'f', 'n').
+Switch = Annotated[bool, BeforeValidator(_switch_word)]
 
 
 class RouteSpec(BaseModel):
@@ -79,7 +106,7 @@ DEFAULT_ROUTES: dict[str, RouteSpec] = {
 
 
 class RetrySettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     max_attempts: int = Field(3, ge=1, le=10, description="attempts per call, the first included, across all nodes")
     backoff_base: float = Field(
@@ -96,7 +123,7 @@ class RetrySettings(BaseModel):
 
 
 class EjectionSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     consecutive_failures: int = Field(5, ge=1, description="failures in a row that take a node out")
     base_seconds: float = Field(30.0, gt=0, description="first time out; grows with each ejection (+-20 % jitter)")
@@ -104,7 +131,7 @@ class EjectionSettings(BaseModel):
 
 
 class HealthCheckSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     interval: float = Field(
         0.0, ge=0, description="seconds between active checks of ejected nodes (GET <node>/models); 0: off"
@@ -113,7 +140,7 @@ class HealthCheckSettings(BaseModel):
 
 
 class StreamSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     first_token_timeout: float | None = Field(
         None,
@@ -124,7 +151,7 @@ class StreamSettings(BaseModel):
 
 
 class HedgeSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     enabled: bool = Field(
         False,
@@ -171,10 +198,22 @@ class RedactionSettings(BaseModel):
         return value
 
 
+class KeySettings(BaseModel):
+    """Which key is sent to the gateway (key pools will join this section)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pass_through: Switch = Field(
+        False,
+        description="run without a gateway key (api_key unset): each caller's own key is sent to the gateway"
+        " unchanged, for apps already given gateway keys. Without it, no api_key is a settings error",
+    )
+
+
 class ModelLimits(BaseModel):
     """Client-side limits of one model (``limits.per_model``), on top of the global ones."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     max_concurrent: int | None = Field(None, ge=1, description="calls in flight at once (a request pool); unset: none")
     requests_per_second: float | None = Field(
@@ -337,12 +376,22 @@ class Settings(BaseSettings):
         case_sensitive=False,
         extra="forbid",
         validate_default=True,
+        allow_inf_nan=False,
     )
 
-    enabled: bool = Field(False, description="turn the middleware on at interpreter start (1/true/yes/on)")
+    enabled: Switch = Field(
+        False, description="turn the middleware on at interpreter start: 1/true/yes/on, or 0/false/no/off"
+    )
     api_key: SecretStr | None = Field(
         None,
-        description="the gateway key sent instead of the provider key; unset: the caller's key passes through",
+        description="the gateway key sent instead of the provider key; required unless keys.pass_through is set",
+    )
+    keys: KeySettings = Field(KeySettings(), description="which key is sent to the gateway")
+    # Before the URLs: their validators read it.
+    allow_insecure_nodes: Switch = Field(
+        False,
+        description="allow http:// node URLs on hosts other than this machine (the gateway key then travels in"
+        " clear text)",
     )
     base_url: str = Field(DEFAULT_BASE_URL, description="the gateway's base URL, used when `nodes` is empty")
     nodes: Annotated[list[str], NoDecode] = Field(
@@ -399,15 +448,31 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, _TomlFileSource(settings_cls, _active_file))
 
-    @field_validator("enabled", mode="before")
+    @field_validator("api_key", mode="before")
     @classmethod
-    def _strip_flag(cls, value: Any) -> Any:
-        return value.strip() if isinstance(value, str) else value
+    def _clean_key(cls, value: Any) -> Any:
+        """Whitespace around a key (a mounted secret's newline) is dropped; anything else that
+        cannot go into a header is refused, naming the character but never the key."""
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if not isinstance(value, str):
+            return value
+        value = value.strip()
+        if not value:
+            return None  # empty is unset: refused later unless keys.pass_through is set
+        for position, char in enumerate(value, 1):
+            if not "!" <= char <= "~":
+                kind = "a space" if char.isspace() else "a control" if char.isascii() else "a non-ASCII"
+                raise ValueError(
+                    f"the key holds {kind} character (U+{ord(char):04X}) at position {position}; a key is"
+                    " printable ASCII with no spaces. Copy it again from the gateway's console"
+                )
+        return value
 
     @field_validator("base_url")
     @classmethod
-    def _check_base_url(cls, value: str) -> str:
-        return _http_url(value)
+    def _check_base_url(cls, value: str, info: ValidationInfo) -> str:
+        return _node_url(value, info.data.get("allow_insecure_nodes", False))
 
     @field_validator("nodes", mode="before")
     @classmethod
@@ -421,8 +486,8 @@ class Settings(BaseSettings):
 
     @field_validator("nodes")
     @classmethod
-    def _check_nodes(cls, value: list[str]) -> list[str]:
-        urls = [_http_url(url) for url in value]
+    def _check_nodes(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        urls = [_node_url(url, info.data.get("allow_insecure_nodes", False)) for url in value]
         if len(set(urls)) != len(urls):
             raise ValueError("the same node URL is listed twice")
         return urls
@@ -453,12 +518,13 @@ class Settings(BaseSettings):
     def _check_weights(cls, value: dict[str, float]) -> dict[str, float]:
         if any(weight <= 0 for weight in value.values()):
             raise ValueError("weights must be greater than 0")
-        return {_http_url(url): weight for url, weight in value.items()}
+        # Insecure or not was decided for the node itself; each weighted URL must be one of them.
+        return {_node_url(url, allow_insecure=True): weight for url, weight in value.items()}
 
     @field_validator("pin")
     @classmethod
     def _check_pin(cls, value: str | None) -> str | None:
-        return _http_url(value) if value else None
+        return _node_url(value, allow_insecure=True) if value else None
 
     @field_validator("model_aliases", "node_weights", mode="before")
     @classmethod
@@ -496,20 +562,90 @@ _TABLE_FORMS = {
 }
 
 
-def _http_url(value: str) -> str:
-    parts = urlsplit(value.strip())
+_EXPECTED_URL = "expected an http(s) URL such as https://api.yibuapi.com/v1"
+_HOST_CHARS = re.compile(r"[a-z0-9_.-]+")
+
+
+def _node_url(value: str, allow_insecure: bool) -> str:
+    """A gateway node's base URL, checked so that every one accepted can be sent to as is."""
+    url = value.strip()
+    if any(not "!" <= char <= "~" for char in url):
+        raise ValueError(f"{_EXPECTED_URL}, with no spaces, control or non-ASCII characters (IDNA hosts as xn--)")
+    if "@" in url:
+        # The sender would drop it (the key travels in its own header): say so rather than ignore it.
+        raise ValueError(
+            "a node URL takes no user name or password before its host; put the gateway key in YIBU_API_KEY"
+            " (api_key) instead, and it is sent in the Authorization header"
+        )
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:  # a bad port or IPv6 literal
+        detail = "the port must be a number from 1 to 65535" if "port" in str(exc).lower() else str(exc)
+        raise ValueError(f"{_EXPECTED_URL} ({detail})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("expected an http(s) URL such as https://api.yibuapi.com/v1")
+        raise ValueError(_EXPECTED_URL)
+    if port == 0:
+        raise ValueError(f"{_EXPECTED_URL} (the port must be a number from 1 to 65535)")
+    host = parts.hostname.rstrip(".")
+    if ":" not in host:  # a name or IPv4 address (an IPv6 literal was checked by urlsplit)
+        try:
+            ascii_host = host.encode("idna").decode("ascii")  # empty or over-long labels fail here
+        except UnicodeError:
+            ascii_host = ""
+        if not _HOST_CHARS.fullmatch(ascii_host):
+            raise ValueError(f"{_EXPECTED_URL} ({parts.hostname!r} is not a valid host name)")
     if parts.query or parts.fragment:
         raise ValueError("a node URL takes no query or fragment")
-    return value.strip().rstrip("/")
+    if parts.scheme == "http" and not allow_insecure and not _is_loopback(host):
+        raise ValueError(
+            f"http:// to {host}, which is not this machine, would send the gateway key in clear text; use"
+            " https://, or allow it explicitly with allow_insecure_nodes = true (YIBU_ALLOW_INSECURE_NODES=1)"
+        )
+    return url.rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    import ipaddress  # only for an http:// node: start-up is budgeted
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _json_value(text: str, expected: str) -> Any:
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno}); expected {expected}") from None
+    except RecursionError:
+        value = None
+        nested_too_deeply = True
+    else:
+        nested_too_deeply = _too_deep(value)
+    if nested_too_deeply:
+        raise ValueError(f"JSON nested more than {MAX_NESTING} levels deep; expected {expected}")
+    return value
+
+
+def _too_deep(value: Any, limit: int = MAX_NESTING) -> bool:
+    """Whether lists and tables nest deeper than ``limit`` (walked without recursion)."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth >= limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 # --- the settings file -------------------------------------------------------------------------
@@ -531,35 +667,54 @@ def find_settings_file(cwd: Path | None = None) -> SettingsFile | None:
     named = os.environ.get(CONFIG_ENV)
     if named:
         path = Path(named).expanduser()
+        if path.is_dir():
+            raise _settings_error([f"- {CONFIG_ENV}={named} is a folder, not a file. Point it at a TOML file."])
+        if path.exists() and not path.is_file():
+            raise _settings_error([f"- {CONFIG_ENV}={named} is not a regular file. Point it at a TOML file."])
         if not path.is_file():
-            raise ConfigError(
-                f"{CONFIG_ENV}={named}: no such file. Point {CONFIG_ENV} at a TOML settings file, or unset it."
+            raise _settings_error(
+                [f"- {CONFIG_ENV}={named}: no such file. Point {CONFIG_ENV} at a TOML settings file, or unset it."]
             )
         return SettingsFile(path, None, _read_toml(path))
     own = cwd / "yibu.toml"
-    if own.is_file():
+    if own.is_file() or own.is_symlink():  # a link to a missing mounted file is an error, not "no file"
         return SettingsFile(own, None, _read_toml(own))
     pyproject = cwd / "pyproject.toml"
     if pyproject.is_file():
-        section = _read_toml(pyproject).get("tool", {}).get("yibu")
+        tool = _read_toml(pyproject).get("tool", {})
+        section = tool.get("yibu") if isinstance(tool, dict) else None
         if isinstance(section, dict):
             return SettingsFile(pyproject, "tool.yibu", section)
+        if section is not None:
+            raise _settings_error(
+                [f"- settings file {pyproject}: tool.yibu must be a table ([tool.yibu] and settings under it)."]
+            )
     return None
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
     import tomllib  # only when there is a file: start-up is budgeted
 
+    problem = ""
     try:
         with path.open("rb") as stream:
-            return tomllib.load(stream)
+            data = tomllib.load(stream)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(
-            f"settings file {path} is not valid TOML: {exc}. Expected lines such as"
+        problem = (
+            f"is not valid TOML: {exc}. Expected lines such as"
             ' nodes = ["https://api.yibuapi.com/v1"]; see the README\'s configuration reference.'
-        ) from None
+        )
+    except UnicodeDecodeError as exc:
+        problem = f"is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); save it as UTF-8."
+    except RecursionError:
+        problem = f"is nested more than {MAX_NESTING} levels deep."
     except OSError as exc:
-        raise ConfigError(f"settings file {path} cannot be read: {exc.strerror}") from None
+        problem = f"cannot be read: {exc.strerror or exc}."
+    else:
+        if not _too_deep(data):
+            return data
+        problem = f"is nested more than {MAX_NESTING} levels deep."
+    raise _settings_error([f"- settings file {path} {problem}"])
 
 
 # The file found by load_settings() for the Settings() call in progress; pydantic-settings
@@ -583,22 +738,60 @@ class _TomlFileSource(PydanticBaseSettingsSource):
 
 
 def load_settings(overrides: Mapping[str, Any] | None = None, cwd: Path | None = None) -> Settings:
-    """Build the settings from every source; raise one ConfigError listing all problems."""
+    """Build the settings from every source; raise one ConfigError listing all problems.
+
+    A missing gateway key is not one of them (``yibu doctor`` still shows such settings):
+    :func:`gateway_key_of` refuses it when the middleware is about to start.
+    """
     global _active_file
     overrides = dict(overrides or {})
     file = find_settings_file(cwd)
     origins = _origins(overrides, file)
-    _active_file = file
-    try:
-        settings = Settings(**overrides)
-    except ValidationError as exc:
-        raise _config_error(exc, origins, file) from None
-    finally:
-        _active_file = None
+    problems = _misspelt_env_names()
+    # A JSON value nested deep enough to overflow the parser is reported before pydantic-settings
+    # parses it (its own json.loads would raise RecursionError).
+    unparsable = _env_nested_too_deeply()
+    problems += unparsable
+    settings: Settings | None = None
+    if not unparsable:
+        _active_file = file
+        try:
+            settings = Settings(**overrides)
+        except ValidationError as exc:
+            problems += _error_lines(exc, origins, file)
+        except SettingsError as exc:  # a section given whole from the environment, as JSON that is not
+            problems.append(_section_json_line(exc, origins))
+        finally:
+            _active_file = None
+    if settings is None or problems:
+        raise _settings_error(problems)
     settings._origins = origins
     settings._file = file
-    _check_consistency(settings)
+    problems = _consistency_problems(settings)
+    if problems:
+        raise _settings_error(problems)
     return settings
+
+
+def gateway_key_of(settings: Settings) -> bytes | None:
+    """The key sent to the gateway; None only when ``keys.pass_through`` asks for callers' keys.
+
+    Without a key and without that explicit choice the middleware does not start (fail closed):
+    the app's own provider keys would otherwise go to the gateway, a third party.
+    """
+    if settings.api_key is not None:
+        return settings.api_key.get_secret_value().encode("ascii")  # ASCII: checked at load
+    if settings.keys.pass_through:
+        return None
+    origin = settings.origin("api_key")
+    state = "is not set" if origin == "default" else f"is empty (from {origin})"
+    raise _settings_error(
+        [
+            f"- api_key {state}: there is no gateway key, so the app's own provider keys would be sent to the"
+            " gateway. Set YIBU_API_KEY to the gateway key, or, if the app's own keys are gateway keys already,"
+            " set keys.pass_through = true (YIBU_KEYS__PASS_THROUGH=1)."
+        ]
+    )
 
 
 def _env_names() -> dict[str, str]:
@@ -628,42 +821,117 @@ def _origins(overrides: Mapping[str, Any], file: SettingsFile | None) -> dict[st
     return origins
 
 
-def unknown_env_names() -> list[str]:
-    """``YIBU_*`` variables that match no setting (probably a typo), with a suggestion each."""
+# How alike (difflib's ratio) an unknown YIBU_* name must be to a setting's to count as its
+# misspelling: YIBU_API_KYE (0.86), YIBU_NODE (0.89), YIBU_LIMIT (0.91) are; YIBU_REGION
+# (0.67 to 'redaction') is not.
+MISSPELLING_CUTOFF = 0.75
+
+
+def _unknown_env() -> tuple[list[str], list[str]]:
+    """``YIBU_*`` variables that match no setting: (close to one, with a suggestion; far off)."""
     fields = list(Settings.model_fields)
-    report = []
+    close, far = [], []
     for key, name in sorted(_env_names().items()):
         top = key.split("__", 1)[0]
         if top not in fields:
             import difflib  # rarely needed: kept off the start-up path
 
-            close = difflib.get_close_matches(top, fields, n=1)
-            hint = f" (did you mean {ENV_PREFIX}{close[0].upper()}?)" if close else ""
-            report.append(f"{name}{hint}")
-    return report
+            matches = difflib.get_close_matches(top, fields, n=2, cutoff=MISSPELLING_CUTOFF)
+            if matches:
+                suggestion = " or ".join(ENV_PREFIX + match.upper() for match in matches)
+                close.append(f"{name} (did you mean {suggestion}?)")
+            else:
+                far.append(name)
+    return close, far
 
 
-def _config_error(exc: ValidationError, origins: Mapping[str, str], file: SettingsFile | None) -> ConfigError:
+def _misspelt_env_names() -> list[str]:
+    return [f"- {name}: no such setting; it would be ignored. Rename it, or unset it." for name in _unknown_env()[0]]
+
+
+def unknown_env_names() -> list[str]:
+    """``YIBU_*`` variables unlike any setting, to warn about; raises ConfigError when one is a
+    close misspelling of a setting (``YIBU_API_KYE``), which must not be ignored."""
+    close, far = _unknown_env()
+    if close:
+        raise _settings_error(_misspelt_env_names())
+    return far
+
+
+def _env_nested_too_deeply() -> list[str]:
+    problems = []
+    for name, value in os.environ.items():
+        if name.upper().startswith(ENV_PREFIX) and value.lstrip()[:1] in ("[", "{"):
+            try:
+                too_deep = _too_deep(json.loads(value))
+            except RecursionError:
+                too_deep = True
+            except ValueError:
+                continue  # not JSON at all: the setting's own check says so
+            if too_deep:
+                setting = name[len(ENV_PREFIX) :].lower().replace("__", ".")
+                problems.append(f"- {setting} (from env {name}): JSON nested more than {MAX_NESTING} levels deep.")
+    return problems
+
+
+def _section_json_line(exc: SettingsError, origins: Mapping[str, str]) -> str:
+    """pydantic-settings parses a section (or a list in one) given in the environment as JSON."""
+    found = re.search(r'field "(\w+)"', str(exc))
+    field = found.group(1) if found else "settings"
+    name = ENV_PREFIX + field.upper()
+    return (
+        f"- {field} (from {origins.get(field, 'env ' + name)}): not valid JSON; expected a JSON object of the"
+        f" section's fields (or a JSON list for a list), or each field by itself as {name}__<FIELD>"
+    )
+
+
+def _error_lines(exc: ValidationError, origins: Mapping[str, str], file: SettingsFile | None) -> list[str]:
     lines = []
     for error in exc.errors():
-        loc = [str(part) for part in error["loc"]]
+        loc = [str(part) for part in error["loc"]] or ["settings"]
         dotted = ".".join(loc)
         source = _origin_of(loc, origins, file)
         if error["type"] == "extra_forbidden":
             lines.append(f"- unknown setting '{dotted}' (in {source}){_suggest(loc)}")
             continue
-        message = error["msg"].removeprefix("Value error, ")
+        # Masked before it may be cut short, so that no part of a secret survives the cut.
+        message = mask_userinfo(redact_text(error["msg"].removeprefix("Value error, ")))
+        if len(message) > 300:  # some messages quote the value: keep the report readable
+            message = message[:297] + "..."
         shown = "" if loc[0] == "api_key" else f" = {_shown(error.get('input'))}"
         expected = _expected(loc)
         lines.append(
             f"- {dotted}{shown} (from {source}): {message}" + (f". [{dotted}: {expected}]" if expected else "")
         )
+    return lines
+
+
+def _settings_error(lines: list[str]) -> ConfigError:
+    """One error for every problem found; secrets (keys, a URL's user:password) masked."""
+    text = "\n".join(lines)
     return ConfigError(
         "invalid yibu-middleware settings:\n"
-        + "\n".join(lines)
+        + mask_userinfo(redact_text(text))
         + "\nFix the setting(s) above (see the README's configuration reference),"
         " or unset YIBU_ENABLED to run the app without the middleware."
     )
+
+
+# A token holding "@": everything up to its last "@" after "://" (or from its start) is a
+# user and password, however odd (a password may hold "/" or "@", and a value shown in an
+# error may be cut short).
+_AT_TOKEN = re.compile(r"[^\s'\"]*@[^\s'\"]*")
+
+
+def _mask_token(found: re.Match[str]) -> str:
+    token = found.group()
+    start = token.find("://") + 3 if "://" in token else 0
+    return token[:start] + "***" + token[token.rindex("@") :]
+
+
+def mask_userinfo(text: str) -> str:
+    """``https://user:password@host`` as ``https://***@host``, in any text."""
+    return _AT_TOKEN.sub(_mask_token, text) if "@" in text else text
 
 
 def _origin_of(
@@ -713,22 +981,26 @@ def _expected(loc: list[str]) -> str:
 
 
 def _shown(value: Any) -> str:
-    text = repr(value)
-    if len(text) > 80:
-        text = text[:77] + "..."
-    return redact_text(text)
+    import reprlib  # only on an error
+
+    shape = reprlib.Repr()
+    shape.maxlevel, shape.maxstring, shape.maxother = 3, 1000, 1000
+    # Masked before it is cut short, so that no part of a secret survives the cut.
+    text = mask_userinfo(redact_text(shape.repr(value)))
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _check_consistency(settings: Settings) -> None:
+def _consistency_problems(settings: Settings) -> list[str]:
     """Rules that span several settings: a node must never be a redirected host; a pinned
     or weighted node must be one of the nodes."""
+    problems = []
     nodes = settings.gateway_nodes
     for setting, urls in (("pin", [settings.pin] if settings.pin else []), ("node_weights", settings.node_weights)):
         for url in urls:
             if url not in nodes:
-                raise ConfigError(
-                    f"invalid yibu-middleware settings:\n- {setting} (from {settings.origin(setting)}): {url} is not"
-                    f" one of the gateway nodes ({', '.join(nodes)}). Use a URL exactly as listed in nodes."
+                problems.append(
+                    f"- {setting} (from {settings.origin(setting)}): {url} is not one of the gateway nodes"
+                    f" ({', '.join(nodes)}). Use a URL exactly as listed in nodes."
                 )
     from .core.routes import DEFAULT_PORTS, canonical_host, route_key
 
@@ -738,7 +1010,8 @@ def _check_consistency(settings: Settings) -> None:
         port = parts.port or DEFAULT_PORTS.get(parts.scheme)
         if route_key(host, None) in settings.routes or route_key(host, port) in settings.routes:
             setting = "nodes" if settings.nodes else "base_url"
-            raise ConfigError(
-                f"invalid yibu-middleware settings:\n- {setting} (from {settings.origin(setting)}): {url} is on"
-                f" host {host}, which is itself redirected (routes); requests would loop. Use the gateway's URL."
+            problems.append(
+                f"- {setting} (from {settings.origin(setting)}): {url} is on host {host}, which is itself"
+                " redirected (routes); requests would loop. Use the gateway's URL."
             )
+    return problems

@@ -12,6 +12,8 @@ import sys
 
 
 def start() -> None:
+    if _is_our_command_line():
+        return  # `yibu doctor` must run, and report, in the very environment that fails to start
     from ..errors import YibuError
 
     try:
@@ -22,6 +24,13 @@ def start() -> None:
         _stop(str(exc))
     except Exception as exc:  # a bug of ours: still never a silent fallback
         _stop(f"yibu-middleware failed to start ({type(exc).__name__}: {exc})")
+
+
+def _is_our_command_line() -> bool:
+    """The ``yibu`` command is not an app: it checks settings itself (and ``yibu run`` execs the app)."""
+    argv = getattr(sys, "orig_argv", [])
+    script = os.path.basename(sys.argv[0]) if sys.argv else ""
+    return script in ("yibu", "yibu.exe") or argv[1:3] == ["-m", "yibu_middleware.cli"]
 
 
 def _stop(message: str) -> None:
