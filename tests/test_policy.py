@@ -566,3 +566,89 @@ def test_a_forbidden_model_behind_a_nested_allowed_one_is_refused_end_to_end(gat
             status = asyncio.run(go())
     assert status == 403
     assert gateway.records == []  # nothing was sent
+
+
+# --- uploads: the model of a multipart form -------------------------------------------------------
+
+
+def form(*fields: tuple[str, bytes, str | None], boundary: bytes = b"b0undary") -> bytes:
+    """A multipart/form-data body of (name, content, filename or None) fields."""
+    parts = []
+    for name, content, filename in fields:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        parts.append(b"--" + boundary + f"\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + content + b"\r\n")
+    return b"".join(parts) + b"--" + boundary + b"--\r\n"
+
+
+def test_a_forms_model_field_is_read_and_a_file_cannot_stand_in_for_it() -> None:
+    from yibu_middleware.core.request import form_model, read_body
+
+    fake = b'\r\nContent-Disposition: form-data; name="model"\r\n\r\ngpt-4o\r\n'
+    body = form(("file", fake, "a.wav"), ("model", FORBIDDEN.encode(), None), ("language", b"en", None))
+    assert form_model(body) == FORBIDDEN
+    assert read_body(body, {})[:2] == (FORBIDDEN, FORBIDDEN)
+    assert form_model(form(("file", fake, "a.wav"), ("purpose", b"assistants", None))) is None
+    assert form_model(form(("model", b"whisper-1", "model.txt"))) is None  # a file named "model"
+    assert form_model(b"--b\r\nno end") is None
+    assert check("openai", "/audio/transcriptions", body, FORBIDDEN, Rules(allowed_models=["gpt-4o"])) is not None
+
+
+def test_a_streamed_body_cannot_be_checked_under_an_allow_list() -> None:
+    rules = Rules(allowed_models=["gpt-4o"])
+    violation = check("openai", "/audio/transcriptions", None, None, rules, body_unread=True)
+    assert violation is not None and violation.code == "model_unreadable"
+    assert "streamed" in violation.message
+    assert check("openai", "/models", None, None, rules) is None  # no body at all: nothing to check
+
+
+@pytest.mark.parametrize("client", ["openai", "requests"])
+def test_an_uploads_model_is_checked_against_the_allow_list(gateway: Any, client: str) -> None:
+    """The openai SDK streams its multipart form over httpx2 and requests encodes it to bytes:
+    both are read, refused for a forbidden model and sent for an allowed one."""
+    import openai
+    import requests
+    from helpers import GATEWAY_KEY, OPENAI_KEY, install_for
+    from offline import offline
+
+    install_for(gateway, policy={"allowed_models": ["whisper-1"]})
+    audio = ("speech.wav", b"RIFF\x00\x00\x00\x00WAVEfmt ", "audio/wav")
+
+    def transcribe(model: str) -> int:
+        if client == "openai":
+            sdk = openai.OpenAI(api_key=OPENAI_KEY, max_retries=0)
+            try:
+                sdk.audio.transcriptions.create(model=model, file=audio)
+            except openai.APIStatusError as exc:
+                return exc.status_code
+            return 200
+        url = "https://api.openai.com/v1/audio/transcriptions"
+        headers = {"Authorization": f"Bearer {OPENAI_KEY}"}
+        return requests.post(url, data={"model": model}, files={"file": audio}, headers=headers, timeout=10).status_code
+
+    with offline():
+        assert transcribe(FORBIDDEN) == 403
+        assert gateway.records == []  # nothing was sent
+        transcribe("whisper-1")
+    assert [record.path for record in gateway.records] == ["/v1/audio/transcriptions"]
+    assert gateway.records[0].key == GATEWAY_KEY
+
+
+def test_an_unread_stream_is_refused_under_an_allow_list(gateway: Any) -> None:
+    import httpx
+    from helpers import OPENAI_KEY, install_for
+    from offline import offline
+
+    install_for(gateway, policy={"allowed_models": ["gpt-4o"]})
+
+    def chunks() -> Any:
+        yield b'{"model": "' + FORBIDDEN.encode() + b'", "messages": []}'
+
+    with offline():
+        response = httpx.post(
+            "https://api.openai.com/v1/chat/completions",
+            content=chunks(),
+            headers={"Authorization": f"Bearer {OPENAI_KEY}"},
+        )
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "model_unreadable"
+    assert gateway.records == []

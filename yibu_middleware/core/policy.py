@@ -223,8 +223,11 @@ def check(
     body: bytes | ParsedBody | None,
     model_as_sent: str | None,
     rules: Rules,
+    body_unread: bool = False,
 ) -> Violation | None:
     """The first rule the request breaks, or None. ``body`` may be a ParsedBody to share its parse.
+    ``body_unread``: the client streams the body (a file, a generator, a form it had not read),
+    so it cannot be looked into; under an allow-list such a request's model cannot be checked.
 
     ``provider`` ("openai" or "anthropic") and ``path`` only shape the message; the part
     shapes of both APIs (chat, Responses, messages) are recognised wherever they occur.
@@ -236,6 +239,10 @@ def check(
         if model_as_sent is not None:
             if not rules.model_allowed(model_as_sent):
                 return _model_denied(model_as_sent, rules)
+        elif body_unread:
+            return _model_unreadable(
+                "the body is streamed by the client, a file or generator it has not read", rules, path
+            )
         else:
             violation = _check_modelless(parsed, rules, path)
             if violation is not None:

@@ -238,7 +238,8 @@ def read_body(
     is forwarded untouched.
     """
     if not body or body.lstrip()[:1] != b"{":
-        return None, None, body, False
+        field = form_model(body) if body and body[:2] == b"--" else None
+        return field, field, body, False
     stream = b'"stream"' in body and _STREAM_FLAG.search(body) is not None
     first = body.find(b'"model"')
     # A key spelt with escapes is the gateway's "model" but not ours: only the policy must care.
@@ -275,6 +276,38 @@ def read_body(
         value = json.dumps(target, ensure_ascii=False)[1:-1].encode()
         return model, target, body[: found.start(1)] + value + body[found.end(1) :], stream
     return model, target, json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode(), stream
+
+
+# One part's header block in a multipart/form-data body: the plain form field named "model"
+# (a part with a filename is a file, whatever its name).
+_MODEL_FIELD = re.compile(rb'(?im)^content-disposition:[ \t]*form-data;[ \t]*name="?model"?[ \t]*$')
+_FILENAME = re.compile(rb"(?i)filename\*?=")
+
+
+def form_model(body: bytes) -> str | None:
+    """The ``model`` field of a multipart/form-data body (an upload: audio transcriptions,
+    image edits), as a gateway's form parser reads it: the first plain field of that name.
+
+    The body is walked part by part from its first line, the boundary; a file's content is
+    skipped whole (never searched), so a file that happens to hold the text of a form field
+    cannot stand in for the real one. None when the body is not a well-formed form or has no
+    such field."""
+    line_end = body.find(b"\r\n")
+    if line_end < 3:
+        return None
+    delimiter = b"\r\n" + body[:line_end]
+    start = line_end + 2
+    while True:
+        headers_end = body.find(b"\r\n\r\n", start)
+        next_part = body.find(delimiter, start)
+        if headers_end == -1 or next_part == -1 or headers_end > next_part:
+            return None
+        headers = body[start:headers_end]
+        if _MODEL_FIELD.search(headers) is not None and _FILENAME.search(headers) is None:
+            return body[headers_end + 4 : next_part].decode("utf-8", "replace")
+        start = next_part + len(delimiter) + 2  # past the boundary and its line end
+        if body[start - 2 : start] != b"\r\n":
+            return None  # "--" after the boundary: the form's end
 
 
 def _decoded(raw: bytes) -> str:

@@ -235,7 +235,9 @@ class Call:
         if self._parsed is None:
             return None
         gateway = self.gateway
-        violation = check(gateway.route.provider, gateway.path, self._parsed, gateway.model, self.runtime.rules)
+        parsed = self._parsed
+        rules = self.runtime.rules
+        violation = check(gateway.route.provider, gateway.path, parsed, gateway.model, rules, parsed.raw is None)
         self._parsed = None  # the parse is not needed any more: let a large document go
         if violation is None:
             return None

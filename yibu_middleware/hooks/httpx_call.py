@@ -47,7 +47,7 @@ class HttpxCall(Call):
         try:
             body: bytes | None = original.content
         except lib.RequestNotRead:
-            body = None  # a streamed body: forwarded as it is, and never replayed
+            body = _read_form(original) if runtime.rules.allowed else None
         self._original_body = body
         self._inner_known = clonable(lib)  # the library's inner forms are the known ones
         url = original.url
@@ -267,3 +267,17 @@ def node_url(lib: ModuleType, node: Node, path: str, query: str) -> tuple[Any, b
         url = lib.URL(node.url_for(path, query))
         found = _urls[key] = (url, url.netloc)
     return found
+
+
+def _read_form(request: Any) -> bytes | None:
+    """A multipart form (an SDK's upload: audio transcriptions, image edits) read into memory,
+    for a model allow-list to see its ``model`` field; the request then holds it as bytes, so
+    it can also be sent again to another node. Any other streamed body (a generator, a file)
+    is forwarded as it is and never replayed: None. httpx's form stream is iterable, sync or
+    async client alike; the SDKs build it from files they have already read into memory."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        return None
+    if not hasattr(request.stream, "__iter__"):
+        return None
+    body: bytes = request.read()
+    return body
