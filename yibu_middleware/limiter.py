@@ -19,11 +19,11 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from .core.limits import GATEWAY, Admission, Quota, Ticket
+from .core.limits import GATEWAY, MAX_HOLD, Admission, Quota, Ticket
 from .core.nodes import Clock
 from .errors import YibuError
 
@@ -60,6 +60,11 @@ class Permit:
         self._ticket = ticket
         self.waited = waited  # seconds spent in the queue
 
+    @property
+    def avoid(self) -> frozenset[Hashable]:
+        """The nodes the gateway still held for this call when it was admitted: try them last."""
+        return self._ticket.avoid
+
     def release(self, actual_tokens: int | None = None) -> None:
         """The call ended: slots back; ``actual_tokens`` (the gateway's usage) replace the estimate.
 
@@ -89,13 +94,22 @@ class Limiter:
         *,
         queue_timeout: float = 30.0,
         follow_gateway_headers: bool = True,
+        nodes: Sequence[Hashable] = (),
+        max_hold: float = MAX_HOLD,
         clock: Clock = time.monotonic,
         wall: Clock = time.time,
     ) -> None:
+        """``nodes``, ``max_hold``: see ``Admission`` (the nodes as ``observe`` is told them)."""
         self._clock = clock
         self._lock = threading.Lock()
         self._admission = Admission(
-            quota, per_model, follow_gateway_headers=follow_gateway_headers, clock=clock, wall=wall
+            quota,
+            per_model,
+            follow_gateway_headers=follow_gateway_headers,
+            nodes=nodes,
+            max_hold=max_hold,
+            clock=clock,
+            wall=wall,
         )
         self.queue_timeout = queue_timeout
         # What a call must report back: its usage (a tokens-per-minute limit is set somewhere),
@@ -105,8 +119,9 @@ class Limiter:
         self.follows_gateway = follow_gateway_headers
 
     @classmethod
-    def from_settings(cls, limits: LimitSettings) -> Limiter | None:
-        """The limiter the settings ask for; None when no limit is set (then calls pay nothing)."""
+    def from_settings(cls, limits: LimitSettings, nodes: Sequence[Hashable] = ()) -> Limiter | None:
+        """The limiter the settings ask for; None when no limit is set (then calls pay nothing).
+        ``nodes``: the gateway's nodes, whose hints hold each its own node."""
         if not limits.active:
             return None
         return cls(
@@ -117,6 +132,8 @@ class Limiter:
             },
             queue_timeout=limits.queue_timeout,
             follow_gateway_headers=limits.follow_gateway_headers,
+            nodes=nodes,
+            max_hold=limits.max_hold_seconds,
         )
 
     # --- sync callers -------------------------------------------------------------------------
@@ -184,10 +201,11 @@ class Limiter:
 
     # --- the gateway's answers ----------------------------------------------------------------
 
-    def observe(self, model: str | None, status: int, headers: Mapping[str, str]) -> None:
-        """Feed an answer's rate-limit headers (any status; retry-after counts on a 429)."""
+    def observe(self, model: str | None, status: int, headers: Mapping[str, str], node: Hashable = None) -> None:
+        """Feed an answer's rate-limit headers (any status; retry-after counts on a 429); ``node``:
+        the node that answered, the one its hints hold (None: every node)."""
         with self._lock:
-            self._admission.observe(model, status, headers)
+            self._admission.observe(model, status, headers, node)
             woken = self._pump()  # a new budget may also be larger than the one a ticket waits on
         _wake(woken)
 

@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from ..core.errors import annotate, error_body
 from ..core.genai import ResponseReader
@@ -207,6 +207,8 @@ class Call:
             self.permit = limiter.acquire(self.gateway.model, self._estimate(), self._queue_timeout())
         except QueueTimeout as exc:
             return self.refuse(exc.status, exc.code, str(exc))
+        # Nodes the gateway asked to wait, tried last (the limiter was given the pool's nodes).
+        self.plan.avoid = cast(frozenset[Node], self.permit.avoid)
         return None
 
     async def admit_async(self) -> Any:
@@ -221,6 +223,7 @@ class Call:
             self.permit = await limiter.acquire_async(self.gateway.model, self._estimate(), self._queue_timeout())
         except QueueTimeout as exc:
             return self.refuse(exc.status, exc.code, str(exc))
+        self.plan.avoid = cast(frozenset[Node], self.permit.avoid)
         return None
 
     def _policy_refusal(self) -> Any:
@@ -396,7 +399,7 @@ class Call:
         if limiter is not None and limiter.follows_gateway:
             # Slow down before the gateway says no: its rate-limit headers hold back later calls.
             headers = {name.lower(): value for name, value in self.headers_of(done.response)}
-            limiter.observe(self.gateway.model, status, headers)
+            limiter.observe(self.gateway.model, status, headers, done.action.node)
         if status < 400:
             return self.plan.answered(done.action, status, _NO_HINTS, None)
         # Error bodies are read before deciding: a gateway code can make a 5xx final.

@@ -1,0 +1,142 @@
+"""A hostile or broken gateway node must not hurt the app (issue 14, items 9 to 12).
+
+Real clients (the openai SDK on httpx2, requests, aiohttp, httpx) against small hostile
+servers on loopback (``hostile_servers.py``) and the project's gateway simulator. No test
+asserts a duration: each asserts what the app got and what the nodes saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import openai
+import pytest
+from helpers import GATEWAY_KEY, OPENAI_KEY
+from hostile_servers import HostileNode, Reply, ok, rate_limited
+
+import yibu_middleware
+from yibu_middleware.simulator import GatewaySimulator
+
+
+def install(nodes: list[str], **overrides: Any) -> None:
+    settings: dict[str, Any] = {"nodes": nodes, "api_key": GATEWAY_KEY}
+    settings.update(overrides)
+    yibu_middleware.install(settings)
+
+
+def chat(client: openai.OpenAI) -> str | None:
+    answer = client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    return answer.choices[0].message.content
+
+
+async def achat(client: openai.AsyncOpenAI) -> str | None:
+    answer = await client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    return answer.choices[0].message.content
+
+
+def once_then_ok(first: Reply) -> Any:
+    """A script: ``first`` for the first request, a plain success after."""
+    replies = iter([first])
+    return lambda seen: next(replies, None) or ok()
+
+
+# --- item 9: holds learnt from the gateway ----------------------------------------------------------
+
+
+def test_a_429_with_a_huge_retry_after_holds_its_node_only(gateway: GatewaySimulator) -> None:
+    """Node A asks to wait 100,000 s: later calls go to healthy node B, not into a days-long queue."""
+    with HostileNode(lambda seen: rate_limited([("retry-after", "100000")])) as hostile:
+        healthy = gateway.nodes[0].base_url
+        install([hostile.base_url, healthy], pin=hostile.base_url, limits={"max_concurrent": 4, "queue_timeout": 5})
+        client = openai.OpenAI(api_key=OPENAI_KEY, max_retries=0)
+        assert chat(client)  # A said 429: B answered
+        for _ in range(3):
+            assert chat(client)  # not held: B is healthy, and A is not asked again while it holds
+        assert len(hostile.seen) == 1
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("retry-after", "100000")],
+        [("retry-after-ms", "900000000")],
+        [("retry-after", "1e308")],
+    ],
+    ids=["days", "ms-huge", "absurd"],
+)
+def test_a_hold_has_a_ceiling(headers: list[tuple[str, str]]) -> None:
+    """The only node asks to wait for days: the hold lasts limits.max_hold_seconds at most."""
+    with HostileNode(once_then_ok(rate_limited(headers))) as hostile:
+        install(
+            [hostile.base_url],
+            limits={"max_concurrent": 4, "queue_timeout": 5, "max_hold_seconds": 0.3},
+        )
+        client = openai.OpenAI(api_key=OPENAI_KEY, max_retries=0)
+        with pytest.raises(openai.RateLimitError):
+            chat(client)  # longer than retry.max_retry_after: handed back, as before
+        assert chat(client) == "hello"  # held 0.3 s, not days
+        assert len(hostile.seen) == 2
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        # An epoch (as some gateways send) long past: no hold at all.
+        [("x-ratelimit-remaining-requests", "0"), ("x-ratelimit-reset-requests", "1733356800")],
+        [("x-ratelimit-remaining-requests", "0"), ("x-ratelimit-reset-requests", "1733356800000")],
+        [("x-ratelimit-remaining-tokens", "0"), ("x-ratelimit-reset-tokens", "1733356800")],
+        # Garbage, and numbers that are not numbers.
+        [("x-ratelimit-remaining-requests", "0"), ("x-ratelimit-reset-requests", "nan")],
+        [("x-ratelimit-remaining-requests", "nan"), ("x-ratelimit-reset-requests", "1s")],
+        [("x-ratelimit-remaining-requests", "0"), ("x-ratelimit-reset-requests", "-5")],
+        [("x-ratelimit-remaining-requests", "0"), ("x-ratelimit-reset-requests", "inf")],
+        [("x-ratelimit-remaining-requests", "-1"), ("x-ratelimit-limit-requests", "inf")],
+        [("anthropic-ratelimit-requests-remaining", "0"), ("anthropic-ratelimit-requests-reset", "yesterday")],
+    ],
+    ids=["epoch", "epoch-ms", "epoch-tokens", "nan", "nan-left", "negative", "inf", "inf-limit", "garbage-date"],
+)
+def test_budget_headers_that_are_dates_or_garbage_do_not_hold(headers: list[tuple[str, str]]) -> None:
+    with HostileNode(lambda seen: ok(headers)) as hostile:
+        install([hostile.base_url], limits={"max_concurrent": 4, "queue_timeout": 5})
+        client = openai.OpenAI(api_key=OPENAI_KEY, max_retries=0)
+        for _ in range(3):
+            assert chat(client) == "hello"
+        assert len(hostile.seen) == 3
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [[("retry-after-ms", "nan")], [("retry-after", "nan")], [("retry-after", "-inf")], [("retry-after-ms", "x")]],
+    ids=["ms-nan", "nan", "-inf", "garbage"],
+)
+def test_a_429_whose_hint_is_not_a_number_is_retried_not_raised(headers: list[tuple[str, str]]) -> None:
+    """Sync: no bare ValueError; the hint is ignored and the usual back-off applies."""
+    with HostileNode(once_then_ok(rate_limited(headers))) as hostile:
+        install([hostile.base_url], limits={"max_concurrent": 4, "queue_timeout": 5})
+        assert chat(openai.OpenAI(api_key=OPENAI_KEY, max_retries=0)) == "hello"
+        assert len(hostile.seen) == 2
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [[("retry-after-ms", "nan")], [("retry-after", "nan")], [("retry-after", "-inf")], [("retry-after-ms", "x")]],
+    ids=["ms-nan", "nan", "-inf", "garbage"],
+)
+async def test_a_429_whose_hint_is_not_a_number_does_not_hang(headers: list[tuple[str, str]]) -> None:
+    """Async: no hang; the test fails after 10 s rather than waiting forever."""
+    with HostileNode(once_then_ok(rate_limited(headers))) as hostile:
+        install([hostile.base_url], limits={"max_concurrent": 4, "queue_timeout": 5})
+        async with openai.AsyncOpenAI(api_key=OPENAI_KEY, max_retries=0) as client:
+            assert await asyncio.wait_for(achat(client), 10) == "hello"
+            assert await asyncio.wait_for(achat(client), 10) == "hello"
+        assert len(hostile.seen) == 3
+
+
+async def test_an_epoch_reset_does_not_stop_async_calls() -> None:
+    headers = [("x-ratelimit-remaining-requests", "0"), ("x-ratelimit-reset-requests", "1733356800")]
+    with HostileNode(lambda seen: ok(headers)) as hostile:
+        install([hostile.base_url], limits={"max_concurrent": 4, "queue_timeout": 5})
+        async with openai.AsyncOpenAI(api_key=OPENAI_KEY, max_retries=0) as client:
+            for _ in range(3):
+                assert await asyncio.wait_for(achat(client), 10) == "hello"
