@@ -8,6 +8,7 @@ asserts a duration: each asserts what the app got and what the nodes saw.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import Any
 
 import openai
@@ -140,3 +141,97 @@ async def test_an_epoch_reset_does_not_stop_async_calls() -> None:
         async with openai.AsyncOpenAI(api_key=OPENAI_KEY, max_retries=0) as client:
             for _ in range(3):
                 assert await asyncio.wait_for(achat(client), 10) == "hello"
+
+
+# --- item 10: what a stream holds before its first content ------------------------------------------
+
+STREAM_BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+CHAT_URL = "https://api.openai.com/v1/chat/completions"
+AUTH = {"Authorization": f"Bearer {OPENAI_KEY}"}
+CLIENTS = ["openai", "openai-async", "requests", "aiohttp", "httpx"]
+
+
+def stream_text(client: str) -> str:
+    """A streamed chat completion's text, read by the named client as an app would read it."""
+    if client == "openai":
+        with openai.OpenAI(api_key=OPENAI_KEY, max_retries=0) as sdk:
+            return "".join(
+                chunk.choices[0].delta.content or ""
+                for chunk in sdk.chat.completions.create(**STREAM_BODY)  # type: ignore[call-overload]
+                if chunk.choices
+            )
+    if client == "openai-async":
+
+        async def read() -> str:
+            async with openai.AsyncOpenAI(api_key=OPENAI_KEY, max_retries=0) as sdk:
+                stream = await sdk.chat.completions.create(**STREAM_BODY)  # type: ignore[call-overload]
+                return "".join([chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices])
+
+        return asyncio.run(read())
+    if client == "requests":
+        import requests
+
+        with requests.post(CHAT_URL, json=STREAM_BODY, headers=AUTH, stream=True, timeout=30) as response:
+            response.raise_for_status()
+            return text_of(b"\n".join(response.iter_lines()))
+    if client == "aiohttp":
+        import aiohttp
+
+        async def read_aiohttp() -> str:
+            async with aiohttp.ClientSession() as session, session.post(CHAT_URL, json=STREAM_BODY, headers=AUTH) as r:
+                r.raise_for_status()
+                return text_of(await r.read())
+
+        return asyncio.run(read_aiohttp())
+    import httpx
+
+    with httpx.Client(timeout=30) as plain, plain.stream("POST", CHAT_URL, json=STREAM_BODY, headers=AUTH) as r:
+        r.raise_for_status()
+        return text_of(r.read())
+
+
+def text_of(body: bytes) -> str:
+    import json
+
+    text = ""
+    for line in body.decode().splitlines():
+        if line.startswith("data:") and line != "data: [DONE]":
+            choices = json.loads(line[5:])["choices"]
+            text += (choices[0]["delta"].get("content") or "") if choices else ""
+    return text
+
+
+EMPTY_CHUNK = b'data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{}}]}\n\n'
+GIVE_UP_AT = 64 * 1024 * 1024  # the hostile node ends its stream here (the test would otherwise hang)
+
+
+def no_content(kind: str) -> Iterator[bytes]:
+    """A stream that never reaches content, up to GIVE_UP_AT bytes: keep-alives, events with no
+    content, or one endless event in 16 KiB chunks."""
+    sent = 0
+    if kind == "one-event":
+        yield b'data: {"choices":[{"index":0,"delta":{"content":"'
+    chunk = {
+        "keep-alive": b": keep-alive\n\n" * 1000,
+        "empty-events": EMPTY_CHUNK * 200,
+        "one-event": b"a" * 16 * 1024,
+    }[kind]
+    while sent < GIVE_UP_AT:
+        yield chunk
+        sent += len(chunk)
+
+
+@pytest.mark.parametrize("kind", ["keep-alive", "empty-events", "one-event"])
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_stream_with_no_content_is_cut_by_the_cap_and_the_next_node_answers(
+    gateway: GatewaySimulator, client: str, kind: str
+) -> None:
+    """What is held before a stream's first content is capped: past it the node is given up
+    (a failed attempt) and the next node answers; the hostile node is not read to its end."""
+    stream = Reply(200, [("Content-Type", "text/event-stream")], ())
+    with HostileNode(lambda seen: Reply(stream.status, stream.headers, no_content(kind))) as hostile:
+        install([hostile.base_url, gateway.nodes[0].base_url], pin=hostile.base_url)
+        assert stream_text(client)  # the simulator's answer
+        assert len(hostile.seen) == 1
+        # 1 MiB held, plus what the kernel's socket buffers took before the client stopped reading.
+        assert hostile.sent < GIVE_UP_AT // 4

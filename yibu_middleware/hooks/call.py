@@ -526,25 +526,43 @@ def start_tracing(
     return None, tracing.current_trace_headers()
 
 
+# What a stream may send before its first content, held (to replay) until then: past this the
+# node is given up, as a failed attempt. Before content come a few small events (a role chunk,
+# message_start, keep-alives); the largest, the Responses API's response.created, echoes the
+# request's instructions and tools, so the request's own size is allowed on top. A node that
+# sends only keep-alives or empty events, or one endless event, is cut here instead of growing
+# the process's memory.
+MAX_HELD_BEFORE_CONTENT = 1024 * 1024
+
+
 class Commit:
     """Reading an event stream up to its first content (the commit point; see ``core/sse.py``).
 
     Shared by every adapter, sync and async: each feeds it the chunks it reads and, once
     committed, replays ``read`` to the caller before the rest of the stream."""
 
-    __slots__ = ("call", "read", "started", "watch")
+    __slots__ = ("call", "cap", "held", "read", "started", "watch")
 
     def __init__(self, call: Call) -> None:
         self.call = call
         self.watch = StreamWatch()
         self.read: list[bytes] = []  # replayed to the caller once committed
+        self.held = 0  # bytes in ``read``
+        self.cap = MAX_HELD_BEFORE_CONTENT + len(call.gateway.body or b"")
         self.started = time.monotonic()
 
     def took(self, chunk: bytes) -> bool:
         """Note one chunk; True when reading can stop."""
         self.read.append(chunk)
-        self.watch.feed(chunk)
-        return self.watch.committed or bool(self.watch.error) or self.call.first_token_overdue(self.started)
+        self.held += len(chunk)
+        watch = self.watch
+        watch.feed(chunk)
+        return (
+            watch.committed
+            or bool(watch.error)
+            or self.held > self.cap
+            or self.call.first_token_overdue(self.started)
+        )
 
     def failure(self) -> str | None:
         """None when the stream committed; else why it failed before its first content."""
@@ -553,6 +571,11 @@ class Commit:
             return watch.error
         if watch.committed:
             return None
+        if self.held > self.cap:
+            return (
+                f"{self.held} bytes came with no content, more than the {self.cap} held before a stream's first"
+                " content (1 MiB plus the request's size)"
+            )
         if self.call.first_token_overdue(self.started):
             return "no content within stream.first_token_timeout"
         return "the stream ended with no content"
