@@ -235,3 +235,116 @@ def test_a_stream_with_no_content_is_cut_by_the_cap_and_the_next_node_answers(
         assert len(hostile.seen) == 1
         # 1 MiB held, plus what the kernel's socket buffers took before the client stopped reading.
         assert hostile.sent < GIVE_UP_AT // 4
+
+
+# --- item 11: error bodies and events a client must not choke on -----------------------------------
+
+CHAT_BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+DEEP = b'{"error": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"  # the decoder recurses once per bracket
+
+
+def post_chat(client: str) -> tuple[int, bytes]:
+    """A chat completion by the named client: the status and body the app got (an SDK's error
+    included: any other exception, a RecursionError above all, fails the test)."""
+    if client in ("openai", "openai-async"):
+        try:
+            if client == "openai":
+                with openai.OpenAI(api_key=OPENAI_KEY, max_retries=0) as sdk:
+                    sdk.chat.completions.create(**CHAT_BODY)  # type: ignore[call-overload]
+            else:
+
+                async def create() -> None:
+                    async with openai.AsyncOpenAI(api_key=OPENAI_KEY, max_retries=0) as sdk:
+                        await sdk.chat.completions.create(**CHAT_BODY)  # type: ignore[call-overload]
+
+                asyncio.run(create())
+        except openai.APIStatusError as exc:
+            return exc.status_code, exc.response.content
+        return 200, b""
+    if client == "requests":
+        import requests
+
+        response = requests.post(CHAT_URL, json=CHAT_BODY, headers=AUTH, timeout=30)
+        return response.status_code, response.content
+    if client == "aiohttp":
+        import aiohttp
+
+        async def read_aiohttp() -> tuple[int, bytes]:
+            async with aiohttp.ClientSession() as session, session.post(CHAT_URL, json=CHAT_BODY, headers=AUTH) as r:
+                return r.status, await r.read()
+
+        return asyncio.run(read_aiohttp())
+    import httpx
+
+    response = httpx.post(CHAT_URL, json=CHAT_BODY, headers=AUTH, timeout=30)
+    return response.status_code, response.content
+
+
+@pytest.mark.parametrize("status", [400, 429, 503])
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_deeply_nested_error_body_gives_the_usual_http_error(client: str, status: int) -> None:
+    with HostileNode(lambda seen: Reply(status, [("Content-Type", "application/json")], DEEP)) as hostile:
+        install([hostile.base_url], retry={"max_attempts": 1})
+        got, body = post_chat(client)
+        assert got == status and body.startswith(b'{"error": [[[')
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize("where", ["chat-chunk", "error-event"])
+def test_a_deeply_nested_stream_event_before_content_fails_that_node_only(
+    gateway: GatewaySimulator, client: str, where: str
+) -> None:
+    event = b"data: " + DEEP + b"\n\n"
+    if where == "error-event":
+        event = b"event: error\n" + event
+    reply = Reply(200, [("Content-Type", "text/event-stream")], (event,))
+    with HostileNode(lambda seen: Reply(reply.status, reply.headers, iter([event]))) as hostile:
+        install([hostile.base_url, gateway.nodes[0].base_url], pin=hostile.base_url)
+        assert stream_text(client)  # the next node's answer
+        assert len(hostile.seen) == 1
+
+
+def gzip_bomb(size: int) -> bytes:
+    """An error body of ``size`` bytes once inflated, a thousandth of that on the wire."""
+    import zlib
+
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    head = b'{"error": {"message": "'
+    parts = [packer.compress(head)]
+    block = b"a" * (1024 * 1024)
+    parts += [packer.compress(block) for _ in range(size // len(block))]
+    parts.append(packer.compress(b'"}}') + packer.flush())
+    return b"".join(parts)
+
+
+BOMB = 64 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def bomb() -> bytes:
+    return gzip_bomb(BOMB)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_compressed_error_body_is_not_inflated_whole(client: str, encoding: str, bomb: bytes) -> None:
+    """A 64 MiB error body in 64 KiB of gzip: at most 1 MiB of it is inflated and handed back."""
+    import tracemalloc
+    import zlib
+
+    body = bomb
+    if encoding == "deflate":  # zlib-wrapped, as HTTP's "deflate" says
+        body = zlib.compress(zlib.decompress(bomb, 16 + zlib.MAX_WBITS), 9)
+    with HostileNode(
+        lambda seen: Reply(400, [("Content-Type", "application/json"), ("Content-Encoding", encoding)], body)
+    ) as hostile:
+        install([hostile.base_url])
+        tracemalloc.start()
+        try:
+            status, got = post_chat(client)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert status == 400
+        assert got.startswith(b'{"error": {"message": "aaa') and len(got) <= 1024 * 1024 + 4096
+        assert peak < BOMB // 4, f"{peak} bytes allocated at the peak"

@@ -144,7 +144,7 @@ def _decode(data: bytes) -> Any:
         # The decoder itself: json.loads would sniff the encoding and check for trailing
         # data on every call, a third of the time for a small answer.
         return _DECODER.raw_decode(data.decode("utf-8").lstrip())[0]
-    except ValueError:  # UnicodeDecodeError included
+    except (ValueError, RecursionError):  # UnicodeDecodeError included; a node's 100,000 nested brackets
         return None
 
 

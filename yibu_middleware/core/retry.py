@@ -7,7 +7,6 @@ them together for one call; the budget is shared by all calls of a process.
 from __future__ import annotations
 
 import enum
-import json
 import math
 import random
 import threading
@@ -15,6 +14,7 @@ import time
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 
+from .errors import parse_json
 from .nodes import Clock
 
 
@@ -59,10 +59,7 @@ def gateway_code(body: bytes | None) -> str | None:
     """The error code of an OpenAI-, Anthropic- or gateway-format error body."""
     if not body or body.lstrip()[:1] != b"{":
         return None
-    try:
-        document = json.loads(body)
-    except ValueError:
-        return None
+    document = parse_json(body)
     error = document.get("error") if isinstance(document, dict) else None
     if not isinstance(error, dict):
         return None

@@ -143,6 +143,9 @@ class StreamWatch:
         except ValueError:
             self.committed = True  # not JSON: not ours to judge; hand it over
             return
+        except RecursionError:  # nested too deeply to read: the SDK could not read it either
+            self.error = "an event nested too deeply to read"
+            return
         if not isinstance(chunk, dict):
             self.committed = True
             return
@@ -172,6 +175,8 @@ def _error_message(data: bytes) -> str:
         document = json.loads(data)
     except ValueError:
         return data[:200].decode("utf-8", "replace")
+    except RecursionError:
+        return "an error event nested too deeply to read"
     error = document.get("error") if isinstance(document, dict) else None
     if isinstance(error, dict):
         kind = error.get("type") or error.get("code") or "error"

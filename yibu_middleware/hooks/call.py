@@ -558,10 +558,7 @@ class Commit:
         watch = self.watch
         watch.feed(chunk)
         return (
-            watch.committed
-            or bool(watch.error)
-            or self.held > self.cap
-            or self.call.first_token_overdue(self.started)
+            watch.committed or bool(watch.error) or self.held > self.cap or self.call.first_token_overdue(self.started)
         )
 
     def failure(self) -> str | None:

@@ -37,7 +37,7 @@ from ..core.sse import StreamWatch
 from ..runtime import current
 from .base import Hook
 from .call import Commit, Exchange, Failure
-from .httpx_call import HttpxCall
+from .httpx_call import HttpxCall, aread_error_body, read_error_body
 from .httpx_fast import FastAttempt, first_attempt
 
 
@@ -134,8 +134,10 @@ def _exchange_sync(
         if response is None:
             response = wrapped(call.request_for(action))
         status: int = response.status_code
-        if status >= 400 or call.reads_whole(response):
-            response.read()  # error bodies are read before judging; see reads_whole for the rest
+        if status >= 400:
+            read_error_body(response)  # before judging; within bounds (see ErrorBodyReader)
+        elif call.reads_whole(response):
+            response.read()
         elif call.watches_stream(response):
             failure = _commit_sync(call, action, response, stream_class)
             if failure is not None:
@@ -234,7 +236,9 @@ async def _exchange_async(
         if response is None:
             response = await wrapped(call.request_for(action))
         status: int = response.status_code
-        if status >= 400 or call.reads_whole(response):
+        if status >= 400:
+            await aread_error_body(response)
+        elif call.reads_whole(response):
             await response.aread()
         elif call.watches_stream(response):
             failure = await _commit_async(call, action, response, stream_class)

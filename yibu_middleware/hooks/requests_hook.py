@@ -30,6 +30,7 @@ from types import ModuleType
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
+from ..core.errors import ErrorBodyReader
 from ..core.nodes import Node
 from ..core.plan import Deliver, GiveUp, Send
 from ..core.retry import Kind
@@ -121,7 +122,7 @@ def _exchange(call: RequestsCall, wrapped: Callable[..., Any], action: Send) -> 
         response = wrapped(call.request_for(action), **call.options_for_attempt())
         status: int = response.status_code
         if status >= 400:
-            _ = response.content  # error bodies are read before judging
+            _read_error_body(response)  # before judging; within bounds (see ErrorBodyReader)
         elif call.watches_stream(response):
             failure = _commit(call, action, response)
             if failure is not None:
@@ -136,6 +137,18 @@ def _exchange(call: RequestsCall, wrapped: Callable[..., Any], action: Send) -> 
         if response is not None:
             response.close()  # the caller's loop frees the node slot
         raise
+
+
+def _read_error_body(response: Any) -> None:
+    """Read a node's error body within bounds: what was read becomes ``response.content``; the
+    connection is closed when the rest was left unread."""
+    reader = ErrorBodyReader(response.headers.get("content-encoding", ""))
+    for chunk in response.raw.stream(2**16, decode_content=not reader.wire):
+        if reader.feed(chunk):
+            response.close()
+            break
+    response._content = reader.body()
+    response._content_consumed = True
 
 
 def _commit(call: RequestsCall, action: Send, response: Any) -> str | None:
