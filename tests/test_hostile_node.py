@@ -348,3 +348,61 @@ def test_a_compressed_error_body_is_not_inflated_whole(client: str, encoding: st
         assert status == 400
         assert got.startswith(b'{"error": {"message": "aaa') and len(got) <= 1024 * 1024 + 4096
         assert peak < BOMB // 4, f"{peak} bytes allocated at the peak"
+
+
+# --- item 12: waits under trio ----------------------------------------------------------------------
+
+
+def trio_chats(count: int) -> list[str | None]:
+    """``count`` chat completions at once with AsyncOpenAI under trio (not asyncio)."""
+    import trio
+
+    answers: list[str | None] = []
+
+    async def main() -> None:
+        async with openai.AsyncOpenAI(api_key=OPENAI_KEY, max_retries=0) as client:
+
+            async def one() -> None:
+                answers.append(await achat(client))
+
+            with trio.fail_after(20):  # a hang fails the test rather than stopping it
+                async with trio.open_nursery() as nursery:
+                    for _ in range(count):
+                        nursery.start_soon(one)
+
+    trio.run(main)
+    return answers
+
+
+def test_trio_calls_wait_for_max_concurrent(gateway: GatewaySimulator) -> None:
+    for node in ("a", "b", "c"):
+        gateway.set_faults(node, latency=0.05)
+    install([node.base_url for node in gateway.nodes], limits={"max_concurrent": 1})
+    assert len(trio_chats(4)) == 4  # three of them waited for the one slot
+    assert len(gateway.records) == 4
+
+
+def test_trio_calls_wait_for_a_held_gateway() -> None:
+    with HostileNode(once_then_ok(rate_limited([("retry-after", "0.2")]))) as hostile:
+        install([hostile.base_url], limits={"max_concurrent": 4})
+        assert trio_chats(1) == ["hello"]  # the retry waited for retry-after
+        assert trio_chats(2) == ["hello", "hello"]
+        assert len(hostile.seen) == 4
+
+
+def test_trio_retry_back_off() -> None:
+    failed = Reply(503, [("Content-Type", "application/json")], b'{"error": {"message": "busy"}}')
+    with HostileNode(once_then_ok(failed)) as hostile:
+        install([hostile.base_url])  # one node: the retry comes after a jittered pause
+        assert trio_chats(1) == ["hello"]
+        assert len(hostile.seen) == 2
+
+
+def test_trio_hedged_calls(gateway: GatewaySimulator) -> None:
+    a, b = gateway.nodes[0], gateway.nodes[1]
+    install([a.base_url, b.base_url], pin=a.base_url, hedge={"enabled": True, "min_samples": 2})
+    assert len(trio_chats(1) + trio_chats(1)) == 2  # two answers to learn the p95 from
+    gateway.set_faults(a.name, latency=30)  # the pinned node turns slow: the hedge on b answers
+    answers = trio_chats(1)
+    assert len(answers) == 1 and answers[0]
+    assert len(gateway.records_for(b.name)) == 1

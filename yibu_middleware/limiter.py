@@ -3,7 +3,8 @@
 ``core/limits.py`` decides who may go; this module waits. Every call takes a ticket in the
 same FIFO queue under one ``threading.Lock``, whether it comes from a thread (``acquire``,
 blocking on its own ``threading.Event``) or from an event loop (``acquire_async``, awaiting
-an ``asyncio.Event`` that other threads set through ``loop.call_soon_threadsafe``). Whoever
+an anyio event, so under asyncio and trio alike, that other threads set through the loop's
+own thread-safe call: ``call_soon_threadsafe``, or trio's ``run_sync_soon``). Whoever
 changes the state (a new call, a release, a wake-up, a cancellation) looks at the queue
 again and wakes exactly the tickets that were admitted or whose time to look again moved;
 no thread is started, and no waiter polls.
@@ -17,9 +18,10 @@ admitted at the very moment it was cancelled gives its slots back.
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 import time
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -28,7 +30,7 @@ from .core.nodes import Clock
 from .errors import YibuError
 
 if TYPE_CHECKING:
-    import asyncio
+    import anyio
 
     from .settings import LimitSettings
 
@@ -167,16 +169,14 @@ class Limiter:
     # --- async callers ------------------------------------------------------------------------
 
     async def acquire_async(self, model: str | None, estimated_tokens: int = 0, timeout: float | None = None) -> Permit:
-        """Wait for a turn without blocking the event loop; same queue as ``acquire``."""
-        import asyncio  # here, not at the top: a sync app with limits set never pays its import
+        """Wait for a turn without blocking the event loop (asyncio or trio); same queue as ``acquire``."""
+        import anyio  # here, not at the top: a sync app with limits set never pays its import
 
         with self._lock:
             ticket = self._admission.enqueue(model, estimated_tokens)
             woken = self._pump()
             if not ticket.admitted:
-                loop = asyncio.get_running_loop()
-                event = asyncio.Event()
-                ticket.wake = _Setter(loop, event)
+                waker = ticket.wake = _Waker(_loop_call_soon(), anyio.Event())
         _wake(woken)
         if ticket.admitted:
             return Permit(self, ticket, 0.0)
@@ -187,12 +187,10 @@ class Limiter:
                 pause = self._pause(ticket, deadline)
                 if pause is None:
                     return self._give_up(ticket, timeout)
-                try:
-                    async with asyncio.timeout(pause):
-                        await event.wait()
-                except TimeoutError:
-                    pass
-                event.clear()
+                with anyio.move_on_after(pause):
+                    await waker.event.wait()
+                # Before looking: a wake-up from now on is kept for the next wait.
+                waker.event = anyio.Event()
                 if self._look(ticket):
                     return Permit(self, ticket, self._clock() - ticket.enqueued_at)
         except BaseException:  # CancelledError above all: the ticket leaves the queue, slots given back
@@ -282,18 +280,39 @@ def _wake(tickets: Iterable[Ticket]) -> None:
             ticket.wake()
 
 
-class _Setter:
-    """Sets an asyncio.Event from any thread (asyncio objects are not thread-safe)."""
+class _Waker:
+    """Wakes a waiter on an event loop from any thread: its event is set in the loop's own thread
+    (an event loop's objects are not thread-safe), through the loop's thread-safe call."""
 
-    __slots__ = ("event", "loop")
+    __slots__ = ("call_soon", "event")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, event: asyncio.Event) -> None:
-        self.loop = loop
+    def __init__(self, call_soon: Callable[[Callable[[], object]], object], event: anyio.Event) -> None:
+        self.call_soon = call_soon
         self.event = event
 
     def __call__(self) -> None:
-        with contextlib.suppress(RuntimeError):  # a closed loop: its waiter is gone, its ticket with it
-            self.loop.call_soon_threadsafe(self.event.set)
+        with contextlib.suppress(RuntimeError):  # a closed loop or finished run: its waiter is gone, its ticket too
+            self.call_soon(self._set)
+
+    def _set(self) -> None:
+        self.event.set()  # the event the waiter awaits now (it makes a new one for each wait)
+
+
+def _loop_call_soon() -> Callable[[Callable[[], object]], object]:
+    """The running event loop's way to run a function in its thread, called from any thread:
+    trio's ``run_sync_soon`` under trio (the openai and anthropic SDKs support it, through
+    anyio), else asyncio's ``call_soon_threadsafe``."""
+    trio = sys.modules.get("trio")  # never imported here: a trio run has imported it
+    if trio is not None:
+        try:
+            call_soon: Callable[[Callable[[], object]], object] = trio.lowlevel.current_trio_token().run_sync_soon
+        except RuntimeError:  # not in a trio run
+            pass
+        else:
+            return call_soon
+    import asyncio
+
+    return asyncio.get_running_loop().call_soon_threadsafe
 
 
 def _timeout_error(ticket: Ticket, waited: float, must_wait: float, timeout: float, configured: float) -> QueueTimeout:

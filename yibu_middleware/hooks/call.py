@@ -15,7 +15,6 @@ how to build a response of its own type.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 import time
@@ -341,7 +340,9 @@ class Call:
                     done, resume = await resume(action), None
                 else:
                     if action.delay:
-                        await asyncio.sleep(action.delay)
+                        import anyio  # here: a call that waits is rare, and anyio runs under trio too
+
+                        await anyio.sleep(action.delay)
                     hedge_after = plan.hedge_after()
                     if hedge_after is None:
                         done = await exchange(action)
