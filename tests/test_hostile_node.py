@@ -45,15 +45,15 @@ def once_then_ok(first: Reply) -> Any:
 # --- item 9: holds learnt from the gateway ----------------------------------------------------------
 
 
-def test_a_429_with_a_huge_retry_after_holds_its_node_only(gateway: GatewaySimulator) -> None:
+@pytest.mark.parametrize("client", ["openai", "openai-async", "requests", "aiohttp", "httpx"])
+def test_a_429_with_a_huge_retry_after_holds_its_node_only(gateway: GatewaySimulator, client: str) -> None:
     """Node A asks to wait 100,000 s: later calls go to healthy node B, not into a days-long queue."""
     with HostileNode(lambda seen: rate_limited([("retry-after", "100000")])) as hostile:
         healthy = gateway.nodes[0].base_url
         install([hostile.base_url, healthy], pin=hostile.base_url, limits={"max_concurrent": 4, "queue_timeout": 5})
-        client = openai.OpenAI(api_key=OPENAI_KEY, max_retries=0)
-        assert chat(client)  # A said 429: B answered
-        for _ in range(3):
-            assert chat(client)  # not held: B is healthy, and A is not asked again while it holds
+        for _ in range(4):  # the first: A said 429, B answered; then B only, A is not asked while it holds
+            status, body = post_chat(client)
+            assert status == 200, body[:300]
         assert len(hostile.seen) == 1
 
 
@@ -106,16 +106,21 @@ def test_budget_headers_that_are_dates_or_garbage_do_not_hold(headers: list[tupl
         assert len(hostile.seen) == 3
 
 
+@pytest.mark.parametrize("client", ["openai", "requests", "aiohttp", "httpx"])
+@pytest.mark.parametrize("limits", [{}, {"max_concurrent": 4, "queue_timeout": 5}], ids=["no-limits", "limits"])
 @pytest.mark.parametrize(
     "headers",
     [[("retry-after-ms", "nan")], [("retry-after", "nan")], [("retry-after", "-inf")], [("retry-after-ms", "x")]],
     ids=["ms-nan", "nan", "-inf", "garbage"],
 )
-def test_a_429_whose_hint_is_not_a_number_is_retried_not_raised(headers: list[tuple[str, str]]) -> None:
-    """Sync: no bare ValueError; the hint is ignored and the usual back-off applies."""
+def test_a_429_whose_hint_is_not_a_number_is_retried_not_raised(
+    headers: list[tuple[str, str]], limits: dict[str, Any], client: str
+) -> None:
+    """No bare ValueError: the hint is ignored and the usual back-off applies."""
     with HostileNode(once_then_ok(rate_limited(headers))) as hostile:
-        install([hostile.base_url], limits={"max_concurrent": 4, "queue_timeout": 5})
-        assert chat(openai.OpenAI(api_key=OPENAI_KEY, max_retries=0)) == "hello"
+        install([hostile.base_url], limits=limits)
+        status, body = post_chat(client)
+        assert status == 200, body[:300]
         assert len(hostile.seen) == 2
 
 
@@ -257,7 +262,7 @@ def post_chat(client: str) -> tuple[int, bytes]:
                     async with openai.AsyncOpenAI(api_key=OPENAI_KEY, max_retries=0) as sdk:
                         await sdk.chat.completions.create(**CHAT_BODY)  # type: ignore[call-overload]
 
-                asyncio.run(create())
+                asyncio.run(asyncio.wait_for(create(), 30))  # a hang fails the test
         except openai.APIStatusError as exc:
             return exc.status_code, exc.response.content
         return 200, b""
@@ -273,7 +278,7 @@ def post_chat(client: str) -> tuple[int, bytes]:
             async with aiohttp.ClientSession() as session, session.post(CHAT_URL, json=CHAT_BODY, headers=AUTH) as r:
                 return r.status, await r.read()
 
-        return asyncio.run(read_aiohttp())
+        return asyncio.run(asyncio.wait_for(read_aiohttp(), 30))
     import httpx
 
     response = httpx.post(CHAT_URL, json=CHAT_BODY, headers=AUTH, timeout=30)
@@ -406,3 +411,29 @@ def test_trio_hedged_calls(gateway: GatewaySimulator) -> None:
     answers = trio_chats(1)
     assert len(answers) == 1 and answers[0]
     assert len(gateway.records_for(b.name)) == 1
+
+
+def test_trio_async_anthropic_waits_for_max_concurrent(gateway: GatewaySimulator) -> None:
+    import anthropic
+    import trio
+    from helpers import ANTHROPIC_KEY
+
+    install([node.base_url for node in gateway.nodes], limits={"max_concurrent": 1})
+    texts: list[str] = []
+
+    async def main() -> None:
+        async with anthropic.AsyncAnthropic(api_key=ANTHROPIC_KEY, max_retries=0) as client:
+
+            async def one() -> None:
+                message = await client.messages.create(
+                    model="claude-sonnet-4-5", max_tokens=16, messages=[{"role": "user", "content": "hi"}]
+                )
+                texts.append(message.content[0].text)  # type: ignore[union-attr]
+
+            with trio.fail_after(20):
+                async with trio.open_nursery() as nursery:
+                    for _ in range(3):
+                        nursery.start_soon(one)
+
+    trio.run(main)
+    assert len(texts) == 3 and all(texts)
