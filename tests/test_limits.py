@@ -626,3 +626,14 @@ def test_bad_limits_are_reported_with_their_source(
     with pytest.raises(ConfigError) as caught:
         load_settings()
     assert expected in str(caught.value) and name in str(caught.value)
+
+
+def test_spent_holds_are_forgotten() -> None:
+    clock = Clock()
+    admission = Admission(Quota(max_concurrent=10), nodes=("a", "b"), clock=clock)
+    admission.observe("m", 429, {"retry-after": "1"}, "a")
+    admission.observe("m", 200, {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "2s"}, "b")
+    clock.now += 2
+    ticket = admission.enqueue("m")
+    assert admitted_now(admission) == [ticket] and ticket.avoid == frozenset()
+    assert all(not scope.hints for scope in ticket.scopes)

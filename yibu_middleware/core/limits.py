@@ -398,7 +398,13 @@ class Admission:
     def _gateway(self, ticket: Ticket, now: float) -> tuple[Scope, float] | None:
         """The gateway's holds on a ticket: None when some node may take it now (the nodes that
         may not are noted in ``ticket.avoid``); else the scope whose hold frees a node first, and when."""
-        scopes = [scope for scope in ticket.scopes if scope.hints]
+        scopes = []
+        for scope in ticket.scopes:
+            if scope.hints:
+                for key in [key for key, hints in scope.hints.items() if hints.spent(now)]:
+                    del scope.hints[key]  # spent: a scope with no hints left costs nothing here again
+                if scope.hints:
+                    scopes.append(scope)
         if not scopes:
             ticket.avoid = frozenset()
             return None
@@ -478,7 +484,7 @@ class Admission:
         hints = scope.hints.get(node)
         if hints is None:
             for key in [key for key, old in scope.hints.items() if old.spent(now)]:
-                del scope.hints[key]  # spent holds go, so that a scope with none costs nothing
+                del scope.hints[key]
             if len(scope.hints) >= MAX_HINTED_NODES:
                 return None
             hints = scope.hints[node] = _Hints()
