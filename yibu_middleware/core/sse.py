@@ -50,7 +50,12 @@ class EventSplitter:
                 chunk, self._carry = chunk[:-1], b"\r"
             chunk = chunk.replace(b"\r\n", b"\n")
         buffer = self._buffer
-        start = max(len(buffer) - 1, 0)  # the "\n\n" may straddle the old end: one byte back
+        if not buffer:  # the usual case, a chunk that starts an event: split as it is, no copy first
+            self.scanned += len(chunk)
+            *events, rest = chunk.split(b"\n\n")
+            buffer += rest
+            return events
+        start = len(buffer) - 1  # the "\n\n" may straddle the old end: one byte back
         buffer += chunk
         self.scanned += len(buffer) - start
         end = buffer.find(b"\n\n", start)
