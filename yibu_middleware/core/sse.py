@@ -52,8 +52,10 @@ class EventSplitter:
         buffer = self._buffer
         if not buffer:  # the usual case, a chunk that starts an event: split as it is, no copy first
             self.scanned += len(chunk)
-            *events, rest = chunk.split(b"\n\n")
-            buffer += rest
+            events = chunk.split(b"\n\n")
+            rest = events.pop()
+            if rest:
+                buffer += rest
             return events
         start = len(buffer) - 1  # the "\n\n" may straddle the old end: one byte back
         buffer += chunk
