@@ -218,9 +218,104 @@ def test_reset_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["", "soon", "1x", "5s later"])
+@pytest.mark.parametrize("text", ["", "soon", "1x", "5s later", "nan", "inf", "-5", "-1s", "1e400", "NaNs"])
 def test_reset_durations_that_do_not_parse(text: str) -> None:
     assert parse_duration(text) is None
+
+
+def test_a_nodes_hold_holds_that_node_only_and_the_call_is_told_to_avoid_it() -> None:
+    clock = Clock()
+    admission = Admission(Quota(max_concurrent=10), nodes=("a", "b"), clock=clock)
+    admission.observe("m", 429, {"retry-after": "5"}, "a")
+    ticket = admission.enqueue("m")
+    assert admitted_now(admission) == [ticket]
+    assert ticket.avoid == {"a"}
+    admission.observe("m", 429, {"retry-after": "3"}, "b")  # now every node holds: the call waits
+    held = admission.enqueue("m")
+    assert admitted_now(admission) == []
+    assert held.recheck_at == pytest.approx(clock.now + 3)  # when the first node frees
+    clock.now += 3
+    assert admitted_now(admission) == [held] and held.avoid == {"a"}
+
+
+def test_an_answer_of_no_known_node_holds_every_node() -> None:
+    admission = Admission(Quota(max_concurrent=10), nodes=("a", "b"), clock=Clock())
+    admission.observe("m", 429, {"retry-after": "5"})
+    admission.enqueue("m")
+    assert admitted_now(admission) == []
+
+
+def test_a_budget_counts_calls_against_every_node_not_held() -> None:
+    clock = Clock()
+    admission = Admission(Quota(max_concurrent=10), nodes=("a", "b"), clock=clock)
+    headers = {"x-ratelimit-remaining-requests": "1", "x-ratelimit-reset-requests": "10s"}
+    admission.observe("m", 200, headers, "a")
+    admission.observe("m", 200, headers, "b")
+    first, second = admission.enqueue("m"), admission.enqueue("m")
+    assert admitted_now(admission) == [first]  # one left, whichever node says it: one call
+    assert second.recheck_at == pytest.approx(clock.now + 10)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"retry-after": "100000"},
+        {"retry-after": "1e308"},
+        {"retry-after-ms": "900000000"},
+        {"retry-after": "Fri, 31 Dec 9999 23:59:59 GMT"},
+    ],
+)
+def test_a_429s_hold_has_a_ceiling(headers: dict[str, str]) -> None:
+    clock = Clock()
+    admission = Admission(Quota(max_concurrent=10), max_hold=60, clock=clock)
+    admission.observe("m", 429, headers)
+    ticket = admission.enqueue("m")
+    admitted_now(admission)
+    assert ticket.recheck_at == pytest.approx(clock.now + 60)
+
+
+@pytest.mark.parametrize(
+    ("reset", "held"),
+    [
+        ("1733356800", None),  # a Unix time long past: no hold
+        ("1733356800000", None),  # the same in milliseconds
+        ("1800000004", 4.0),  # a Unix time 4 s ahead of the wall clock
+        ("1800000004000", 4.0),
+        ("99999h", 60.0),  # a duration far off: the ceiling
+        ("6m0s", 60.0),
+        ("2.5", 2.5),
+        ("1s", 1.0),
+    ],
+)
+def test_reset_epochs_are_told_apart_from_durations(reset: str, held: float | None) -> None:
+    clock = Clock()
+    admission = Admission(Quota(max_concurrent=10), max_hold=60, clock=clock, wall=lambda: 1_800_000_000.0)
+    admission.observe("m", 200, {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": reset})
+    ticket = admission.enqueue("m")
+    admitted = admitted_now(admission)
+    if held is None:
+        assert admitted == [ticket]
+    else:
+        assert admitted == [] and ticket.recheck_at == pytest.approx(clock.now + held)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"retry-after-ms": "nan"},
+        {"retry-after": "nan"},
+        {"retry-after": "-inf"},
+        {"retry-after": "Mon, 99 Foo 0000 99:99:99 GMT"},
+        {"retry-after": "x" * 10_000},
+    ],
+)
+def test_a_429_hint_that_is_not_a_number_is_no_hint(headers: dict[str, str]) -> None:
+    clock = Clock()
+    admission = Admission(Quota(max_concurrent=10), clock=clock)
+    admission.observe("m", 429, headers)
+    ticket = admission.enqueue("m")
+    admitted_now(admission)
+    assert ticket.recheck_at == pytest.approx(clock.now + NO_HINT_HOLD)
 
 
 def test_a_429s_retry_after_holds_that_model_only() -> None:
@@ -240,7 +335,7 @@ def test_retry_after_ms_and_a_429_with_no_hint() -> None:
     clock = Clock()
     admission = Admission(Quota(max_concurrent=10), clock=clock)
     admission.observe(None, 429, {"retry-after-ms": "250"})
-    assert admission.root.hold_until == pytest.approx(clock.now + 0.25)
+    assert admission.root.hints[None].hold_until == pytest.approx(clock.now + 0.25)
     admission.observe("m", 429, {})  # new-api sends no Retry-After
     ticket = admission.enqueue("m")
     admitted_now(admission)
@@ -272,7 +367,7 @@ def test_remaining_budget_refills_linearly_when_the_limit_is_known() -> None:
 
 def test_remaining_tokens_hold_a_call_that_would_not_fit() -> None:
     clock = Clock()
-    admission = Admission(Quota(max_concurrent=100), clock=clock)
+    admission = Admission(Quota(max_concurrent=100), max_hold=600, clock=clock)
     admission.observe("m", 200, {"x-ratelimit-remaining-tokens": "500", "x-ratelimit-reset-tokens": "6m0s"})
     small, big = admission.enqueue("m", 400), admission.enqueue("m", 400)
     assert admitted_now(admission) == [small]
@@ -468,12 +563,12 @@ def test_release_is_idempotent() -> None:
 def test_a_gateway_hold_longer_than_the_queue_timeout_fails_at_once() -> None:
     clock = Clock()
     limiter = Limiter(Quota(max_concurrent=5), queue_timeout=30, clock=clock)
-    limiter.observe("gpt-4o", 429, {"retry-after": "120"})
+    limiter.observe("gpt-4o", 429, {"retry-after": "50"})
     with pytest.raises(QueueTimeout) as caught:
         limiter.acquire("gpt-4o")  # on a fake clock: returns only because it does not wait
     message = str(caught.value)
     assert caught.value.setting == "limits.follow_gateway_headers"
-    assert "at least 120.0 s" in message and "gateway" in message
+    assert "at least 50.0 s" in message and "gateway" in message and "max_hold_seconds" in message
     with limiter.acquire("claude"):
         pass
 
@@ -531,3 +626,14 @@ def test_bad_limits_are_reported_with_their_source(
     with pytest.raises(ConfigError) as caught:
         load_settings()
     assert expected in str(caught.value) and name in str(caught.value)
+
+
+def test_spent_holds_are_forgotten() -> None:
+    clock = Clock()
+    admission = Admission(Quota(max_concurrent=10), nodes=("a", "b"), clock=clock)
+    admission.observe("m", 429, {"retry-after": "1"}, "a")
+    admission.observe("m", 200, {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "2s"}, "b")
+    clock.now += 2
+    ticket = admission.enqueue("m")
+    assert admitted_now(admission) == [ticket] and ticket.avoid == frozenset()
+    assert all(not scope.hints for scope in ticket.scopes)

@@ -476,6 +476,60 @@ def test_unknown_stream_is_not_judged() -> None:
     assert watch.committed and not watch.truncated()
 
 
+def test_comments_and_empty_events_carry_nothing() -> None:
+    """Keep-alives (comment lines, blank events) neither commit a stream nor fail it."""
+    watch = feed(StreamWatch(), ": keep-alive\n\n", "\n\n\n", ":\r\n\r\n", "event: \n\n")
+    assert not watch.committed and watch.error is None
+    feed(watch, WORD)
+    assert watch.committed
+
+
+def big_event(size: int) -> list[bytes]:
+    """One event of ``size`` bytes of data, in 16 KiB chunks, then a chat chunk with content."""
+    body = b'data: {"choices": [{"index": 0, "delta": {"content": "' + b"a" * size + b'"}}]}\n\n'
+    return [body[at : at + 16 * 1024] for at in range(0, len(body), 16 * 1024)]
+
+
+@pytest.mark.parametrize("crlf", [False, True])
+def test_a_large_event_in_small_chunks_is_scanned_once(crlf: bool) -> None:
+    """Linear, not quadratic: each byte of a 16 MB event is looked at about once (the old
+    parser joined and rescanned everything held on every chunk: 8 s of CPU for this one)."""
+    chunks = big_event(16 * 1024 * 1024)
+    if crlf:
+        chunks = [chunk.replace(b"\n", b"\r\n") for chunk in chunks]
+    watch = StreamWatch()
+    for chunk in chunks:
+        watch.feed(chunk)
+    total = sum(len(chunk) for chunk in chunks)
+    assert watch.committed
+    assert watch.scanned <= total + 4 * len(chunks)
+
+
+def test_an_event_split_anywhere_is_read_the_same() -> None:
+    """The end of an event split between two chunks (\n|\n, \r|\n\r\n) is still found."""
+    text = (ROLE + WORD + DONE).encode()
+    for crlf in (False, True):
+        data = text.replace(b"\n", b"\r\n") if crlf else text
+        for cut in range(1, len(data)):
+            watch = StreamWatch()
+            watch.feed(data[:cut])
+            watch.feed(data[cut:])
+            assert watch.committed and watch.ended and watch.events == 3, (crlf, cut)
+
+
+def test_the_response_reader_reads_a_large_event_in_linear_time() -> None:
+    from yibu_middleware.core.genai import ResponseReader
+
+    reader = ResponseReader()
+    reader.sse = True
+    chunks = big_event(16 * 1024 * 1024)
+    usage = b'data: {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4}}\n\n'
+    for chunk in [*chunks, usage]:
+        reader.chunk(chunk)
+    assert reader.total_tokens() == 7
+    assert reader.scanned <= sum(map(len, chunks)) + len(usage) + 4 * (len(chunks) + 1)
+
+
 def test_429_with_a_long_wait_still_goes_to_an_untried_node() -> None:
     plan, _ = make_plan(Clock(), policy=RetryPolicy(max_retry_after=10))
     action = plan.start()

@@ -3,7 +3,8 @@
 ``core/limits.py`` decides who may go; this module waits. Every call takes a ticket in the
 same FIFO queue under one ``threading.Lock``, whether it comes from a thread (``acquire``,
 blocking on its own ``threading.Event``) or from an event loop (``acquire_async``, awaiting
-an ``asyncio.Event`` that other threads set through ``loop.call_soon_threadsafe``). Whoever
+an anyio event, so under asyncio and trio alike, that other threads set through the loop's
+own thread-safe call: ``call_soon_threadsafe``, or trio's ``run_sync_soon``). Whoever
 changes the state (a new call, a release, a wake-up, a cancellation) looks at the queue
 again and wakes exactly the tickets that were admitted or whose time to look again moved;
 no thread is started, and no waiter polls.
@@ -17,18 +18,19 @@ admitted at the very moment it was cancelled gives its slots back.
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from .core.limits import GATEWAY, Admission, Quota, Ticket
+from .core.limits import GATEWAY, MAX_HOLD, Admission, Quota, Ticket
 from .core.nodes import Clock
 from .errors import YibuError
 
 if TYPE_CHECKING:
-    import asyncio
+    import anyio
 
     from .settings import LimitSettings
 
@@ -60,6 +62,11 @@ class Permit:
         self._ticket = ticket
         self.waited = waited  # seconds spent in the queue
 
+    @property
+    def avoid(self) -> frozenset[Hashable]:
+        """The nodes the gateway still held for this call when it was admitted: try them last."""
+        return self._ticket.avoid
+
     def release(self, actual_tokens: int | None = None) -> None:
         """The call ended: slots back; ``actual_tokens`` (the gateway's usage) replace the estimate.
 
@@ -89,13 +96,22 @@ class Limiter:
         *,
         queue_timeout: float = 30.0,
         follow_gateway_headers: bool = True,
+        nodes: Sequence[Hashable] = (),
+        max_hold: float = MAX_HOLD,
         clock: Clock = time.monotonic,
         wall: Clock = time.time,
     ) -> None:
+        """``nodes``, ``max_hold``: see ``Admission`` (the nodes as ``observe`` is told them)."""
         self._clock = clock
         self._lock = threading.Lock()
         self._admission = Admission(
-            quota, per_model, follow_gateway_headers=follow_gateway_headers, clock=clock, wall=wall
+            quota,
+            per_model,
+            follow_gateway_headers=follow_gateway_headers,
+            nodes=nodes,
+            max_hold=max_hold,
+            clock=clock,
+            wall=wall,
         )
         self.queue_timeout = queue_timeout
         # What a call must report back: its usage (a tokens-per-minute limit is set somewhere),
@@ -105,8 +121,9 @@ class Limiter:
         self.follows_gateway = follow_gateway_headers
 
     @classmethod
-    def from_settings(cls, limits: LimitSettings) -> Limiter | None:
-        """The limiter the settings ask for; None when no limit is set (then calls pay nothing)."""
+    def from_settings(cls, limits: LimitSettings, nodes: Sequence[Hashable] = ()) -> Limiter | None:
+        """The limiter the settings ask for; None when no limit is set (then calls pay nothing).
+        ``nodes``: the gateway's nodes, whose hints hold each its own node."""
         if not limits.active:
             return None
         return cls(
@@ -117,6 +134,8 @@ class Limiter:
             },
             queue_timeout=limits.queue_timeout,
             follow_gateway_headers=limits.follow_gateway_headers,
+            nodes=nodes,
+            max_hold=limits.max_hold_seconds,
         )
 
     # --- sync callers -------------------------------------------------------------------------
@@ -150,16 +169,14 @@ class Limiter:
     # --- async callers ------------------------------------------------------------------------
 
     async def acquire_async(self, model: str | None, estimated_tokens: int = 0, timeout: float | None = None) -> Permit:
-        """Wait for a turn without blocking the event loop; same queue as ``acquire``."""
-        import asyncio  # here, not at the top: a sync app with limits set never pays its import
+        """Wait for a turn without blocking the event loop (asyncio or trio); same queue as ``acquire``."""
+        import anyio  # here, not at the top: a sync app with limits set never pays its import
 
         with self._lock:
             ticket = self._admission.enqueue(model, estimated_tokens)
             woken = self._pump()
             if not ticket.admitted:
-                loop = asyncio.get_running_loop()
-                event = asyncio.Event()
-                ticket.wake = _Setter(loop, event)
+                waker = ticket.wake = _Waker(_loop_call_soon(), anyio.Event())
         _wake(woken)
         if ticket.admitted:
             return Permit(self, ticket, 0.0)
@@ -170,12 +187,10 @@ class Limiter:
                 pause = self._pause(ticket, deadline)
                 if pause is None:
                     return self._give_up(ticket, timeout)
-                try:
-                    async with asyncio.timeout(pause):
-                        await event.wait()
-                except TimeoutError:
-                    pass
-                event.clear()
+                with anyio.move_on_after(pause):
+                    await waker.event.wait()
+                # Before looking: a wake-up from now on is kept for the next wait.
+                waker.event = anyio.Event()
                 if self._look(ticket):
                     return Permit(self, ticket, self._clock() - ticket.enqueued_at)
         except BaseException:  # CancelledError above all: the ticket leaves the queue, slots given back
@@ -184,10 +199,11 @@ class Limiter:
 
     # --- the gateway's answers ----------------------------------------------------------------
 
-    def observe(self, model: str | None, status: int, headers: Mapping[str, str]) -> None:
-        """Feed an answer's rate-limit headers (any status; retry-after counts on a 429)."""
+    def observe(self, model: str | None, status: int, headers: Mapping[str, str], node: Hashable = None) -> None:
+        """Feed an answer's rate-limit headers (any status; retry-after counts on a 429); ``node``:
+        the node that answered, the one its hints hold (None: every node)."""
         with self._lock:
-            self._admission.observe(model, status, headers)
+            self._admission.observe(model, status, headers, node)
             woken = self._pump()  # a new budget may also be larger than the one a ticket waits on
         _wake(woken)
 
@@ -264,18 +280,39 @@ def _wake(tickets: Iterable[Ticket]) -> None:
             ticket.wake()
 
 
-class _Setter:
-    """Sets an asyncio.Event from any thread (asyncio objects are not thread-safe)."""
+class _Waker:
+    """Wakes a waiter on an event loop from any thread: its event is set in the loop's own thread
+    (an event loop's objects are not thread-safe), through the loop's thread-safe call."""
 
-    __slots__ = ("event", "loop")
+    __slots__ = ("call_soon", "event")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, event: asyncio.Event) -> None:
-        self.loop = loop
+    def __init__(self, call_soon: Callable[[Callable[[], object]], object], event: anyio.Event) -> None:
+        self.call_soon = call_soon
         self.event = event
 
     def __call__(self) -> None:
-        with contextlib.suppress(RuntimeError):  # a closed loop: its waiter is gone, its ticket with it
-            self.loop.call_soon_threadsafe(self.event.set)
+        with contextlib.suppress(RuntimeError):  # a closed loop or finished run: its waiter is gone, its ticket too
+            self.call_soon(self._set)
+
+    def _set(self) -> None:
+        self.event.set()  # the event the waiter awaits now (it makes a new one for each wait)
+
+
+def _loop_call_soon() -> Callable[[Callable[[], object]], object]:
+    """The running event loop's way to run a function in its thread, called from any thread:
+    trio's ``run_sync_soon`` under trio (the openai and anthropic SDKs support it, through
+    anyio), else asyncio's ``call_soon_threadsafe``."""
+    trio = sys.modules.get("trio")  # never imported here: a trio run has imported it
+    if trio is not None:
+        try:
+            call_soon: Callable[[Callable[[], object]], object] = trio.lowlevel.current_trio_token().run_sync_soon
+        except RuntimeError:  # not in a trio run
+            pass
+        else:
+            return call_soon
+    import asyncio
+
+    return asyncio.get_running_loop().call_soon_threadsafe
 
 
 def _timeout_error(ticket: Ticket, waited: float, must_wait: float, timeout: float, configured: float) -> QueueTimeout:

@@ -78,7 +78,7 @@ class Runtime:
         if settings.limits.active:
             from .limiter import Limiter  # only when a limit is set
 
-            self.limiter = Limiter.from_settings(settings.limits)
+            self.limiter = Limiter.from_settings(settings.limits, self.pool.nodes)
         self.rules = Rules.from_settings(settings.policy)
         # Message content in spans only on opt-in: read once, as OpenTelemetry's instrumentations do.
         self.capture_content = os.environ.get(CAPTURE_CONTENT_ENV, "").strip().lower() in ("1", "true", "yes", "on")

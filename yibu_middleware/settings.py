@@ -248,6 +248,13 @@ class LimitSettings(ModelLimits):
         True,
         description="hold back calls as the gateway's x-ratelimit-* / retry-after headers ask (when a limit is set)",
     )
+    max_hold_seconds: float = Field(
+        60.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="the longest a node's retry-after or x-ratelimit-* reset holds calls back, in seconds;"
+        " a node asking for more (days, a date far off) holds this long",
+    )
 
     @field_validator("per_model", mode="before")
     @classmethod

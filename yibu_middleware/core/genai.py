@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .sse import EventSplitter
+
 _DECODER = json.JSONDecoder()
 
 
@@ -142,7 +144,7 @@ def _decode(data: bytes) -> Any:
         # The decoder itself: json.loads would sniff the encoding and check for trailing
         # data on every call, a third of the time for a small answer.
         return _DECODER.raw_decode(data.decode("utf-8").lstrip())[0]
-    except ValueError:  # UnicodeDecodeError included
+    except (ValueError, RecursionError):  # UnicodeDecodeError included; a node's 100,000 nested brackets
         return None
 
 
@@ -154,14 +156,14 @@ class ResponseReader:
     """Reads a response body as the caller consumes it, for its facts: a JSON answer whole at
     the end, an event stream event by event. Shared by tracing and the token limit."""
 
-    __slots__ = ("_body", "_pending", "facts", "first_chunk", "sse")
+    __slots__ = ("_body", "_events", "facts", "first_chunk", "sse")
 
     def __init__(self) -> None:
         self.facts = ResponseFacts()
         self.sse = False  # set when the answer is known to be an event stream
         self.first_chunk: float | None = None  # time.monotonic() of the first chunk
         self._body = bytearray()
-        self._pending = b""
+        self._events = EventSplitter()
 
     def chunk(self, data: bytes) -> None:
         if self.first_chunk is None:
@@ -170,14 +172,17 @@ class ResponseReader:
             if len(self._body) < 4_000_000:  # a JSON answer, read for its usage at the end
                 self._body += data
             return
-        events = (self._pending + data).split(b"\n\n")
-        self._pending = events.pop()
-        for event in events:
+        for event in self._events.feed(data):
             # Only events that can carry usage, ids or finish reasons are parsed.
             if b'"usage"' in event or b"finish_reason" in event or b"stop_reason" in event or b'"id"' in event:
                 for line in event.split(b"\n"):
                     if line.startswith(b"data:"):
                         self.facts.read_event(line[5:].strip())
+
+    @property
+    def scanned(self) -> int:
+        """Bytes of an event stream searched for the end of an event (see ``EventSplitter``)."""
+        return self._events.scanned
 
     def whole(self, body: bytes) -> None:
         """The complete body at once (read before it was handed back): parsed now, not copied."""

@@ -27,7 +27,13 @@ Limits live in scopes: the process's own (``limits.*``) and each configured mode
   the ``x-ratelimit-remaining-*`` / ``anthropic-ratelimit-*-remaining`` budgets until their
   reset, refilled linearly when the limit is given. These apply to the model of the
   answer (OpenAI's limits are per model; one model's 429 need not stop the others); an
-  answer with no model holds the whole process.
+  answer with no model holds the whole process. And they apply to the node that sent them:
+  a node's 429 says nothing certain about the others, so a call is held only while every
+  node is held for it, and is admitted with the nodes still held (``Ticket.avoid``), which
+  its plan tries last. A budget counts the calls admitted against every node not held
+  (right when the nodes share the key's limit, as a relay's usually do; cautious when not).
+  Every hold lasts at most ``max_hold`` seconds (``limits.max_hold_seconds``), whatever the
+  node asked: a node cannot stop the app for days with one header.
 
 Fairness: one FIFO queue for every caller. A ticket is admitted when every limit it is
 subject to has room *and* no earlier ticket is still waiting in one of its scopes. A waiting
@@ -45,12 +51,12 @@ import math
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from datetime import datetime
 from typing import NamedTuple
 
 from .nodes import Clock
-from .retry import retry_after
+from .retry import retry_after, wire_number, wire_seconds
 
 CONCURRENT = "max_concurrent"
 RATE = "requests_per_second"
@@ -61,6 +67,8 @@ WINDOW = 60.0  # seconds: the tokens-per-minute window
 RATE_SLACK = 0.5  # share of a requests_per_second interval a late admission may absorb
 NO_HINT_HOLD = 1.0  # seconds: a 429 with no hint at all (new-api sends none) holds this long
 MAX_LEARNT_SCOPES = 256  # models whose gateway holds are tracked without a configured limit
+MAX_HOLD = 60.0  # seconds: the longest hold learnt from one answer (limits.max_hold_seconds)
+MAX_HINTED_NODES = 64  # nodes whose hints one scope keeps (the configured ones, and None for all)
 
 
 class Quota(NamedTuple):
@@ -98,11 +106,36 @@ class _Budget:
         return min(self.observed + (need + self.used - self.left) / rate, self.reset)
 
 
+class _Hints:
+    """What one node's answers said about one scope: a hold (a 429's retry-after), and budgets."""
+
+    __slots__ = ("hold_until", "requests", "tokens")
+
+    def __init__(self) -> None:
+        self.hold_until = -math.inf
+        self.requests: _Budget | None = None
+        self.tokens: _Budget | None = None
+
+    def ready(self, need: int, now: float) -> float | None:
+        """None: a call of ``need`` tokens may go to the node now; else the time it may."""
+        hold = self.hold_until
+        for budget, wanted in ((self.requests, 1), (self.tokens, need)):
+            if budget is not None and wanted:
+                ready = budget.ready(wanted, now)
+                if ready is not None:
+                    hold = max(hold, ready)
+        return hold if now < hold else None
+
+    def spent(self, now: float) -> bool:
+        """Nothing here holds any call any more."""
+        return now >= self.hold_until and all(b is None or now >= b.reset for b in (self.requests, self.tokens))
+
+
 class Scope:
     """One scope's limits and their live state: the process's, or one model's."""
 
     __slots__ = (
-        "hold_until",
+        "hints",
         "in_flight",
         "interval",
         "max_concurrent",
@@ -113,7 +146,6 @@ class Scope:
         "spent",
         "spent_total",
         "tat",
-        "tokens",
         "tpm",
     )
 
@@ -132,9 +164,8 @@ class Scope:
         self.reserved = 0  # tokens of calls in flight (their estimates)
         self.spent: deque[tuple[float, int]] = deque()  # (end time, tokens) of calls that ended
         self.spent_total = 0
-        self.hold_until = -math.inf
-        self.requests: _Budget | None = None
-        self.tokens: _Budget | None = None
+        # What the gateway's answers said, per node that sent them (None: an answer of no known node).
+        self.hints: dict[Hashable, _Hints] = {}
 
     def lacks(self, need: int, now: float) -> list[tuple[str, float | None]]:
         """The limits without room for a call of ``need`` tokens: (limit, time it will have room or None)."""
@@ -147,15 +178,7 @@ class Scope:
             ready = self._tokens_ready(min(need, self.tpm), now)
             if ready is not None:
                 out.append((TOKENS, None if ready == math.inf else ready))
-        hold = self.hold_until
-        for budget, wanted in ((self.requests, 1), (self.tokens, need)):
-            if budget is not None and wanted:
-                ready = budget.ready(wanted, now)
-                if ready is not None:
-                    hold = max(hold, ready)
-        if now < hold:
-            out.append((GATEWAY, hold))
-        return out
+        return out  # the gateway's holds are per node: Admission._gateway weighs them across scopes
 
     def _tokens_ready(self, need: int, now: float) -> float | None:
         """None if ``need`` tokens fit in the window now; else when they will (inf: only after a release)."""
@@ -180,10 +203,13 @@ class Scope:
             self.tat = max(self.tat, now) + self.interval
         if self.tpm is not None:
             self.reserved += min(ticket.tokens, self.tpm)
-        if self.requests is not None:
-            self.requests.used += 1
-        if self.tokens is not None:
-            self.tokens.used += ticket.tokens
+        for node, hints in self.hints.items():
+            if node in ticket.avoid:
+                continue  # the plan goes there last: not counted against that node's budget
+            if hints.requests is not None:
+                hints.requests.used += 1
+            if hints.tokens is not None:
+                hints.tokens.used += ticket.tokens
 
     def release(self, ticket: Ticket, actual: int, now: float) -> None:
         self.in_flight -= 1
@@ -198,8 +224,8 @@ class Scope:
         if limit == GATEWAY:
             where = "" if self.model is None else f" for model {self.model!r}"
             return (
-                f"the gateway's own rate limit{where} (its retry-after / x-ratelimit-* headers;"
-                " followed because limits.follow_gateway_headers is on)"
+                f"the gateway's own rate limit{where} on every node (its retry-after / x-ratelimit-* headers,"
+                " each held at most limits.max_hold_seconds; followed because limits.follow_gateway_headers is on)"
             )
         value: float | None = {CONCURRENT: self.max_concurrent, TOKENS: self.tpm}.get(limit)
         if limit == RATE and self.interval:
@@ -212,6 +238,7 @@ class Ticket:
 
     __slots__ = (
         "admitted",
+        "avoid",
         "enqueued_at",
         "generation",
         "held_by",
@@ -244,6 +271,8 @@ class Ticket:
         self.not_before_by: tuple[Scope, str] | None = None
         self.held_by: tuple[Scope, str] | None = None
         self.wake: Callable[[], None] | None = None  # set by the waiting layer
+        # Once admitted: the nodes the gateway still holds for this call (tried last by its plan).
+        self.avoid: frozenset[Hashable] = frozenset()
 
     def holder(self, held_by: tuple[Scope, str] | None = None) -> str:
         """The limit that held this ticket last (or ``held_by``), with its setting, for messages."""
@@ -257,7 +286,19 @@ class Ticket:
 class Admission:
     """The queue and every scope of one process. Not thread-safe: the waiting layer locks."""
 
-    __slots__ = ("_clock", "_follow", "_learnt", "_models", "_queue", "_seq", "_wall", "generation", "root")
+    __slots__ = (
+        "_clock",
+        "_follow",
+        "_learnt",
+        "_max_hold",
+        "_models",
+        "_nodes",
+        "_queue",
+        "_seq",
+        "_wall",
+        "generation",
+        "root",
+    )
 
     def __init__(
         self,
@@ -265,12 +306,18 @@ class Admission:
         per_model: Mapping[str, Quota] | None = None,
         *,
         follow_gateway_headers: bool = True,
+        nodes: Sequence[Hashable] = (),
+        max_hold: float = MAX_HOLD,
         clock: Clock = time.monotonic,
         wall: Clock = time.time,
     ) -> None:
+        """``nodes``: the gateway's nodes, as ``observe`` names them (none given: one gateway);
+        ``max_hold``: the longest a hold learnt from one answer may last, in seconds."""
         self._clock = clock
         self._wall = wall  # only to read the dates in headers
         self._follow = follow_gateway_headers
+        self._nodes: tuple[Hashable, ...] = tuple(nodes) or (None,)
+        self._max_hold = max_hold
         self.root = Scope(None, quota)
         self._models = {model: Scope(model, limits) for model, limits in (per_model or {}).items()}
         self._learnt: dict[str, Scope] = {}  # scopes made up to hold the gateway's per-model hints
@@ -307,6 +354,9 @@ class Admission:
                     lacking.append((scope, limit, ready))
                 if behind is None and scope in blocked:
                     behind = (scope, blocked[scope])
+            held = self._gateway(ticket, now)
+            if held is not None:
+                lacking.append((held[0], GATEWAY, held[1]))
             if not lacking and behind is None:
                 ticket.admitted = True
                 for scope in ticket.scopes:
@@ -345,6 +395,37 @@ class Admission:
             changed.append(ticket)
         ticket.recheck_at = recheck
 
+    def _gateway(self, ticket: Ticket, now: float) -> tuple[Scope, float] | None:
+        """The gateway's holds on a ticket: None when some node may take it now (the nodes that
+        may not are noted in ``ticket.avoid``); else the scope whose hold frees a node first, and when."""
+        scopes = []
+        for scope in ticket.scopes:
+            if scope.hints:
+                for key in [key for key, hints in scope.hints.items() if hints.spent(now)]:
+                    del scope.hints[key]  # spent: a scope with no hints left costs nothing here again
+                if scope.hints:
+                    scopes.append(scope)
+        if not scopes:
+            ticket.avoid = frozenset()
+            return None
+        held: list[Hashable] = []
+        first: tuple[Scope, float] | None = None
+        for node in self._nodes:
+            latest: tuple[Scope, float] | None = None  # the hold on this node that ends last
+            for scope in scopes:
+                for key in (node, None) if node is not None else (None,):
+                    hints = scope.hints.get(key)
+                    ready = hints.ready(ticket.tokens, now) if hints is not None else None
+                    if ready is not None and (latest is None or ready > latest[1]):
+                        latest = (scope, ready)
+            if latest is None:
+                continue
+            held.append(node)
+            if first is None or latest[1] < first[1]:
+                first = latest
+        ticket.avoid = frozenset(held)
+        return first if len(held) == len(self._nodes) else None
+
     def cancel(self, ticket: Ticket) -> None:
         """A waiting ticket leaves the queue (timed out, cancelled); an admitted one is released."""
         if ticket.admitted:
@@ -366,30 +447,48 @@ class Admission:
 
     # --- what the gateway says ----------------------------------------------------------------
 
-    def observe(self, model: str | None, status: int, headers: Mapping[str, str]) -> None:
-        """Hold back later calls as the gateway's answer asks: retry-after on a 429, x-ratelimit-* budgets."""
+    def observe(self, model: str | None, status: int, headers: Mapping[str, str], node: Hashable = None) -> None:
+        """Hold back later calls as ``node``'s answer asks: retry-after on a 429, x-ratelimit-* budgets.
+
+        Every hold ends within ``max_hold`` seconds; values that are not usable numbers are ignored."""
         if not self._follow:
             return
         now = self._clock()
-        scope: Scope | None = None
+        hints: _Hints | None = None
         if status == 429:
             wait = retry_after(headers, self._wall())
-            scope = self._scope_for_hints(model)
-            if scope is not None:
-                scope.hold_until = max(scope.hold_until, now + (NO_HINT_HOLD if wait is None else wait))
+            hints = self._hints_for(model, node, now)
+            if hints is None:
+                return
+            wait = NO_HINT_HOLD if wait is None else min(wait, self._max_hold)
+            hints.hold_until = max(hints.hold_until, now + wait)
         for kind in ("requests", "tokens"):
             found = _budget_headers(headers, kind, self._wall)
             if found is None:
                 continue
             left, limit, reset_in = found
-            scope = scope or self._scope_for_hints(model)
-            if scope is None:
+            hints = hints or self._hints_for(model, node, now)
+            if hints is None:
                 return
-            budget = _Budget(left, limit, now, now + reset_in)
+            budget = _Budget(left, limit, now, now + min(reset_in, self._max_hold))
             if kind == "requests":
-                scope.requests = budget
+                hints.requests = budget
             else:
-                scope.tokens = budget
+                hints.tokens = budget
+
+    def _hints_for(self, model: str | None, node: Hashable, now: float) -> _Hints | None:
+        """Where to note a node's hints about a model (None: too many to track)."""
+        scope = self._scope_for_hints(model)
+        if scope is None:
+            return None
+        hints = scope.hints.get(node)
+        if hints is None:
+            for key in [key for key, old in scope.hints.items() if old.spent(now)]:
+                del scope.hints[key]
+            if len(scope.hints) >= MAX_HINTED_NODES:
+                return None
+            hints = scope.hints[node] = _Hints()
+        return hints
 
     def _scope_for_hints(self, model: str | None) -> Scope | None:
         if model is None:
@@ -425,27 +524,31 @@ _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, 
 
 
 def parse_duration(text: str) -> float | None:
-    """Seconds in OpenAI's reset format ('12ms', '1s', '6m0s', '1h2m3.5s') or a plain number."""
+    """Seconds in OpenAI's reset format ('12ms', '1s', '6m0s', '1h2m3.5s') or a plain number;
+    None for anything else (nan, inf, a negative number, garbage). A Unix time is left as it
+    is: ``wire_seconds`` tells it apart."""
     text = text.strip()
-    try:
-        return max(float(text), 0.0)
-    except ValueError:
-        pass
+    number = wire_number(text)
+    if number is not None:
+        return number
     total, at = 0.0, 0
     for part in _DURATION.finditer(text):
         if part.start() != at:
             return None
         total += float(part.group(1)) * _UNITS[part.group(2)]
         at = part.end()
-    return total if at == len(text) and at else None
+    return total if at == len(text) and at and math.isfinite(total) else None
 
 
 def _budget_headers(headers: Mapping[str, str], kind: str, wall: Clock) -> tuple[float, float | None, float] | None:
-    """(remaining, limit or None, seconds to reset) of one gateway limit, OpenAI or Anthropic style."""
+    """(remaining, limit or None, seconds to reset) of one gateway limit, OpenAI or Anthropic style.
+
+    None when the answer has none, or its numbers are not usable (every one is checked)."""
     remaining = headers.get(f"x-ratelimit-remaining-{kind}")
     if remaining is not None:
         reset_text = headers.get(f"x-ratelimit-reset-{kind}")
-        reset = parse_duration(reset_text) if reset_text else None
+        duration = parse_duration(reset_text) if reset_text else None
+        reset = None if duration is None else wire_seconds(duration, wall())  # an epoch, as some send
         limit_text = headers.get(f"x-ratelimit-limit-{kind}")
     else:
         remaining = headers.get(f"anthropic-ratelimit-{kind}-remaining")
@@ -456,23 +559,22 @@ def _budget_headers(headers: Mapping[str, str], kind: str, wall: Clock) -> tuple
         limit_text = headers.get(f"anthropic-ratelimit-{kind}-limit")
     if reset is None or reset <= 0:
         return None  # a budget with no end cannot be waited out: ignored
-    try:
-        left = float(remaining)
-        limit = float(limit_text) if limit_text else None
-    except ValueError:
+    left = wire_number(remaining)
+    if left is None:
         return None
-    return max(left, 0.0), limit, reset
+    limit = wire_number(limit_text) if limit_text else None
+    return left, limit, reset
 
 
 def _seconds_until(stamp: str, wall: Clock) -> float | None:
     """Seconds from now to an RFC 3339 time (Anthropic's reset headers)."""
     try:
         when = datetime.fromisoformat(stamp.strip().replace("Z", "+00:00"))
-    except ValueError:
+        if when.tzinfo is None:
+            return None
+        return when.timestamp() - wall()
+    except (ValueError, OverflowError):
         return None
-    if when.tzinfo is None:
-        return None
-    return when.timestamp() - wall()
 
 
 # --- estimating a request's tokens ---------------------------------------------------------------

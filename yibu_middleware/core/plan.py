@@ -146,6 +146,7 @@ class CallPlan:
         "_rng",
         "_starts",
         "_under_way",
+        "avoid",
         "steps",
     )
 
@@ -177,6 +178,8 @@ class CallPlan:
         self._attempts = 0
         self._hedging = hedging
         self.steps: list[Step] = []
+        # Nodes tried only when no other is left: those the gateway asked to wait (set on admission).
+        self.avoid: frozenset[Node] = frozenset()
         self._under_way: Send | None = None
         if under_way is not None:
             self._attempts = 1
@@ -192,7 +195,9 @@ class CallPlan:
     def start(self) -> Send | GiveUp:
         if self._under_way is not None:
             return self._under_way
-        node = self._pool.choose()
+        node = self._pool.choose(exclude=self.avoid) if self.avoid else None
+        if node is None:  # no node but held ones (or none held)
+            node = self._pool.choose()
         if node is None:
             return GiveUp(Kind.NOT_SENT, "no gateway node is configured")
         return self._send(node, 0.0, "")
@@ -302,7 +307,7 @@ class CallPlan:
         if len(self.steps) >= policy.max_attempts:
             return f"retry.max_attempts ({policy.max_attempts}) reached"
         tried = {step.node for step in self.steps}
-        node = self._pool.choose(exclude=tried)
+        node = self._pool.choose(exclude=tried.union(self.avoid))
         delay = 0.0
         if node is None:  # every node was tried: the same ones again, after a pause
             if wait_hint is not None and wait_hint > policy.max_retry_after:

@@ -7,13 +7,14 @@ them together for one call; the budget is shared by all calls of a process.
 from __future__ import annotations
 
 import enum
-import json
+import math
 import random
 import threading
 import time
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 
+from .errors import parse_json
 from .nodes import Clock
 
 
@@ -58,10 +59,7 @@ def gateway_code(body: bytes | None) -> str | None:
     """The error code of an OpenAI-, Anthropic- or gateway-format error body."""
     if not body or body.lstrip()[:1] != b"{":
         return None
-    try:
-        document = json.loads(body)
-    except ValueError:
-        return None
+    document = parse_json(body)
     error = document.get("error") if isinstance(document, dict) else None
     if not isinstance(error, dict):
         return None
@@ -73,26 +71,53 @@ def gateway_code(body: bytes | None) -> str | None:
     return value if isinstance(value, str) else None
 
 
+# A number of seconds from the wire this large is a point in time, not a wait: 10**9 s after
+# 1970 is September 2001, and no gateway asks to wait 31 years. Some send Unix times where a
+# duration is due (x-ratelimit-reset-requests: 1733356800), some in milliseconds.
+EPOCH_SECONDS = 1e9
+EPOCH_MILLISECONDS = 1e12
+
+
+def wire_number(text: str) -> float | None:
+    """A finite, non-negative number a node sent; None for anything else (nan, inf, -1, "soon")."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) and value >= 0.0 else None
+
+
+def wire_seconds(seconds: float, now: float) -> float:
+    """Seconds to wait for a number of seconds a node sent: a duration, or a Unix time in
+    seconds or milliseconds (see ``EPOCH_SECONDS``), counted from ``now`` (0 once past)."""
+    if seconds >= EPOCH_MILLISECONDS:
+        seconds /= 1000.0
+    if seconds >= EPOCH_SECONDS:
+        return max(seconds - now, 0.0)
+    return seconds
+
+
 def retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` or ``retry-after`` (seconds or HTTP date)."""
+    """Seconds to wait from ``retry-after-ms`` or ``retry-after`` (seconds, HTTP date or, as some
+    gateways send, a Unix time). None when neither is there or neither is a usable number: every
+    value from the wire is checked (nan, inf, negative and garbage are ignored, never raised)."""
+    wall = time.time() if now is None else now
     raw = headers.get("retry-after-ms")
     if raw is not None:
-        try:
-            return max(float(raw) / 1000.0, 0.0)
-        except ValueError:
-            pass
+        value = wire_number(raw)
+        if value is not None:
+            return wire_seconds(value / 1000.0, wall)
     raw = headers.get("retry-after")
     if raw is None:
         return None
-    try:
-        return max(float(raw), 0.0)
-    except ValueError:
-        pass
+    value = wire_number(raw)
+    if value is not None:
+        return wire_seconds(value, wall)
     try:
         when = parsedate_to_datetime(raw)
-    except (TypeError, ValueError):
+        return max(when.timestamp() - wall, 0.0)
+    except (TypeError, ValueError, OverflowError, IndexError):  # not a date, or one out of range
         return None
-    return max(when.timestamp() - (time.time() if now is None else now), 0.0)
 
 
 def full_jitter(attempt: int, base: float, cap: float, rng: random.Random) -> float:

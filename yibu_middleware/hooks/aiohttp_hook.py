@@ -36,6 +36,7 @@ from collections.abc import Iterable, Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from ..core.errors import ErrorBodyReader
 from ..core.nodes import Node
 from ..core.plan import Deliver, GiveUp, Send
 from ..core.retry import Kind
@@ -169,7 +170,7 @@ async def _exchange(call: AiohttpCall, action: Send) -> Exchange:
                 response.close()  # never followed (the session would, with the app's headers): see Call.redirected
                 return Exchange(action, None, 0, redirect)
             if status >= 400:
-                await response.read()  # error bodies are read before judging
+                await _read_error_body(response)  # before judging; within bounds (see ErrorBodyReader)
             elif call.watches_stream(response):
                 failure = await _commit(call, action, response)
                 if failure is not None:
@@ -184,6 +185,17 @@ async def _exchange(call: AiohttpCall, action: Send) -> Exchange:
         if response is not None:
             response.close()  # the caller's loop frees the node slot
         raise
+
+
+async def _read_error_body(response: Any) -> None:
+    """Read a node's error body within bounds (aiohttp inflates it a piece at a time as it is
+    read): what was read is kept as the body; the connection is closed when the rest was left."""
+    reader = ErrorBodyReader("")
+    while chunk := await response.content.readany():
+        if reader.feed(chunk):
+            response.close()
+            break
+    response._body = reader.body()
 
 
 async def _commit(call: AiohttpCall, action: Send, response: Any) -> str | None:

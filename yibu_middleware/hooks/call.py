@@ -15,7 +15,6 @@ how to build a response of its own type.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import logging
@@ -24,7 +23,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 from urllib.parse import urljoin, urlsplit
 
 from ..core.errors import annotate, error_body
@@ -215,6 +214,8 @@ class Call:
             self.permit = limiter.acquire(self.gateway.model, self._estimate(), self._queue_timeout())
         except QueueTimeout as exc:
             return self.refuse(exc.status, exc.code, str(exc))
+        # Nodes the gateway asked to wait, tried last (the limiter was given the pool's nodes).
+        self.plan.avoid = cast(frozenset[Node], self.permit.avoid)
         return None
 
     async def admit_async(self) -> Any:
@@ -229,6 +230,7 @@ class Call:
             self.permit = await limiter.acquire_async(self.gateway.model, self._estimate(), self._queue_timeout())
         except QueueTimeout as exc:
             return self.refuse(exc.status, exc.code, str(exc))
+        self.plan.avoid = cast(frozenset[Node], self.permit.avoid)
         return None
 
     def _policy_refusal(self) -> Any:
@@ -348,7 +350,9 @@ class Call:
                     done, resume = await resume(action), None
                 else:
                     if action.delay:
-                        await asyncio.sleep(action.delay)
+                        import anyio  # here: a call that waits is rare, and anyio runs under trio too
+
+                        await anyio.sleep(action.delay)
                     hedge_after = plan.hedge_after()
                     if hedge_after is None:
                         done = await exchange(action)
@@ -432,7 +436,7 @@ class Call:
         if limiter is not None and limiter.follows_gateway:
             # Slow down before the gateway says no: its rate-limit headers hold back later calls.
             headers = {name.lower(): value for name, value in self.headers_of(done.response)}
-            limiter.observe(self.gateway.model, status, headers)
+            limiter.observe(self.gateway.model, status, headers, done.action.node)
         if status < 400:
             return self.plan.answered(done.action, status, _NO_HINTS, None)
         # Error bodies are read before deciding: a gateway code can make a 5xx final.
@@ -632,25 +636,40 @@ def start_tracing(
     return None, tracing.current_trace_headers()
 
 
+# What a stream may send before its first content, held (to replay) until then: past this the
+# node is given up, as a failed attempt. Before content come a few small events (a role chunk,
+# message_start, keep-alives); the largest, the Responses API's response.created, echoes the
+# request's instructions and tools, so the request's own size is allowed on top. A node that
+# sends only keep-alives or empty events, or one endless event, is cut here instead of growing
+# the process's memory.
+MAX_HELD_BEFORE_CONTENT = 1024 * 1024
+
+
 class Commit:
     """Reading an event stream up to its first content (the commit point; see ``core/sse.py``).
 
     Shared by every adapter, sync and async: each feeds it the chunks it reads and, once
     committed, replays ``read`` to the caller before the rest of the stream."""
 
-    __slots__ = ("call", "read", "started", "watch")
+    __slots__ = ("call", "cap", "held", "read", "started", "watch")
 
     def __init__(self, call: Call) -> None:
         self.call = call
         self.watch = StreamWatch()
         self.read: list[bytes] = []  # replayed to the caller once committed
+        self.held = 0  # bytes in ``read``
+        self.cap = MAX_HELD_BEFORE_CONTENT + len(call.gateway.body or b"")
         self.started = time.monotonic()
 
     def took(self, chunk: bytes) -> bool:
         """Note one chunk; True when reading can stop."""
         self.read.append(chunk)
-        self.watch.feed(chunk)
-        return self.watch.committed or bool(self.watch.error) or self.call.first_token_overdue(self.started)
+        self.held += len(chunk)
+        watch = self.watch
+        watch.feed(chunk)
+        return (
+            watch.committed or bool(watch.error) or self.held > self.cap or self.call.first_token_overdue(self.started)
+        )
 
     def failure(self) -> str | None:
         """None when the stream committed; else why it failed before its first content."""
@@ -659,6 +678,11 @@ class Commit:
             return watch.error
         if watch.committed:
             return None
+        if self.held > self.cap:
+            return (
+                f"{self.held} bytes came with no content, more than the {self.cap} held before a stream's first"
+                " content (1 MiB plus the request's size)"
+            )
         if self.call.first_token_overdue(self.started):
             return "no content within stream.first_token_timeout"
         return "the stream ended with no content"

@@ -7,7 +7,6 @@ hedge (``CallPlan.hedge_after`` / ``hedge``); this module only runs the two exch
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import os
 import threading
@@ -89,31 +88,56 @@ async def hedged_async(
     exchange: Callable[[Send], Awaitable[Exchange]],
     aclose: Callable[[Any], Awaitable[None]],
 ) -> Exchange:
-    """The async twin of ``hedged_sync``: the loser is cancelled outright."""
-    primary = asyncio.ensure_future(exchange(first))
-    tasks = {primary: first}
-    try:
-        done, _ = await asyncio.wait((primary,), timeout=after)
-        if done:
-            return primary.result()
-        hedge = call.plan.hedge(first)
-        if hedge is None:
-            return await primary
-        tasks[asyncio.ensure_future(exchange(hedge))] = hedge
-        pending = set(tasks)
-        while True:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            result: Exchange = done.pop().result()
-            if not pending or not call.failed_exchange(result):
-                break
-            call.note_lost(result)  # a failure first: the other may still answer
-            if result.response is not None:
-                await aclose(result.response)
-        for loser in pending:
-            loser.cancel()  # the library closes the half-open connection
-            call.plan.abandoned(tasks[loser])
-        return result
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        raise
+    """The async twin of ``hedged_sync``: the loser is cancelled outright.
+
+    In an anyio task group, so under asyncio and trio alike (the SDKs run on both). Each
+    exchange sends its outcome (its result, or the error it raised) to the waiting caller."""
+    import anyio  # here: only a process with hedging on comes this way
+
+    send, receive = anyio.create_memory_object_stream[tuple[Send, "Exchange | Exception"]](2)
+    pending: dict[int, Send] = {}  # attempts not finished yet, by attempt number
+
+    async def attempt(action: Send) -> None:
+        try:
+            outcome: Exchange | Exception = await exchange(action)
+        except Exception as exc:  # raised to the caller below, as it was raised here
+            outcome = exc
+        send.send_nowait((action, outcome))  # never blocks: room for both attempts
+
+    async def next_outcome() -> Exchange | Exception:
+        action, outcome = await receive.receive()
+        del pending[action.attempt]
+        return outcome
+
+    result: Exchange | Exception | None = None
+    async with anyio.create_task_group() as group:
+        pending[first.attempt] = first
+        group.start_soon(attempt, first)
+        with anyio.move_on_after(after):
+            result = await next_outcome()
+        if result is None:
+            hedge = call.plan.hedge(first)
+            if hedge is not None:
+                pending[hedge.attempt] = hedge
+                group.start_soon(attempt, hedge)
+            while True:
+                result = await next_outcome()
+                if isinstance(result, Exception) or not pending or not call.failed_exchange(result):
+                    break
+                call.note_lost(result)  # a failure first: the other may still answer
+                if result.response is not None:
+                    await aclose(result.response)
+        for action in pending.values():
+            call.plan.abandoned(action)  # cancelled now: no verdict on its node
+        group.cancel_scope.cancel()  # the library closes the half-open connection
+    while True:  # an attempt that finished as the other won: its answer is discarded
+        try:
+            _, late = receive.receive_nowait()
+        except (anyio.WouldBlock, anyio.EndOfStream):
+            break
+        if not isinstance(late, Exception) and late.response is not None:
+            await aclose(late.response)
+    if isinstance(result, Exception):
+        raise result
+    assert result is not None
+    return result

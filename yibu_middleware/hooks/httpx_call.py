@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from types import ModuleType
 from typing import Any
 
+from ..core.errors import ErrorBodyReader
 from ..core.nodes import Node
 from ..core.plan import Send
 from ..core.request import GatewayRequest
@@ -150,6 +151,27 @@ class HttpxCall(Call):
         """The error a caller gets when a stream breaks after its first content."""
         error: Exception = self.lib.RemoteProtocolError(self.stream_broke(node, detail), request=self.original)
         return error
+
+
+def read_error_body(response: Any) -> None:
+    """Read a node's error body within bounds (see ``ErrorBodyReader``): what was read becomes the
+    response's content, and its connection is closed."""
+    reader = ErrorBodyReader(response.headers.get("content-encoding", ""))
+    for chunk in response.iter_raw() if reader.wire else response.iter_bytes():
+        if reader.feed(chunk):
+            break
+    response.close()
+    response._content = reader.body()
+
+
+async def aread_error_body(response: Any) -> None:
+    """The async twin of ``read_error_body``."""
+    reader = ErrorBodyReader(response.headers.get("content-encoding", ""))
+    async for chunk in response.aiter_raw() if reader.wire else response.aiter_bytes():
+        if reader.feed(chunk):
+            break
+    await response.aclose()
+    response._content = reader.body()
 
 
 def clone_request(

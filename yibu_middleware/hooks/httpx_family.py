@@ -44,7 +44,7 @@ from ..core.sse import StreamWatch
 from ..runtime import current
 from .base import Hook
 from .call import Commit, Exchange, Failure, no_proxy_covers
-from .httpx_call import HttpxCall
+from .httpx_call import HttpxCall, aread_error_body, read_error_body
 from .httpx_fast import FastAttempt, first_attempt
 
 
@@ -232,8 +232,10 @@ def _exchange_sync(
         if 300 <= status < 400 and (redirect := call.redirected(action.node, status, response.headers.get("location"))):
             response.close()  # never followed: see Call.redirected
             return Exchange(action, None, 0, redirect)
-        if status >= 400 or call.reads_whole(response):
-            response.read()  # error bodies are read before judging; see reads_whole for the rest
+        if status >= 400:
+            read_error_body(response)  # before judging; within bounds (see ErrorBodyReader)
+        elif call.reads_whole(response):
+            response.read()
         elif call.watches_stream(response):
             failure = _commit_sync(call, action, response, stream_class)
             if failure is not None:
@@ -340,7 +342,9 @@ async def _exchange_async(
         if 300 <= status < 400 and (redirect := call.redirected(action.node, status, response.headers.get("location"))):
             await response.aclose()  # never followed: see Call.redirected
             return Exchange(action, None, 0, redirect)
-        if status >= 400 or call.reads_whole(response):
+        if status >= 400:
+            await aread_error_body(response)
+        elif call.reads_whole(response):
             await response.aread()
         elif call.watches_stream(response):
             failure = await _commit_async(call, action, response, stream_class)

@@ -34,6 +34,7 @@ from types import ModuleType
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
+from ..core.errors import ErrorBodyReader
 from ..core.nodes import Node
 from ..core.plan import Deliver, GiveUp, Send
 from ..core.retry import Kind
@@ -130,7 +131,7 @@ def _exchange(call: RequestsCall, wrapped: Callable[..., Any], action: Send) -> 
             response.close()  # never followed (Session.send would, with the app's headers): see Call.redirected
             return Exchange(action, None, 0, redirect)
         if status >= 400:
-            _ = response.content  # error bodies are read before judging
+            _read_error_body(response)  # before judging; within bounds (see ErrorBodyReader)
         elif call.watches_stream(response):
             failure = _commit(call, action, response)
             if failure is not None:
@@ -145,6 +146,18 @@ def _exchange(call: RequestsCall, wrapped: Callable[..., Any], action: Send) -> 
         if response is not None:
             response.close()  # the caller's loop frees the node slot
         raise
+
+
+def _read_error_body(response: Any) -> None:
+    """Read a node's error body within bounds: what was read becomes ``response.content``; the
+    connection is closed when the rest was left unread."""
+    reader = ErrorBodyReader(response.headers.get("content-encoding", ""))
+    for chunk in response.raw.stream(2**16, decode_content=not reader.wire):
+        if reader.feed(chunk):
+            response.close()
+            break
+    response._content = reader.body()
+    response._content_consumed = True
 
 
 def _commit(call: RequestsCall, action: Send, response: Any) -> str | None:
