@@ -561,3 +561,22 @@ def test_abandoned_attempt_does_not_skew_the_other_attempts_age() -> None:
     plan.abandoned(first)
     assert pool._decayed(first.node, clock.now) == pytest.approx(4.0)  # the remaining one is 4 s old
     assert second.attempt != first.attempt
+
+
+def test_a_hedge_never_goes_to_a_node_the_gateway_is_holding() -> None:
+    """A node held by its own 429 or rate-limit budget (the plan's ``avoid``) is as useless to a
+    hedge as to a first attempt: the hedge goes to the one node neither sent to nor held."""
+    from yibu_middleware.core.plan import Hedging
+
+    clock = Clock()
+    pool = make_pool(clock)
+    hedging = Hedging(RetryBudget(ratio=1.0, floor=1000, clock=clock), min_samples=1)
+    for _ in range(50):
+        plan = CallPlan(pool, RetryBudget(clock=clock), RetryPolicy(), replayable=True, timeout=30.0, hedging=hedging)
+        primary = plan.start()
+        assert isinstance(primary, Send)
+        held = next(node for node in pool.nodes if node is not primary.node)
+        plan.avoid = frozenset({held})
+        hedge = plan.hedge(primary)
+        assert hedge is not None and hedge.node not in (primary.node, held)
+        plan.release_all()

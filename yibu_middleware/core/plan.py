@@ -249,7 +249,7 @@ class CallPlan:
         assert self._hedging is not None
         if not self._hedging.try_spend():
             return None
-        node = self._pool.choose(exclude=(primary.node,))
+        node = self._pool.choose(exclude={primary.node, *self.avoid})  # a held node is no use to a hedge either
         return None if node is None else self._send(node, 0.0, "hedge")
 
     def abandoned(self, action: Send) -> None:
