@@ -134,7 +134,9 @@ def test_many_keys_mask_the_right_ones(gateway: GatewaySimulator) -> None:
 )
 def test_a_pattern_that_can_backtrack_forever_is_refused(pattern: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        yibu_middleware.install({"nodes": ["http://127.0.0.1:9/v1"], "redaction": {"extra_patterns": [pattern]}})
+        yibu_middleware.install(
+            {"api_key": GATEWAY_KEY, "nodes": ["http://127.0.0.1:9/v1"], "redaction": {"extra_patterns": [pattern]}}
+        )
     message = str(caught.value)
     assert "redaction.extra_patterns" in message and repr(pattern) in message and "backtrack" in message, message
 
@@ -156,4 +158,6 @@ def test_a_pattern_that_can_backtrack_forever_is_refused(pattern: str) -> None:
     ],
 )
 def test_ordinary_patterns_are_accepted(pattern: str) -> None:
-    yibu_middleware.install({"nodes": ["http://127.0.0.1:9/v1"], "redaction": {"extra_patterns": [pattern]}})
+    yibu_middleware.install(
+        {"api_key": GATEWAY_KEY, "nodes": ["http://127.0.0.1:9/v1"], "redaction": {"extra_patterns": [pattern]}}
+    )
