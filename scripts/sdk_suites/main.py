@@ -12,6 +12,7 @@ start with the middleware on), 2 when the run itself could not be set up.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import signal
@@ -61,6 +62,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="run nothing: compare the results the last run left in .venv/sdk-suites/results",
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the results of runs already made for the same SDK version, library code and pytest arguments",
+    )
     parser.add_argument("--python", default=sys.executable, help="interpreter for the virtualenvs")
     parser.add_argument("pytest_args", nargs="*", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -98,9 +104,7 @@ def prepare_and_run(
     RESULTS.mkdir(parents=True, exist_ok=True)
     print("== versions (the project's test extra, as pip resolves it)")
     pip = environment.tools_pip(args.python)
-    overrides = {
-        sdk.name: getattr(args, f"{sdk.name}_version") for sdk in sdks if getattr(args, f"{sdk.name}_version")
-    }
+    overrides = {sdk.name: getattr(args, f"{sdk.name}_version") for sdk in sdks if getattr(args, f"{sdk.name}_version")}
     versions = environment.resolve_versions(pip, [sdk.name for sdk in sdks], overrides)
     print("  " + ", ".join(f"{name} {version}" for name, version in versions.items()))
     results: list[outcomes.RunResult] = []
@@ -113,13 +117,20 @@ def prepare_and_run(
         venv = environment.sdk_venv(args.python, sdk, requirements, fresh=args.fresh)
         routed_hosts = environment.default_routed_hosts(venv)
         port = modes.closed_loopback_port()
+        key = run_key(version, args.pytest_args)
         for mode in mode_list:
             env = modes.environment(mode, node_port=port, routed_hosts=routed_hosts)
             print(f"\n== {sdk.name} / {mode.name}: {mode.summary}\n  {modes.describe(mode, env)}")
+            if args.resume and saved_key(sdk.name, mode.name) == key:
+                result = load_result(sdk.name, mode.name)
+                print(f"  kept from an earlier run (--resume): {len(result.tests)} tests")
+                results.append(result)
+                continue
             result = run_suite(sdk, mode, venv, tree, env, args)
             if result.startup_error and mode is not modes.OFF and "PytestAssertRewriteWarning" in result.startup_error:
                 print(f"  pytest did not start: {result.startup_error}")
-                print(f"  running again with {' '.join(STARTUP_WORKAROUND)} (item 15) to compare the tests")
+                first_log = log_path(sdk.name, mode.name).rename(RESULTS / f"{sdk.name}-{mode.name}-did-not-start.log")
+                print(f"  (its log: {first_log.name}); running again with {' '.join(STARTUP_WORKAROUND)} (item 15)")
                 again = run_suite(sdk, mode, venv, tree, env, args, extra=STARTUP_WORKAROUND)
                 again.startup_error = result.startup_error
                 again.workaround = " ".join(STARTUP_WORKAROUND)
@@ -129,7 +140,7 @@ def prepare_and_run(
                     f"{sdk.name}'s suite did not run with the middleware off, so there is nothing to compare "
                     f"against: {result.startup_error or 'no test ran'} (log: {log_path(sdk.name, mode.name)})"
                 )
-            save_result(result)
+            save_result(result, key)
             results.append(result)
     return results
 
@@ -197,8 +208,24 @@ def startup_reason(log: Path) -> str:
     return lines[-1][:300] if lines else "no output"
 
 
-def save_result(result: outcomes.RunResult) -> None:
+def run_key(version: str, pytest_args: list[str]) -> dict[str, object]:
+    """What a result depends on: the SDK version, the library's code as it is now, the pytest arguments."""
+    paths = ["yibu_middleware", "yibu_middleware.pth", "pyproject.toml"]
+    git = ["git", "-C", str(environment.ROOT)]
+    tree = subprocess.run([*git, "ls-tree", "-r", "HEAD", *paths], capture_output=True, text=True).stdout
+    changes = subprocess.run([*git, "diff", "HEAD", "--", *paths], capture_output=True, text=True).stdout
+    code = hashlib.sha256((tree + changes).encode()).hexdigest()[:16]
+    return {"version": version, "library_code": code, "pytest_args": pytest_args}
+
+
+def saved_key(sdk: str, mode: str) -> object:
+    meta_path = RESULTS / f"{sdk}-{mode}.json"
+    return json.loads(meta_path.read_text()).get("key") if meta_path.exists() else None
+
+
+def save_result(result: outcomes.RunResult, key: dict[str, object]) -> None:
     meta = {
+        "key": key,
         "exit_code": result.exit_code,
         "seconds": result.seconds,
         "startup_error": result.startup_error,
