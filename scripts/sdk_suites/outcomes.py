@@ -38,6 +38,8 @@ class RunResult:
     startup_error: str | None = None
     # Set when the run was made again with extra pytest options after a start-up failure.
     workaround: str | None = None
+    # The tests that differed, run again in `off` and in this mode: test id -> (off, this mode).
+    rechecked: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def count(self, status: str) -> int:
         return sum(1 for outcome in self.tests.values() if outcome.status == status)
@@ -112,6 +114,9 @@ class Difference:
     off: str
     now: Outcome
     expected: Expected | None
+    # Run again, it passed in this mode or failed with the middleware off: the first
+    # difference came from the test itself (timing under load), not from the middleware.
+    flaky: bool = False
 
 
 @dataclass
@@ -124,7 +129,11 @@ class Comparison:
 
     @property
     def unexpected(self) -> list[Difference]:
-        return [diff for diff in self.differences if diff.expected is None]
+        return [diff for diff in self.differences if diff.expected is None and not diff.flaky]
+
+    @property
+    def flaky(self) -> list[Difference]:
+        return [diff for diff in self.differences if diff.expected is None and diff.flaky]
 
 
 def compare(off: RunResult, other: RunResult, expected: list[Expected]) -> Comparison:
@@ -134,7 +143,9 @@ def compare(off: RunResult, other: RunResult, expected: list[Expected]) -> Compa
         now = other.tests.get(test_id, Outcome(MISSING, "not run in this mode"))
         if before.status == PASSED and now.status != PASSED:
             match = next((entry for entry in expected if entry.matches(off.sdk, other.mode, test_id)), None)
-            differences.append(Difference(test_id, before.status, now, match))
+            again_off, again_now = other.rechecked.get(test_id, (PASSED, now.status))
+            flaky = again_off != PASSED or again_now == PASSED
+            differences.append(Difference(test_id, before.status, now, match, flaky))
         elif before.status in (FAILED, ERROR) and now.status == PASSED:
             now_passing.append(test_id)
     return Comparison(off.sdk, other.mode, differences, now_passing)
@@ -150,3 +161,14 @@ def unused_entries(expected: list[Expected], comparisons: list[Comparison]) -> l
         if id(entry) not in used
         and any(fnmatch.fnmatchcase(sdk, entry.sdk) and fnmatch.fnmatchcase(mode, entry.mode) for sdk, mode in run)
     ]
+
+
+def node_id(tree: Path, test_id: str) -> str | None:
+    """pytest's node id for a JUnit test id: `a.b.test_x.TestC::name` -> `a/b/test_x.py::TestC::name`."""
+    classname, _, name = test_id.partition("::")
+    parts = classname.split(".")
+    for split in range(len(parts), 0, -1):
+        path = "/".join(parts[:split]) + ".py"
+        if (tree / path).is_file():
+            return "::".join([path, *parts[split:], name])
+    return None
