@@ -137,8 +137,8 @@ def _age_hours(path: Path) -> float:
     return (time.time() - path.stat().st_mtime) / 3600
 
 
-def source_release(pip: Path, sdk: Sdk, version: str) -> Path:
-    """The SDK's sdist, unpacked afresh under .venv/sdk-suites/src/, holding its tests/."""
+def source_release(pip: Path, sdk: Sdk, version: str, *, fresh: bool) -> Path:
+    """The SDK's sdist, unpacked under .venv/sdk-suites/src/ (again with `fresh`), holding its tests/."""
     sdists = BASE / "sdists"
     sdists.mkdir(parents=True, exist_ok=True)
     archive = sdists / f"{sdk.name}-{version}.tar.gz"
@@ -166,11 +166,13 @@ def source_release(pip: Path, sdk: Sdk, version: str) -> Path:
                 f"could not download the source release {sdk.name}=={version}:\n{_pip_lines(out.stdout + out.stderr)}"
             )
     tree = BASE / "src" / f"{sdk.name}-{version}"
-    if tree.exists():
+    # Unpacked once and kept: a run still going from it (another invocation) must not see it go.
+    if fresh and tree.exists():
         shutil.rmtree(tree)
-    tree.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(archive) as tar:
-        tar.extractall(tree.parent, filter="data")
+    if not tree.exists():
+        tree.parent.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(archive) as tar:
+            tar.extractall(tree.parent, filter="data")
     if not (tree / "tests").is_dir():
         # Both SDKs have shipped tests/ in their sdists so far. The wheels never hold them, and
         # no other registry package does, so without them there is nothing to run.

@@ -56,7 +56,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.add_argument(f"--{name}-version", help=f"pin {name} instead of resolving the test extra")
     parser.add_argument("--workers", type=int, default=2, help="pytest-xdist workers (default 2)")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds one pytest run may take (default 1800)")
-    parser.add_argument("--fresh", action="store_true", help="make the virtualenvs again")
+    parser.add_argument("--fresh", action="store_true", help="make the virtualenvs and unpack the sources again")
     parser.add_argument(
         "--compare-only",
         action="store_true",
@@ -117,7 +117,7 @@ def prepare_and_run(
     for sdk in sdks:
         version = versions[sdk.name]
         print(f"\n== {sdk.name} {version}: source release and virtualenv")
-        tree = environment.source_release(pip, sdk, version)
+        tree = environment.source_release(pip, sdk, version, fresh=args.fresh)
         print(f"  tests from {tree.relative_to(environment.ROOT)}/tests (left out: {', '.join(sdk.ignore)})")
         requirements = environment.test_requirements(sdk, version, tree)
         venv = environment.sdk_venv(args.python, sdk, requirements, fresh=args.fresh)
