@@ -303,12 +303,7 @@ class PolicySettings(BaseModel):
     @field_validator("allowed_models", "denied_modalities", "image_formats", "audio_formats", mode="before")
     @classmethod
     def _split_list(cls, value: Any, info: ValidationInfo) -> Any:
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                value = _json_value(text, 'a JSON list, e.g. ["gpt-4o*", "claude-*"]')
-            else:
-                value = [part.strip() for part in text.split(",") if part.strip()]
+        value = _list_value(value, 'a JSON list, e.g. ["gpt-4o*", "claude-*"]')
         if info.field_name == "denied_modalities" and isinstance(value, list):
             value = [item.strip().lower() if isinstance(item, str) else item for item in value]
         return value
@@ -353,12 +348,7 @@ class EgressSettings(BaseModel):
     @field_validator("extra_hosts", mode="before")
     @classmethod
     def _split_hosts(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                return _json_value(text, 'a JSON list of host names, e.g. ["api.example.ai"]')
-            return [part.strip() for part in text.split(",") if part.strip()]
-        return value
+        return _list_value(value, 'a JSON list of host names, e.g. ["api.example.ai"]')
 
     @field_validator("extra_hosts")
     @classmethod
@@ -484,12 +474,7 @@ class Settings(BaseSettings):
     @field_validator("nodes", mode="before")
     @classmethod
     def _split_nodes(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                return _json_value(text, "a JSON list of URLs")
-            return [part.strip() for part in text.split(",") if part.strip()]
-        return value
+        return _list_value(value, "a JSON list of URLs")
 
     @field_validator("nodes")
     @classmethod
@@ -621,6 +606,17 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _list_value(value: Any, expected: str) -> Any:
+    """A list setting as the environment gives it: comma-separated, or a JSON list (``expected``
+    names the JSON form for the error). Anything else (a TOML list) is left to validation."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        return _json_value(text, expected)
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def _json_value(text: str, expected: str) -> Any:
