@@ -34,7 +34,7 @@ from typing import Any
 
 import wrapt
 
-from .core.redact import mask
+from .core.redact import mask_credential
 
 # The attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
@@ -250,4 +250,4 @@ def _masked_str(text: str, redact: Redact) -> str:
     when nothing does alone, its secret was told by its context (``"api-key: %s"``), so all
     of it is the secret."""
     redacted = redact(text)
-    return redacted if redacted != text else mask(text)
+    return redacted if redacted != text else mask_credential(text)

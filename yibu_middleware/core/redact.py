@@ -85,13 +85,16 @@ def mask(value: str) -> str:
 Rule = tuple[tuple[str, ...], re.Pattern[str], Callable[[re.Match[str]], str]]
 
 
-def _header_value(found: re.Match[str]) -> str:
-    value = found.group("value")
-    # Keep an auth scheme readable: "Bearer sk-...a1b2".
+def mask_credential(value: str) -> str:
+    """A secret header's whole value masked, its auth scheme kept readable: "Bearer sk-...a1b2"."""
     scheme, _, credential = value.partition(" ")
-    if credential and scheme.lower() in ("bearer", "basic", "token"):
-        return f"{found.group('name')}{scheme} {mask(credential.strip())}"
-    return found.group("name") + mask(value.strip())
+    if credential and scheme.lower() in _SCHEMES:
+        return f"{scheme} {mask(credential.strip())}"
+    return mask(value.strip())
+
+
+def _header_value(found: re.Match[str]) -> str:
+    return found.group("name") + mask_credential(found.group("value"))
 
 
 def _masked_whole(found: re.Match[str]) -> str:
