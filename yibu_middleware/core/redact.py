@@ -155,9 +155,9 @@ def redact_text(
             values.add(value, pinned=True, any_shape=True)
         known_values = values
     text = known_values.mask_in(text)
-    lowered = text.lower()
+    holds = text.lower().__contains__  # map() with it tests the words in C, with no frame each
     for words, pattern, replace in _rules(extra_headers, extra_patterns):
-        if not words or any(word in lowered for word in words):
+        if not words or any(map(holds, words)):
             text = pattern.sub(replace, text)
     return text
 
