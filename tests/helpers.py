@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,3 +53,22 @@ def app_env(simulator: GatewaySimulator, **extra: str) -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+@contextlib.contextmanager
+def root_output(level: int, formatter: logging.Formatter | None = None) -> Iterator[io.StringIO]:
+    """What a handler added to the root logger writes (as an app's logging.basicConfig would
+    add one), with the root at ``level``; both put back afterwards."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    if formatter is not None:
+        handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    old_level = root.level
+    root.setLevel(level)
+    try:
+        yield stream
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)

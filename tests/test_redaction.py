@@ -9,7 +9,7 @@ import warnings
 from collections.abc import Iterator
 
 import pytest
-from helpers import GATEWAY_KEY, INTEGRATIONS, PROVIDER_KEYS, PYTHON, app_env
+from helpers import GATEWAY_KEY, INTEGRATIONS, PROVIDER_KEYS, PYTHON, app_env, root_output
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -101,16 +101,9 @@ def test_ordinary_text_is_left_alone() -> None:
 def captured() -> Iterator[io.StringIO]:
     """A handler added after install(), as an app's later logging.basicConfig would."""
     yibu_middleware.install({"api_key": GATEWAY_KEY, "nodes": ["http://127.0.0.1:9/v1"]})
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s %(note)s", defaults={"note": ""}))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    old_level = root.level
-    root.setLevel(logging.DEBUG)
-    yield stream
-    root.removeHandler(handler)
-    root.setLevel(old_level)
+    formatter = logging.Formatter("%(levelname)s %(name)s %(message)s %(note)s", defaults={"note": ""})
+    with root_output(logging.DEBUG, formatter) as stream:
+        yield stream
 
 
 class RequestOptions:

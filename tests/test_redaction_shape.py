@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Iterator
 
 import pytest
-from helpers import GATEWAY_KEY, OPENAI_KEY
+from helpers import GATEWAY_KEY, OPENAI_KEY, root_output
 from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -34,15 +34,8 @@ def installed() -> None:
 @pytest.fixture
 def output(installed: None) -> Iterator[io.StringIO]:
     """What a handler on the root logger writes, at DEBUG."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    root = logging.getLogger()
-    root.addHandler(handler)
-    old_level = root.level
-    root.setLevel(logging.DEBUG)
-    yield stream
-    root.removeHandler(handler)
-    root.setLevel(old_level)
+    with root_output(logging.DEBUG) as stream:
+        yield stream
 
 
 def make(msg: object, args: object) -> logging.LogRecord:

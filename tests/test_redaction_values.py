@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import anthropic
 import openai
 import pytest
-from helpers import GATEWAY_KEY, install_for
+from helpers import GATEWAY_KEY, install_for, root_output
 
 import yibu_middleware
 from yibu_middleware import runtime
@@ -27,15 +27,8 @@ ORDINARY = "the test of the EMPTY path returned data: tt, changeme and password 
 
 @pytest.fixture
 def output() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    root = logging.getLogger()
-    root.addHandler(handler)
-    old_level = root.level
-    root.setLevel(logging.INFO)
-    yield stream
-    root.removeHandler(handler)
-    root.setLevel(old_level)
+    with root_output(logging.INFO) as stream:
+        yield stream
 
 
 @pytest.mark.parametrize("placeholder", ["t", "EMPTY", "test", "sk-xxx", "changeme", "password"])
