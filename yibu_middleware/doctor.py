@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 from pydantic import BaseModel
 
-from .core.redact import mask, redact_text
+from .core.redact import mask, mask_userinfo, redact_text
 from .errors import ConfigError
 from .settings import (
     ENV_PREFIX,
@@ -21,7 +21,6 @@ from .settings import (
     Settings,
     gateway_key_of,
     load_settings,
-    mask_userinfo,
     unknown_env_names,
 )
 

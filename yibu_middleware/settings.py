@@ -35,7 +35,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
-from .core.redact import mask, redact_text
+from .core.redact import mask, mask_userinfo, redact_text
 from .errors import ConfigError
 
 ENV_PREFIX = "YIBU_"
@@ -918,23 +918,6 @@ def _settings_error(lines: list[str]) -> ConfigError:
         + "\nFix the setting(s) above (see the README's configuration reference),"
         " or unset YIBU_ENABLED to run the app without the middleware."
     )
-
-
-# A token holding "@": everything up to its last "@" after "://" (or from its start) is a
-# user and password, however odd (a password may hold "/" or "@", and a value shown in an
-# error may be cut short).
-_AT_TOKEN = re.compile(r"[^\s'\"]*@[^\s'\"]*")
-
-
-def _mask_token(found: re.Match[str]) -> str:
-    token = found.group()
-    start = token.find("://") + 3 if "://" in token else 0
-    return token[:start] + "***" + token[token.rindex("@") :]
-
-
-def mask_userinfo(text: str) -> str:
-    """``https://user:password@host`` as ``https://***@host``, in any text."""
-    return _AT_TOKEN.sub(_mask_token, text) if "@" in text else text
 
 
 def _origin_of(

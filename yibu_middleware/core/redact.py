@@ -162,6 +162,27 @@ def redact_text(
     return text
 
 
+# A token holding "@": everything up to its last "@" after "://" (or from its start) is a
+# user and password, however odd (a password may hold "/" or "@", and a value shown in an
+# error may be cut short).
+_AT_TOKEN = re.compile(r"[^\s'\"]*@[^\s'\"]*")
+
+
+def _mask_token(found: re.Match[str]) -> str:
+    token = found.group()
+    start = token.find("://") + 3 if "://" in token else 0
+    return token[:start] + "***" + token[token.rindex("@") :]
+
+
+def mask_userinfo(text: str) -> str:
+    """``https://user:password@host`` as ``https://***@host``, in any text.
+
+    Stricter than the log-line rule above, which masks only a ``user:password@`` it can
+    delimit and so leaves e-mail addresses in log lines readable: this is for text known to
+    show URLs (settings values and errors, ``yibu doctor``), where any "@" ends a userinfo."""
+    return _AT_TOKEN.sub(_mask_token, text) if "@" in text else text
+
+
 # --- masking by exact value ---------------------------------------------------------------------
 
 # Shorter values are placeholders ("t" in anthropic's tests, "EMPTY", "test", "sk-xxx"), not

@@ -140,9 +140,7 @@ class _Served:
             self.on_unrouted(self.route, segment)
 
     def _serves(self, path: str) -> bool:
-        prefix = self.prefix
-        if prefix and (path == prefix or path.startswith(prefix + "/")):
-            path = path[len(prefix) :]
+        path = gateway_path(self.route, path)
         if self.every_path:
             return True
         if path.partition("/")[2].partition("/")[0] in self.segments:
