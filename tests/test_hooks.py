@@ -288,9 +288,11 @@ def test_attempt_timeouts_cut_to_the_deadline_else_the_apps_own(
     gateway: GatewaySimulator, sdk_read_timeout: bytes | None, cut: bool, own: dict[str, float | None]
 ) -> None:
     """Each attempt's timeouts are cut to what is left of the call's deadline (here the SDK's
-    read timeout); when nothing is cut, the app's own extensions are sent as they are."""
+    read timeout); when nothing is cut, the app's own timeouts are sent as they are."""
     from yibu_middleware.core.plan import Send
-    from yibu_middleware.hooks.httpx_call import HttpxCall
+    from yibu_middleware.hooks.httpx._sync.adapter import SyncHttpxAdapter
+    from yibu_middleware.hooks.httpx.adapter import failure_kinds
+    from yibu_middleware.pipeline.call import Call
     from yibu_middleware.runtime import current
 
     install_for(gateway)
@@ -309,10 +311,11 @@ def test_attempt_timeouts_cut_to_the_deadline_else_the_apps_own(
     )
     route = runtime.routes.match("api.openai.com", 443, "/v1/chat/completions")
     assert route is not None
-    call = HttpxCall(httpx2, runtime, request, route)
+    adapter = SyncHttpxAdapter(httpx2, failure_kinds(httpx2), request, httpx2.HTTPTransport().handle_request)
+    call = Call(runtime, route, adapter)
     action = call.plan.start()
     assert isinstance(action, Send)
-    sent = call.request_for(action)
+    sent = adapter.request_for(call, action)
     call.abort()
     timeouts = sent.extensions["timeout"]
     if cut:
@@ -320,4 +323,4 @@ def test_attempt_timeouts_cut_to_the_deadline_else_the_apps_own(
         assert all(value is not None and 0 < value <= 2.0 for value in timeouts.values())
         assert request.extensions["timeout"] == own  # the app's own are left as they were
     else:
-        assert sent.extensions is request.extensions
+        assert sent.extensions == request.extensions  # the app's own timeouts, as they were

@@ -428,13 +428,13 @@ def test_hedge_that_fails_first_does_not_beat_a_healthy_primary(gateway: Gateway
     assert len(gateway.records_for("a")) == 17  # and the primary was not sent twice
 
 
-# --- the httpx hook's fast path: a plain call's first attempt is sent before any loop is made ---
+# --- a failed first attempt: one plan per call, its budget counted once ---
 
 
 def counting_plans(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     """Every CallPlan made from now on (one per call that went through the loop)."""
     from yibu_middleware.core.plan import CallPlan
-    from yibu_middleware.hooks import call as call_module
+    from yibu_middleware.pipeline import call as call_module
 
     made: list[object] = []
 
@@ -454,26 +454,8 @@ def budget_counts() -> tuple[int, int]:
     return sum(bucket[0] for bucket in buckets), sum(bucket[1] for bucket in buckets)
 
 
-def test_a_plain_call_ends_at_its_first_attempt_without_a_plan(
-    gateway: GatewaySimulator, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    install_for(gateway)
-    plans = counting_plans(monkeypatch)
-    assert "Hello" in chat(openai.OpenAI(api_key=OPENAI_KEY, max_retries=0))
-
-    async def main() -> None:
-        async with openai.AsyncOpenAI(api_key=OPENAI_KEY, max_retries=0) as client:
-            await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
-
-    asyncio.run(main())
-    assert plans == [] and len(gateway.records) == 2 and budget_counts() == (2, 0)
-    stream_text(openai.OpenAI(api_key=OPENAI_KEY, max_retries=0))  # a stream is read by the loop
-    assert len(plans) == 1
-    assert_no_provider_key(gateway)
-
-
 @pytest.mark.parametrize("fault", [{"status_override": 503}, {"refuse": True}])
-def test_a_first_attempt_that_fails_is_handed_to_the_loop_once(
+def test_a_first_attempt_that_fails_is_retried_within_its_calls_plan(
     gateway: GatewaySimulator, monkeypatch: pytest.MonkeyPatch, fault: dict[str, object]
 ) -> None:
     gateway.set_faults("a", **fault)  # type: ignore[arg-type]
@@ -486,7 +468,7 @@ def test_a_first_attempt_that_fails_is_handed_to_the_loop_once(
             await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
 
     asyncio.run(main())
-    assert len(plans) == 2  # one loop per call, going on from the first attempt
+    assert len(plans) == 2  # one plan per call, retrying within it
     served = [r for r in gateway.records if r.status == 200]
     assert len(served) == 2 and all(r.node != "a" for r in served)
     if "status_override" in fault:
@@ -501,13 +483,13 @@ def test_a_first_attempt_that_fails_is_handed_to_the_loop_once(
 def test_an_error_before_the_first_attempt_is_sent_frees_its_node_slot(
     gateway: GatewaySimulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from yibu_middleware.hooks import httpx_fast
+    from yibu_middleware.hooks.httpx import adapter
 
     def broken(*args: object) -> None:
         raise RuntimeError("the request could not be built")
 
     install_for(gateway)
-    monkeypatch.setattr(httpx_fast, "clone_request", broken)
+    monkeypatch.setattr(adapter, "node_url", broken)
     with pytest.raises(RuntimeError, match="could not be built"):
         chat(openai.OpenAI(api_key=OPENAI_KEY, max_retries=0))
     runtime = current()

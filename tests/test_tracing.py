@@ -207,13 +207,13 @@ def test_cancelled_call_ends_its_span_as_cancelled(gateway: GatewaySimulator) ->
 def test_an_error_before_the_first_attempt_is_sent_ends_the_span(
     gateway: GatewaySimulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from yibu_middleware.hooks import httpx_fast
+    from yibu_middleware.hooks.httpx import adapter
 
     def broken(*args: object) -> None:
         raise RuntimeError("the request could not be built")
 
     install_for(gateway)
-    monkeypatch.setattr(httpx_fast, "clone_request", broken)
+    monkeypatch.setattr(adapter, "node_url", broken)
     with pytest.raises(RuntimeError):
         openai.OpenAI(api_key=OPENAI_KEY, max_retries=0).chat.completions.create(model="m", messages=MESSAGES)  # type: ignore[arg-type]
     (span,) = genai_spans()
@@ -397,3 +397,28 @@ def test_a_traced_answer_that_is_not_json_ends_its_span_when_its_body_is_read(ga
     attributes = dict(span.attributes or {})
     assert attributes["server.port"] == gateway.node("a").port and "error.type" not in attributes
     assert "gen_ai.usage.input_tokens" not in attributes
+
+
+def test_the_apps_propagators_carry_the_context_b3_and_baggage(
+    gateway: GatewaySimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trace headers are written by the app's configured propagators, not by hand: with B3
+    and baggage configured, the gateway gets B3 headers for our span and the app's baggage."""
+    from opentelemetry import baggage, context, propagate
+    from opentelemetry.baggage.propagation import W3CBaggagePropagator
+    from opentelemetry.propagators.b3 import B3MultiFormat
+    from opentelemetry.propagators.composite import CompositePropagator
+
+    monkeypatch.setattr(propagate, "_HTTP_TEXT_FORMAT", CompositePropagator([B3MultiFormat(), W3CBaggagePropagator()]))
+    install_for(gateway)
+    token = context.attach(baggage.set_baggage("tenant", "acme"))
+    try:
+        openai.OpenAI(api_key=OPENAI_KEY, max_retries=0).chat.completions.create(model="m", messages=MESSAGES)  # type: ignore[arg-type]
+    finally:
+        context.detach(token)
+    (span,) = genai_spans()
+    headers = gateway.records[-1].headers
+    assert headers["x-b3-traceid"] == f"{span.context.trace_id:032x}"
+    assert headers["x-b3-spanid"] == f"{span.context.span_id:016x}"
+    assert "traceparent" not in headers  # the app did not configure W3C trace context
+    assert headers["baggage"] == "tenant=acme"

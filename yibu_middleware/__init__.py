@@ -17,11 +17,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["ConfigError", "Settings", "install", "uninstall"]
+__all__ = ["AsyncTransport", "ConfigError", "Settings", "Transport", "install", "uninstall"]
 
 if TYPE_CHECKING:
     from .errors import ConfigError
     from .settings import Settings
+    from .transport import AsyncTransport, Transport
 
 
 def install(settings: Any = None) -> None:
@@ -47,4 +48,8 @@ def __getattr__(name: str) -> Any:
         from .settings import Settings
 
         return Settings
+    if name in ("Transport", "AsyncTransport"):
+        from . import transport
+
+        return getattr(transport, name)
     raise AttributeError(name)

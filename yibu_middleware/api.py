@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from . import egress, hooks, redaction, runtime
+from . import egress, hooks, runtime
 from .settings import Settings, load_settings, unknown_env_names
 
 log = logging.getLogger("yibu_middleware")
@@ -31,12 +31,8 @@ def install(settings: Settings | Mapping[str, Any] | None = None) -> None:
             log.warning("yibu-middleware: environment variable %s matches no setting; it is ignored", name)
         current = runtime.Runtime(resolved)
         runtime.set_current(current)
-        if resolved.redaction.enabled:
-            redaction.install(current.redact)
-        else:
-            redaction.uninstall()
         _configure_log_output(resolved.log)
-        hooks.activate()
+        hooks.activate(enabled_hooks(resolved))
         egress.install(_guarded_hosts(current) if resolved.egress.block_unrouted_providers else None)
 
 
@@ -45,9 +41,18 @@ def uninstall() -> None:
     with _lock:
         egress.uninstall()
         hooks.deactivate()
-        redaction.uninstall()
         runtime.set_current(None)
         _configure_log_output("off")
+
+
+def enabled_hooks(settings: Settings) -> set[str]:
+    """The hooks the settings leave on (``hooks.<name>.enabled``; ``redaction.enabled`` too for the
+    logging patch)."""
+    switches = settings.hooks
+    enabled = {name for name in type(switches).model_fields if getattr(switches, name).enabled}
+    if not settings.redaction.enabled:
+        enabled.discard("logging")
+    return enabled
 
 
 def installed() -> bool:

@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 from pydantic import BaseModel
 
+from .api import enabled_hooks
 from .core.redact import mask, mask_userinfo, redact_text
 from .errors import ConfigError
 from .settings import (
@@ -60,17 +61,26 @@ def doctor(timeout: float = 3.0) -> int:
 
     print("\nClient libraries (hooked when the app imports them)")
     hooked = _check_hooks(settings)
+    enabled = enabled_hooks(settings)
     for distribution, how in LIBRARIES:
         version = _version(distribution)
         if version is None:
             print(f"  {distribution:<18} not installed")
             continue
         landed = hooked.get(distribution)
-        state = how if landed is None else f"hooked {how}" if landed else f"NOT HOOKED ({how})"
+        if landed is not None and distribution not in enabled:
+            state = f"NOT HOOKED: turned off (hooks.{distribution}.enabled = false): its requests are not routed"
+        else:
+            state = how if landed is None else f"hooked {how}" if landed else f"NOT HOOKED ({how})"
         aiohttp = hooked.get(f"{distribution}-aiohttp")
         if aiohttp is not None:
-            state += "; its aiohttp transport: " + ("hooked" if aiohttp else "unavailable (aiohttp not installed)")
+            if f"{distribution}_aiohttp" not in enabled:
+                state += f"; its aiohttp transport: turned off (hooks.{distribution}_aiohttp.enabled = false)"
+            else:
+                state += "; its aiohttp transport: " + ("hooked" if aiohttp else "unavailable (aiohttp not installed)")
         print(f"  {distribution:<18} {version:<10} {state}")
+    masking = "on" if "logging" in enabled else "OFF (hooks.logging.enabled or redaction.enabled is false)"
+    print(f"  {'(log records)':<29} keys masked in every log record: {masking}")
 
     print("\nGateway nodes")
     probes = [_probe(url, settings, timeout) for url in settings.gateway_nodes]
@@ -130,13 +140,25 @@ def _setting_rows(settings: Settings) -> list[tuple[str, str]]:
             unset = "(not set: callers' keys pass through)" if settings.keys.pass_through else "(NOT SET)"
             rows.append((name, mask(value.get_secret_value()) if value else unset))
         elif isinstance(value, BaseModel) and name != "routes":
-            rows.extend((f"{name}.{sub}", _shown(getattr(value, sub))) for sub in type(value).model_fields)
+            rows.extend(_model_rows(name, value))
         elif name == "routes":
             rows.append((name, ", ".join(f"{host}={spec.provider}" for host, spec in value.items()) or "(none)"))
         elif name == "nodes" and not value:
             rows.append((name, "(not set: base_url is the only node)"))
         else:
             rows.append((name, _shown(value)))
+    return rows
+
+
+def _model_rows(prefix: str, model: BaseModel) -> list[tuple[str, str]]:
+    """A settings group's rows, nested groups (``hooks.requests.enabled``) flattened too."""
+    rows: list[tuple[str, str]] = []
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            rows.extend(_model_rows(f"{prefix}.{name}", value))
+        else:
+            rows.append((f"{prefix}.{name}", _shown(value)))
     return rows
 
 
@@ -156,7 +178,7 @@ def _check_hooks(settings: Settings) -> dict[str, bool]:
     api.install(settings.model_copy(update={"keys": KeySettings(pass_through=True)}))
     try:
         for hook in hooks.HOOKS:
-            if _version(hook.distribution) is not None:
+            if hook.distribution and _version(hook.distribution) is not None:
                 # The SDKs' aiohttp transports need aiohttp, an optional extra.
                 with contextlib.suppress(ImportError):
                     importlib.import_module(hook.module)

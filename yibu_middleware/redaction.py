@@ -65,6 +65,10 @@ def install(redact: Redact) -> None:
     wrapt.wrap_function_wrapper(logging.Logger, "makeRecord", make_record)
 
 
+def installed() -> bool:
+    return _original is not None
+
+
 def uninstall() -> None:
     global _original
     if _original is not None:

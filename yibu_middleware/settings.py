@@ -364,6 +364,32 @@ class EgressSettings(BaseModel):
         return hosts
 
 
+class HookSwitch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: Switch = Field(True, description="false: this hook is not applied")
+
+
+def _hook(what: str) -> Any:
+    return Field(HookSwitch(), description=what)
+
+
+class HookSettings(BaseModel):
+    """Each hook on or off on its own (all on by default), as a tracer's per-integration switches.
+    A client library whose hook is off is not routed: its requests go where the app sends them,
+    and ``yibu doctor`` says so."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    httpx: HookSwitch = _hook("httpx's transports (HTTPTransport, AsyncHTTPTransport)")
+    httpx2: HookSwitch = _hook("httpx2's transports: the openai (3+) and anthropic (2+) SDKs' default client")
+    openai_aiohttp: HookSwitch = _hook("the openai SDK's aiohttp transport (DefaultAioHttpClient)")
+    anthropic_aiohttp: HookSwitch = _hook("the anthropic SDK's aiohttp transport (DefaultAioHttpClient)")
+    requests: HookSwitch = _hook("requests (HTTPAdapter.send)")
+    aiohttp: HookSwitch = _hook("aiohttp (ClientSession)")
+    logging: HookSwitch = _hook("the logging patch that masks keys in every log record (as redaction.enabled)")
+
+
 class Settings(BaseSettings):
     """Every setting of yibu-middleware. See the README's configuration reference."""
 
@@ -420,6 +446,7 @@ class Settings(BaseSettings):
     redaction: RedactionSettings = Field(RedactionSettings(), description="masking keys in logs")
     limits: LimitSettings = Field(LimitSettings(), description="client-side limits (off until a limit is set)")
     policy: PolicySettings = Field(PolicySettings(), description="client-side checks before sending")
+    hooks: HookSettings = Field(HookSettings(), description="each client-library hook, and the logging patch")
     egress: EgressSettings = Field(
         EgressSettings(), description="the egress guard: refuse provider traffic that bypasses the gateway"
     )

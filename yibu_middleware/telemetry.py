@@ -14,9 +14,11 @@ process that never did cannot have an SDK configured), so it adds nothing to sta
 The conventions' names live here and nowhere else, so that a later rename (the
 conventions move on in semantic-conventions-genai) is a change to this file.
 
-No context is attached while a call runs: the span is passed around explicitly and
-put into the W3C ``traceparent`` header of each attempt, so a stream closed early or
-in another task cannot trip "failed to detach context".
+No context is attached while a call runs: the span is passed around explicitly and its
+context is written into each attempt's headers by the app's own propagators
+(``opentelemetry.propagate.inject``: W3C trace context by default, B3 or baggage when the app
+configured them), so a stream closed early or in another task cannot trip "failed to detach
+context".
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import json
 import time
 from typing import Any
 
-from opentelemetry import metrics, trace
+from opentelemetry import metrics, propagate, trace
 from opentelemetry.context import Context, get_current
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
@@ -117,23 +119,10 @@ class CallTelemetry:
             span.set_attribute("gen_ai.input.messages", redact(_messages(gateway.body)))
         return cls(span, attributes, reader if reader is not None else ResponseReader())
 
-    def traceparent(self) -> list[tuple[bytes, bytes]]:
-        """W3C ``traceparent`` (and ``tracestate``) of this call's span, written directly:
-        the generic propagator API costs more than the rest of a span's life."""
-        context = self.span.get_span_context()
-        # Hex through to_bytes: a third of the time of %x formatting of a 128-bit int.
-        value = b"-".join(
-            (
-                b"00",
-                context.trace_id.to_bytes(16, "big").hex().encode(),
-                context.span_id.to_bytes(8, "big").hex().encode(),
-                b"%02x" % context.trace_flags,
-            )
-        )
-        headers = [(b"traceparent", value)]
-        if context.trace_state:
-            headers.append((b"tracestate", context.trace_state.to_header().encode()))
-        return headers
+    def trace_headers(self) -> list[tuple[bytes, bytes]]:
+        """The headers that carry this call's span to the gateway, as the app's propagators write
+        them (W3C ``traceparent`` by default; B3, baggage, ... when the app configured those)."""
+        return _injected(trace.set_span_in_context(self.span))
 
     def attempt(self, node: Any, outcome: str, why: str, waited: float) -> None:
         """One attempt of a call that was retried (or is about to be): a call answered at its
@@ -180,11 +169,6 @@ class CallTelemetry:
         span.set_attributes(found)  # one call: each attribute set on its own takes the span's lock
         span.end()
         duration, tokens, first_chunk = _instruments or _get_instruments()
-        if getattr(duration, "_real_instrument", True) is None:
-            # The API's stand-in for a meter provider the app has not set (yet): it drops every
-            # value, so the records and their attribute dicts are skipped. Any other instrument
-            # (the SDK's, or a stand-in the app's provider has replaced) records.
-            return
         attributes = self._attributes  # the metrics': the span's start attributes, and these
         for name in ("server.address", "server.port", "gen_ai.response.model", "error.type"):
             if name in found:
@@ -198,14 +182,17 @@ class CallTelemetry:
 
 
 def current_trace_headers() -> list[tuple[bytes, bytes]]:
-    """``traceparent`` for the current span, if one is recording (e.g. an instrumentation's)."""
+    """The trace headers for the current span, if one is recording (e.g. an instrumentation's)."""
     if not trace.get_current_span().is_recording():
         return []
-    from opentelemetry import propagate
+    return _injected(None)
 
+
+def _injected(context: Context | None) -> list[tuple[bytes, bytes]]:
+    """What the app's configured propagators write for ``context`` (None: the current one)."""
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    return [(name.encode(), value.encode()) for name, value in carrier.items()]
+    propagate.inject(carrier, context=context)
+    return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in carrier.items()]
 
 
 def _messages(body: bytes) -> str:

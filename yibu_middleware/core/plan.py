@@ -113,18 +113,6 @@ class GiveUp(NamedTuple):
     reason: str
 
 
-def first_node(pool: NodePool, budget: RetryBudget) -> Node | None:
-    """The node for a call's first attempt, chosen without a plan, and the call counted in the
-    retry budget as a plan counts it (None: no node; make a plan, which gives up).
-
-    For a hook's fast path: a call that needs no hedge, limit or rule up front is sent at once,
-    and a plan is made only if that first attempt does not end the call (``under_way``)."""
-    node = pool.choose()
-    if node is not None:
-        budget.record_request()
-    return node
-
-
 class Step(NamedTuple):
     """One attempt and how it ended: "200", "503", "connection failed: ...", ..."""
 
@@ -145,7 +133,6 @@ class CallPlan:
         "_replayable",
         "_rng",
         "_starts",
-        "_under_way",
         "avoid",
         "steps",
     )
@@ -161,18 +148,14 @@ class CallPlan:
         clock: Clock = time.monotonic,
         rng: random.Random | None = None,
         hedging: Hedging | None = None,
-        under_way: tuple[Node, float] | None = None,
     ) -> None:
-        """``under_way``: the node of a first attempt already made without a plan, and when it
-        was chosen (see ``first_node``); ``start`` hands it back, to be judged like any other."""
         self._pool = pool
         self._budget = budget
         self._policy = policy
         self._replayable = replayable
         self._clock = clock
         self._rng = rng or _JITTER
-        now = clock() if under_way is None else under_way[1]  # the deadline runs from the first attempt
-        self._deadline = None if timeout is None else now + timeout
+        self._deadline = None if timeout is None else clock() + timeout
         # attempt -> (its node, when it was chosen, its delay), while it is in flight
         self._starts: dict[int, tuple[Node, float, float]] = {}
         self._attempts = 0
@@ -180,12 +163,6 @@ class CallPlan:
         self.steps: list[Step] = []
         # Nodes tried only when no other is left: those the gateway asked to wait (set on admission).
         self.avoid: frozenset[Node] = frozenset()
-        self._under_way: Send | None = None
-        if under_way is not None:
-            self._attempts = 1
-            self._starts[1] = (under_way[0], now, 0.0)
-            self._under_way = Send(under_way[0], 0.0, "", 1)
-            return  # counted by first_node
         budget.record_request()
         if hedging is not None:
             hedging.record_request()
@@ -193,8 +170,6 @@ class CallPlan:
     # --- actions ------------------------------------------------------------------------------
 
     def start(self) -> Send | GiveUp:
-        if self._under_way is not None:
-            return self._under_way
         node = self._pool.choose(exclude=self.avoid) if self.avoid else None
         if node is None:  # no node but held ones (or none held)
             node = self._pool.choose()

@@ -16,11 +16,9 @@ from .routes import Route, gateway_path
 
 RawHeaders = list[tuple[bytes, bytes]]
 # A header as an app's request holds it: a (name, value) pair, or httpx's (name, lowered name, value).
-AppHeader = tuple[bytes, bytes] | tuple[bytes, bytes, bytes]
-# Headers as they are sent: shared by every call that came with the same headers, so a tuple.
+AppHeader = tuple[bytes, bytes]
+# Headers as they are sent, on every attempt of a call.
 SentHeaders = tuple[tuple[bytes, bytes], ...]
-# The same with each name's lowered form beside it: (name, lowered name, value), httpx's inner form.
-LoweredHeaders = tuple[tuple[bytes, bytes, bytes], ...]
 
 # Header names that carry a provider credential (OpenAI and compatibles, Anthropic, Azure).
 CREDENTIAL_HEADERS = frozenset({b"authorization", b"x-api-key", b"api-key"})
@@ -45,7 +43,6 @@ class GatewayRequest(NamedTuple):
     # the SDK is retrying this call on its own, and its read timeout (the call's deadline).
     sdk_retried: bool = False
     sdk_read_timeout: float | None = None
-    lowered_headers: LoweredHeaders = ()  # ``headers`` with lowered names, for clients that keep both
 
 
 def prepare(
@@ -76,7 +73,6 @@ def prepare(
         stream,
         scan.sdk_retried,
         scan.sdk_read_timeout,
-        scan.lowered,
     )
 
 
@@ -84,7 +80,6 @@ class HeaderScan(NamedTuple):
     """The headers of a call as they are sent, and what was learnt reading them."""
 
     headers: SentHeaders  # credentials swapped; Host and Content-Length dropped
-    lowered: LoweredHeaders
     swapped: tuple[str, ...]  # the provider keys taken out
     # From the openai/anthropic SDKs' own headers: whether the SDK is retrying this call on its
     # own (``x-stainless-retry-count`` over 0), and its read timeout in seconds (the call's
@@ -93,41 +88,22 @@ class HeaderScan(NamedTuple):
     sdk_read_timeout: float | None
 
 
-_scans: dict[tuple[object, ...], HeaderScan] = {}
-
-
 def scan_headers(headers: Iterable[AppHeader], gateway_key: bytes | None, stream: bool) -> HeaderScan:
-    """The headers to send for a call, remembered by the headers the app sent.
-
-    ``headers``: (name, value) pairs, or httpx's inner (name, lowered name, value) triples as
-    they are, so that an httpx request's headers need no conversion to be looked up.
-
-    A client sends the same headers call after call (the SDKs: the same key, user agent and
-    ``x-stainless-*`` values), so a call usually costs a tuple and its hash here rather than
-    a pass over every header in Python. Bounded, for apps that send ids in their headers.
-    The result is shared by the calls that had the same headers: it is made of tuples."""
-    sent = tuple(headers)
-    key = (sent, gateway_key, stream)
-    found = _scans.get(key)
-    if found is None:
-        # A name is an item's first part and its value the last, in pairs and triples alike.
-        out, swapped, sdk = _scan_headers([(item[0], item[-1]) for item in sent], gateway_key)
-        if stream:
-            # The stream is watched as it passes (first content, final event): it must arrive
-            # uncompressed, or a cut could not be told from an end.
-            out = [(name, value) for name, value in out if name.lower() != b"accept-encoding"]
-            out.append((b"accept-encoding", b"identity"))
-        found = HeaderScan(
-            tuple(out),
-            tuple((name, name.lower(), value) for name, value in out),
-            tuple(swapped),
-            sdk.get(b"x-stainless-retry-count", b"0") not in (b"0", b""),
-            _seconds(sdk.get(b"x-stainless-read-timeout", b"")),
-        )
-        if len(_scans) >= 128:
-            _scans.clear()
-        _scans[key] = found
-    return found
+    """The headers to send for a call: (name, value) pairs, credentials swapped, and what the
+    SDKs' own headers say. Scanned afresh for every call: nothing a call sent (its provider
+    key, a per-call trace header) is kept beyond it."""
+    out, swapped, sdk = _scan_headers(headers, gateway_key)
+    if stream:
+        # The stream is watched as it passes (first content, final event): it must arrive
+        # uncompressed, or a cut could not be told from an end.
+        out = [(name, value) for name, value in out if name.lower() != b"accept-encoding"]
+        out.append((b"accept-encoding", b"identity"))
+    return HeaderScan(
+        tuple(out),
+        tuple(swapped),
+        sdk.get(b"x-stainless-retry-count", b"0") not in (b"0", b""),
+        _seconds(sdk.get(b"x-stainless-read-timeout", b"")),
+    )
 
 
 def swap_credentials(headers: Iterable[tuple[bytes, bytes]], gateway_key: bytes | None) -> tuple[RawHeaders, list[str]]:

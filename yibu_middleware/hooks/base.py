@@ -35,6 +35,11 @@ class Hook:
         self._originals: list[tuple[type, str, Any]] = []
 
     @property
+    def setting(self) -> str:
+        """Its switch in the settings: ``hooks.<setting>.enabled``."""
+        return self.name.replace("-", "_")
+
+    @property
     def patched(self) -> bool:
         return bool(self._originals)
 
@@ -67,4 +72,11 @@ class Hook:
         # ddtrace) may already be there: we wrap around it and restore it on unpatch.
         original = owner.__dict__[attribute]
         wrapt.wrap_function_wrapper(owner, attribute, wrapper)
+        self._originals.append((owner, attribute, original))
+
+    def replace(self, owner: type, attribute: str, function: Callable[..., Any]) -> None:
+        """Put a plain function in place of a method, where a wrapt wrapper would cost too much
+        per call (see ``httpx/sender.py``); restored by ``unpatch`` like a wrapped one."""
+        original = owner.__dict__[attribute]
+        setattr(owner, attribute, function)
         self._originals.append((owner, attribute, original))

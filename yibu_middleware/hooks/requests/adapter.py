@@ -1,22 +1,13 @@
-"""Adapter for requests: ``HTTPAdapter.send`` hooked in place.
+"""requests' objects in the pipeline's terms, and one attempt's I/O with urllib3 below it.
 
-``HTTPAdapter.send`` is where a Session (and ``requests.get``/``post``, which make one)
-hands a prepared request to urllib3: below the session's auth, cookies, redirects and
-hooks, so one call of the app is one call here, as with httpx's transport. A request
-whose host is not routed leaves after its URL is split and looked up. Attempts call
-the original method directly with the node's URL, which is not routed either, so a
-request is never handled twice, whatever runs on top of requests.
-
-Each attempt sends a copy of the app's ``PreparedRequest`` (the node's URL, the
-gateway's headers) with the caller's own ``stream``, ``verify``, ``cert`` and
-``proxies`` (none when NO_PROXY covers the node), and its ``timeout`` cut to the call's
-deadline. A redirect from a node is a failed attempt: ``Session.send``, above the hook,
-would follow it with the app's own headers. urllib3 reads a body only
-when asked (``Response.raw``), so an error body is read before the verdict, and an
-event stream is read from ``raw`` up to its first content; ``raw`` is then replaced by
-:class:`_RelayRaw`, which replays what was read and passes the rest through, watched.
-A cut or a missing final event raises urllib3's ``ProtocolError``, which requests
-turns into ``ChunkedEncodingError`` (a ``RequestException``) naming the node.
+Each attempt sends a copy of the app's ``PreparedRequest`` (the node's URL, the gateway's
+headers) with the caller's own ``stream``, ``verify``, ``cert`` and ``proxies`` (none when
+NO_PROXY covers the node), and its ``timeout`` cut to the call's deadline. urllib3 reads a
+body only when asked (``Response.raw``), so an error body is read before the verdict, and
+an event stream is read from ``raw`` up to its first content; ``raw`` is then replaced by
+:class:`_RelayRaw`, which replays what was read and passes the rest through, watched. A
+cut or a missing final event raises urllib3's ``ProtocolError``, which requests turns into
+``ChunkedEncodingError`` (a ``RequestException``) naming the node.
 
 requests is never imported here: its types are taken from the module being hooked.
 """
@@ -25,42 +16,23 @@ from __future__ import annotations
 
 import functools
 import http
-import importlib
 import io
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from functools import partial
+from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult
 
-from ..core.errors import ErrorBodyReader
-from ..core.nodes import Node
-from ..core.plan import Deliver, GiveUp, Send
-from ..core.retry import Kind
-from ..core.routes import DEFAULT_PORTS as PORTS
-from ..core.routes import Route
-from ..core.sse import StreamWatch
-from ..runtime import Runtime, current
-from .base import Hook
-from .call import Call, Commit, Exchange
-
-# HTTPAdapter.send's parameters after the request, in order (requests 2.x).
-_OPTIONS = ("stream", "timeout", "verify", "cert", "proxies")
+from ...core.errors import ErrorBodyReader
+from ...core.nodes import Node
+from ...core.plan import Deliver, Send
+from ...core.retry import Kind
+from ...core.sse import StreamWatch
+from ...pipeline.adapter import FailureKinds, SyncAdapter
+from ...pipeline.call import Call, Commit
 
 
-class RequestsHook(Hook):
-    name = "requests"
-    module = "requests"
-    distribution = "requests"
-
-    def patch(self, module: ModuleType) -> None:
-        adapters = importlib.import_module("requests.adapters")  # already imported by requests itself
-        lib = _Lib(module, importlib.import_module("urllib3"))
-        self.wrap(adapters.HTTPAdapter, "send", _send_wrapper(lib))
-
-
-class _Lib:
+class Lib:
     """The requests and urllib3 types an attempt needs, taken once when requests is hooked."""
 
     def __init__(self, requests: ModuleType, urllib3: ModuleType) -> None:
@@ -73,24 +45,38 @@ class _Lib:
         # What an attempt may raise: requests' own errors from send() and response.content,
         # urllib3's from reading response.raw ourselves.
         self.errors = (requests.RequestException, exceptions.HTTPError)
-        self.not_sent = (requests.ConnectTimeout, requests.exceptions.SSLError)
-        self.never_reached = (exceptions.NewConnectionError, exceptions.ConnectTimeoutError)  # DNS too
-        # Our proxy or connection pool (not PoolError: a read timeout is one of those too).
-        self.ours = (
-            requests.exceptions.ProxyError,
-            requests.exceptions.InvalidURL,
-            exceptions.EmptyPoolError,
-            exceptions.ClosedPoolError,
-        )
-        self.node_failed = (
-            requests.ReadTimeout,
-            requests.exceptions.ChunkedEncodingError,
-            requests.exceptions.ContentDecodingError,
-            requests.ConnectionError,
-            exceptions.ProtocolError,
-            exceptions.ReadTimeoutError,
-            exceptions.SSLError,
-            exceptions.DecodeError,
+        # Checked against the error and the urllib3 error it wraps (see ``_cause``).
+        self.kinds = FailureKinds(
+            [
+                # A connect timeout, or TLS with the node failed: nothing was sent.
+                ((requests.ConnectTimeout, requests.exceptions.SSLError), Kind.NOT_SENT),
+                # Our proxy or connection pool, not the node: no node would help (not PoolError:
+                # a read timeout is one of those too).
+                (
+                    (
+                        requests.exceptions.ProxyError,
+                        requests.exceptions.InvalidURL,
+                        exceptions.EmptyPoolError,
+                        exceptions.ClosedPoolError,
+                    ),
+                    Kind.FINAL,
+                ),
+                # Refused, unresolvable, or a connect timeout.
+                ((exceptions.NewConnectionError, exceptions.ConnectTimeoutError), Kind.NOT_SENT),
+                (
+                    (
+                        requests.ReadTimeout,
+                        requests.exceptions.ChunkedEncodingError,
+                        requests.exceptions.ContentDecodingError,
+                        requests.ConnectionError,
+                        exceptions.ProtocolError,
+                        exceptions.ReadTimeoutError,
+                        exceptions.SSLError,
+                        exceptions.DecodeError,
+                    ),
+                    Kind.NODE_FAILED,
+                ),
+            ]
         )
         self.timeouts = (requests.Timeout, exceptions.TimeoutError)
         self.NewConnectionError = exceptions.NewConnectionError
@@ -99,149 +85,56 @@ class _Lib:
         self.str_encoding = "latin-1" if urllib3.__version__.startswith("1.") else "utf-8"
 
 
-def _send_wrapper(lib: _Lib) -> Callable[..., Any]:
-    def send(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        runtime = current()
-        if runtime is None:
-            return wrapped(*args, **kwargs)
-        request = args[0] if args else kwargs["request"]
-        url = urlsplit(request.url)
-        route = runtime.routes.match(url.hostname or "", url.port or PORTS.get(url.scheme), url.path)
-        if route is None:
-            return wrapped(*args, **kwargs)
-        options = dict(zip(_OPTIONS, args[1:], strict=False))
-        options.update((name, value) for name, value in kwargs.items() if name != "request")
-        call = RequestsCall(lib, runtime, instance, request, route, url, options)
-        # Partials rather than closures: calling one adds no Python frame of its own.
-        return call.run(partial(_exchange, call, wrapped), _close, partial(_hand_back, call))
-
-    return send
-
-
-def _close(response: Any) -> None:
-    response.close()
-
-
-def _exchange(call: RequestsCall, wrapped: Callable[..., Any], action: Send) -> Exchange:
-    response = None
-    try:
-        response = wrapped(call.request_for(action), **call.options_for_attempt(action.node))
-        status: int = response.status_code
-        if 300 <= status < 400 and (redirect := call.redirected(action.node, status, response.headers.get("location"))):
-            response.close()  # never followed (Session.send would, with the app's headers): see Call.redirected
-            return Exchange(action, None, 0, redirect)
-        if status >= 400:
-            _read_error_body(response)  # before judging; within bounds (see ErrorBodyReader)
-        elif call.watches_stream(response):
-            failure = _commit(call, action, response)
-            if failure is not None:
-                response.close()
-                return Exchange(action, None, 0, call.stream_failed(failure))
-        return Exchange(action, response, status, None)
-    except call.lib.errors as exc:
-        if response is not None:
-            response.close()
-        return Exchange(action, None, 0, call.failure(exc))
-    except BaseException:
-        if response is not None:
-            response.close()  # the caller's loop frees the node slot
-        raise
-
-
-def _read_error_body(response: Any) -> None:
-    """Read a node's error body within bounds: what was read becomes ``response.content``; the
-    connection is closed when the rest was left unread."""
-    reader = ErrorBodyReader(response.headers.get("content-encoding", ""))
-    for chunk in response.raw.stream(2**16, decode_content=not reader.wire):
-        if reader.feed(chunk):
-            response.close()
-            break
-    response._content = reader.body()
-    response._content_consumed = True
-
-
-def _commit(call: RequestsCall, action: Send, response: Any) -> str | None:
-    """Read to the first content. None: committed, ``response.raw`` replaced; else why not."""
-    commit = Commit(call)
-    raw = response.raw
-    # Chunks as they arrive (HTTP chunks of a chunked body), as iter_content(None) reads them.
-    chunks = raw.stream(None)
-    for chunk in chunks:  # a urllib3 error here is the exchange's error
-        if commit.took(chunk):
-            break
-    failure = commit.failure()
-    if failure is None:
-        response.raw = _RelayRaw(call, action.node, raw, commit.read, chunks, commit.watch)
-    return failure
-
-
-def _hand_back(call: RequestsCall, action: Deliver | GiveUp, done: Exchange | None) -> Any:
-    if isinstance(action, GiveUp):
-        return call.give_up(action)
-    assert done is not None  # a Deliver follows an answer
-    delivered = call.deliver(action, done)
-    if not action.final:
-        # As with httpx, the app sees its own request and URL on the response, not the node's.
-        delivered.request = call.original
-        delivered.url = call.original.url
-        if isinstance(delivered.raw, _RelayRaw):
-            pass  # a watched stream: it finishes the call when it ends or is closed
-        elif call.reader is not None:  # the span (and the usage a token limit counts) end with the body
-            delivered.raw = _RelayRaw(call, action.node, delivered.raw, [], None, None)
-        else:
-            call.finish()  # nothing follows its body: the call is over once it is handed back
-    return delivered
-
-
-class RequestsCall(Call):
-    """The state one requests call carries between attempts."""
-
-    __slots__ = ("_no_body", "adapter", "lib", "options", "original")
+class RequestsAdapter(SyncAdapter):
+    """One requests call: the app's prepared request, the send() options it came with, and the
+    ``HTTPAdapter`` that sends its attempts."""
 
     def __init__(
         self,
-        lib: _Lib,
-        runtime: Runtime,
-        adapter: Any,
+        lib: Lib,
+        http_adapter: Any,
+        send: Callable[..., Any],
         original: Any,
-        route: Route,
         url: SplitResult,
         options: dict[str, Any],
     ) -> None:
+        """``send``: ``HTTPAdapter.send`` as it was before the hook; ``options``: the caller's
+        send() arguments after the request."""
         self.lib = lib
-        self.adapter = adapter
+        self.errors = lib.errors
+        self.http_adapter = http_adapter
+        self._send = send
         self.original = original
         self.options = options
         body = original.body
         self._no_body = body is None
-        data: bytes | None
         if body is None:
-            data = b""
+            self.body: bytes | None = b""
         elif isinstance(body, bytes):
-            data = body
+            self.body = body
         elif isinstance(body, str):
-            data = body.encode(lib.str_encoding)
+            self.body = body.encode(lib.str_encoding)
         else:
-            data = None  # a file or a generator: forwarded as it is, and never replayed
-        headers = [(_raw(name), _raw(value)) for name, value in original.headers.items()]
-        Call.__init__(self, runtime, route, original.method or "GET", url.path or "/", url.query, headers, data)
+            self.body = None  # a file or a generator: forwarded as it is, and never replayed
+        self.method = original.method or "GET"
+        self.path = url.path or "/"
+        self.query = url.query
+        self.headers = [(_raw(name), _raw(value)) for name, value in original.headers.items()]
 
     def own_timeout(self) -> float | None:
         return _connect_read(self.options.get("timeout"))[1]
 
     # --- per attempt ------------------------------------------------------------------------
 
-    def request_for(self, action: Send) -> Any:
-        """A copy of the app's request with the node's URL and the gateway's headers."""
-        self.runtime.ensure_health_checker()
-        gateway = self.gateway
+    def request_for(self, call: Call, action: Send) -> tuple[Any, dict[str, Any]]:
+        """A copy of the app's request with the node's URL and the gateway's headers, and the
+        send() options for it."""
+        gateway = call.gateway
         original = self.original
         request = original.copy()
         request.url = action.node.url_for(gateway.path, gateway.query)
         headers = self.lib.CaseInsensitiveDict()
-        for name, value in gateway.headers:
-            headers[name.decode("latin-1")] = value.decode("latin-1")
-        for name, value in self.trace_headers:
+        for name, value in (*gateway.headers, *call.trace_headers):
             headers[name.decode("latin-1")] = value.decode("latin-1")
         body: Any = gateway.body
         if body is None:
@@ -256,9 +149,9 @@ class RequestsCall(Call):
             headers["Content-Length"] = length
         request.headers = headers
         request.body = body
-        return request
+        return request, self.options_for(call, action.node)
 
-    def options_for_attempt(self, node: Node) -> dict[str, Any]:
+    def options_for(self, call: Call, node: Node) -> dict[str, Any]:
         """The caller's send() options for an attempt on ``node``: its timeout cut to the call's
         deadline (and to stream.first_token_timeout for a stream's reads), and no proxy when
         NO_PROXY covers the node.
@@ -274,32 +167,66 @@ class RequestsCall(Call):
         proxies = options.get("proxies")
         if proxies and _bypasses(self.lib, node.base_url, proxies.get("no_proxy")):
             options = {**options, "proxies": {}}
-        left = self.plan.timeout_left()
-        if left is None and self.ttft is None:
+        left = call.plan.timeout_left()
+        if left is None and call.ttft is None:
             return options
         connect, read = _connect_read(options.get("timeout"))
         if left is not None:
             connect = left if connect is None else min(connect, left)
             read = left if read is None else min(read, left)
-        if self.ttft is not None:
-            read = self.ttft if read is None else min(read, self.ttft)
+        if call.ttft is not None:
+            read = call.ttft if read is None else min(read, call.ttft)
         return {**options, "timeout": (connect, read)}
 
-    # --- requests' objects, for the shared call ---------------------------------------------
+    def send(self, request: tuple[Any, dict[str, Any]]) -> Any:
+        prepared, options = request
+        return self._send(prepared, **options)
+
+    def read_error_body(self, response: Any) -> None:
+        """What was read (within bounds) becomes ``response.content``; the connection is closed
+        when the rest was left unread."""
+        reader = ErrorBodyReader(response.headers.get("content-encoding", ""))
+        for chunk in response.raw.stream(2**16, decode_content=not reader.wire):
+            if reader.feed(chunk):
+                response.close()
+                break
+        response._content = reader.body()
+        response._content_consumed = True
+
+    def read(self, response: Any) -> None:
+        response.content  # noqa: B018  # read whole, kept by the response
+
+    def chunks(self, response: Any) -> Iterator[bytes]:
+        # Chunks as they arrive (HTTP chunks of a chunked body), as iter_content(None) reads them.
+        chunks: Iterator[bytes] = response.raw.stream(None)
+        return chunks
+
+    def watch(self, call: Call, node: Node, response: Any, commit: Commit, rest: Iterator[bytes]) -> None:
+        response.raw = _RelayRaw(self, call, node, response.raw, commit.read, rest, commit.watch)
+
+    def close(self, response: Any) -> None:
+        response.close()
+
+    def handed_back(self, call: Call, action: Deliver, response: Any) -> Any:
+        # As with httpx, the app sees its own request and URL on the response, not the node's.
+        response.request = self.original
+        response.url = self.original.url
+        if isinstance(response.raw, _RelayRaw):
+            pass  # a watched stream: it ends the call when it ends or is closed
+        elif call.reader is not None and response._content_consumed:
+            call.reader.whole(response.content)  # read whole already: the call ends here
+            call.finish()
+        elif call.reader is not None:  # the span (and the usage a token limit counts) end with the body
+            response.raw = _RelayRaw(self, call, action.node, response.raw, [], None, None)
+        else:
+            call.finish()  # nothing follows its body: the call is over once it is handed back
+        return response
+
+    # --- requests' objects, in the pipeline's terms -----------------------------------------
 
     def kind_of(self, exc: BaseException) -> Kind:
-        lib = self.lib
-        if isinstance(exc, lib.not_sent):
-            return Kind.NOT_SENT  # a connect timeout, or TLS with the node failed: nothing was sent
         # requests wraps urllib3's errors, and older requests let some through unwrapped.
-        cause = _cause(exc, lib)
-        if isinstance(exc, lib.ours) or isinstance(cause, lib.ours):
-            return Kind.FINAL  # our proxy or connection pool, not the node: no node would help
-        if isinstance(cause, lib.never_reached):
-            return Kind.NOT_SENT  # refused, unresolvable, or a connect timeout
-        if isinstance(exc, lib.node_failed):
-            return Kind.NODE_FAILED
-        return Kind.FINAL
+        return self.lib.kinds.kind(exc, _cause(exc, self.lib))
 
     def is_timeout(self, exc: BaseException) -> bool:
         lib = self.lib
@@ -316,26 +243,13 @@ class RequestsCall(Call):
             cause = cause.__cause__
         return str(cause) or type(cause).__name__
 
+    def status(self, response: Any) -> int:
+        status: int = response.status_code
+        return status
+
     def error_body(self, response: Any) -> bytes:
         body: bytes = response.content or b""
         return body
-
-    def retry_hints(self, response: Any) -> Mapping[str, str]:
-        headers = response.headers
-        return {name: headers[name] for name in ("retry-after", "retry-after-ms") if name in headers}
-
-    def headers_of(self, response: Any) -> Iterable[tuple[str, str]]:
-        items: Iterable[tuple[str, str]] = response.headers.items()
-        return items
-
-    def watches_stream(self, response: Any) -> bool:
-        headers = response.headers
-        return (
-            self.gateway.stream
-            and response.status_code == 200
-            and headers.get("content-type", "").startswith("text/event-stream")
-            and "content-encoding" not in headers
-        )
 
     def answer(self, status: int, headers: list[tuple[str, str]], body: bytes, based_on: Any) -> Any:
         """A response as the adapter builds one from the wire (HTTPAdapter.build_response),
@@ -348,16 +262,15 @@ class RequestsCall(Call):
             preload_content=False,
             decode_content=False,
         )
-        return self.adapter.build_response(self.original, raw)
+        return self.http_adapter.build_response(self.original, raw)
 
     def timeout_error(self, message: str) -> BaseException:
         error: BaseException = self.lib.requests.ReadTimeout(message, request=self.original)
         return error
 
-    def stream_error(self, node: Node, detail: str) -> Exception:
-        """The error a caller gets when a stream breaks after its first content: urllib3's,
-        which requests raises as ChunkedEncodingError."""
-        error: Exception = self.lib.ProtocolError(self.stream_broke(node, detail))
+    def stream_error(self, message: str) -> Exception:
+        """urllib3's, which requests raises as ChunkedEncodingError."""
+        error: Exception = self.lib.ProtocolError(message)
         return error
 
 
@@ -371,14 +284,15 @@ class _RelayRaw:
 
     def __init__(
         self,
-        call: RequestsCall,
+        adapter: RequestsAdapter,
+        call: Call,
         node: Node,
         inner: Any,
         read: list[bytes],
         rest: Iterator[bytes] | None,
         watch: StreamWatch | None,
     ) -> None:
-        self._call, self._node, self._inner = call, node, inner
+        self._adapter, self._call, self._node, self._inner = adapter, call, node, inner
         self._pending = b"".join(read)  # replayed first
         self._rest = rest  # None: not started (a body nobody has read yet)
         self._watch = watch
@@ -435,7 +349,7 @@ class _RelayRaw:
         call = self._call
         try:
             chunk: bytes = next(self._rest, b"")
-        except call.lib.errors as exc:
+        except self._adapter.errors as exc:
             self._ended = True
             if self._watch is None:
                 call.finish(error_type=type(exc).__name__)
@@ -452,9 +366,7 @@ class _RelayRaw:
         return b""
 
     def _broken(self, detail: str) -> Exception:
-        error = self._call.stream_error(self._node, detail)
-        self._call.finish(error_type=type(error).__name__)
-        return error
+        return self._adapter.stream_broken(self._call, self._node, detail)
 
 
 class _Body(io.BytesIO):
@@ -491,18 +403,18 @@ def _connect_read(timeout: Any) -> tuple[float | None, float | None]:
     )
 
 
-def _bypasses(lib: _Lib, url: str, no_proxy: str | None) -> bool:
+def _bypasses(lib: Lib, url: str, no_proxy: str | None) -> bool:
     """requests' own decision: does NO_PROXY (the environment's, or ``no_proxy``) cover ``url``?"""
     return _bypass_cached(lib, url, no_proxy, os.environ.get("no_proxy"), os.environ.get("NO_PROXY"))
 
 
 @functools.lru_cache(maxsize=256)
-def _bypass_cached(lib: _Lib, url: str, no_proxy: str | None, lower: str | None, upper: str | None) -> bool:
+def _bypass_cached(lib: Lib, url: str, no_proxy: str | None, lower: str | None, upper: str | None) -> bool:
     # The environment's values are part of the key: should_bypass_proxies reads them itself.
     return bool(lib.should_bypass_proxies(url, no_proxy=no_proxy))
 
 
-def _cause(exc: BaseException, lib: _Lib) -> BaseException:
+def _cause(exc: BaseException, lib: Lib) -> BaseException:
     """The urllib3 error a requests ConnectionError carries (the reason of a MaxRetryError)."""
     inner = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else exc
     reason = getattr(inner, "reason", None) if isinstance(inner, lib.MaxRetryError) else None

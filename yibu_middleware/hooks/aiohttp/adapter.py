@@ -1,23 +1,12 @@
-"""Adapter for aiohttp: ``ClientSession._request`` hooked in place, the attempts run as a client middleware.
-
-Every way of sending with a session (``session.post(...)``, ``async with
-session.post(...)``, ``session.request``, ``aiohttp.request``) goes through
-``ClientSession._request``. It builds the final request (session headers merged,
-``json=``/``data=`` encoded, auth and cookies applied) and passes it down a chain of
-client middlewares (aiohttp 3.12+) to the function that connects and sends. The hook
-adds one middleware of ours at the end of that chain, the innermost, so it sees each
-request exactly as it goes on the wire, below the app's own middlewares, redirects
-and timeouts, like the transports hooked for httpx. A request whose host is not routed
-passes straight through it; one to a node (openai's ``DefaultAioHttpClient`` sends
-over aiohttp after the httpx2-family hook routed it) is not routed either, so a call
-is never handled twice.
+"""aiohttp's objects in the pipeline's terms, and one attempt's I/O through the session's middleware chain.
 
 Each attempt sends a copy of aiohttp's request with the node's URL and the gateway's
-headers, bounded by the call's deadline (and, for a stream, by
-``stream.first_token_timeout``). An error body is read before the verdict; an event
-stream is read up to its first content, then ``response.content`` is replaced by a
-reader that holds what was read and fetches the rest from the node's stream as the app
-reads, watched (see :class:`_Relay`).
+headers, down the rest of the session's middleware chain (the ``handler`` our middleware
+was given), bounded by the call's deadline (and, for a stream, by
+``stream.first_token_timeout``) up to its answer and, for a stream, its first content. An
+error body is read before the verdict; an event stream is read up to its first content,
+then ``response.content`` is replaced by a reader that holds what was read and fetches the
+rest from the node's stream as the app reads, watched (see :class:`_Relay`).
 
 aiohttp is never imported here: its types are taken from the module being hooked, and
 checked then, so that an aiohttp whose shape changed fails at import with a clear
@@ -32,19 +21,18 @@ import http
 import importlib
 import inspect
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from ..core.errors import ErrorBodyReader
-from ..core.nodes import Node
-from ..core.plan import Deliver, GiveUp, Send
-from ..core.retry import Kind
-from ..core.routes import Route
-from ..core.sse import StreamWatch
-from ..runtime import Runtime, current
-from .base import Hook
-from .call import Call, Commit, Exchange, no_proxy_covers
+from ...core.errors import ErrorBodyReader
+from ...core.nodes import Node
+from ...core.plan import Deliver, Send
+from ...core.retry import Kind
+from ...core.sse import StreamWatch
+from ...pipeline.adapter import AsyncAdapter, FailureKinds
+from ...pipeline.call import Call, Commit
+from ..proxies import no_proxy_covers
 
 if TYPE_CHECKING:
     from aiohttp import StreamReader as _ReaderBase
@@ -57,17 +45,7 @@ _RESPONSE_PARAMETERS = frozenset(
 )
 
 
-class AiohttpHook(Hook):
-    name = "aiohttp"
-    module = "aiohttp"
-    distribution = "aiohttp"
-
-    def patch(self, module: ModuleType) -> None:
-        lib = _Lib(module)
-        self.wrap(module.ClientSession, "_request", _request_wrapper(lib))
-
-
-class _Lib:
+class Lib:
     """The aiohttp types an attempt needs, taken (and their shape checked) when aiohttp is hooked."""
 
     def __init__(self, aiohttp: ModuleType) -> None:
@@ -99,162 +77,54 @@ class _Lib:
         self.ClientPayloadError = aiohttp.ClientPayloadError
         # What aiohttp raises when a read runs out of time (3.10+; before, its base class).
         self.SocketTimeoutError = getattr(aiohttp, "SocketTimeoutError", aiohttp.ServerTimeoutError)
+        self.StreamReader = streams.StreamReader
         self.RelayReader = type("RelayReader", (_Relay, streams.StreamReader), {})
         # What an attempt may raise: aiohttp's errors, and the TimeoutError of its time limit.
         self.errors = (aiohttp.ClientError, TimeoutError)
-        self.ours = (aiohttp.ClientProxyConnectionError, aiohttp.ClientHttpProxyError, aiohttp.InvalidURL)
-        self.not_sent = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)  # DNS and TLS too
-        self.node_failed = (
-            TimeoutError,
-            aiohttp.ClientConnectionError,
-            aiohttp.ClientPayloadError,
-            aiohttp.ClientResponseError,  # what aiohttp raises for a malformed answer
+        self.kinds = FailureKinds(
+            [
+                # Our proxy or a bad URL, not the node: no node would help.
+                ((aiohttp.ClientProxyConnectionError, aiohttp.ClientHttpProxyError, aiohttp.InvalidURL), Kind.FINAL),
+                # Refused, unresolvable, TLS failed, or a connect timeout.
+                ((aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError), Kind.NOT_SENT),
+                (
+                    (
+                        TimeoutError,
+                        aiohttp.ClientConnectionError,
+                        aiohttp.ClientPayloadError,
+                        aiohttp.ClientResponseError,  # what aiohttp raises for a malformed answer
+                    ),
+                    Kind.NODE_FAILED,
+                ),
+            ]
         )
 
 
-def _request_wrapper(lib: _Lib) -> Any:
-    async def _request(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if current() is None:
-            return await wrapped(*args, **kwargs)
-        # Ours goes last in the chain (innermost): the app's own middlewares see the call once,
-        # as the app made it. Per-request middlewares replace the session's, as aiohttp has it.
-        given = kwargs.get("middlewares")
-        chain = instance._middlewares if given is None else given
-        # Where the request's proxy comes from: the app's own (in code), else the environment's
-        # (trust_env), else none; the node's is chosen by the same rule (AiohttpCall.node_proxy).
-        explicit = kwargs.get("proxy") is not None or getattr(instance, "_default_proxy", None) is not None
-        proxy_source = "explicit" if explicit else "environment" if instance._trust_env else ""
-        ours = functools.partial(_middleware, lib, kwargs.get("timeout", instance.timeout), proxy_source)
-        kwargs["middlewares"] = (*chain, ours)
-        return await wrapped(*args, **kwargs)
-
-    return _request
-
-
-async def _middleware(lib: _Lib, timeout: Any, proxy_source: str, request: Any, handler: Any) -> Any:
-    """Our middleware: a request for a routed host becomes a call; any other passes through."""
-    runtime = current()
-    route = (
-        runtime.routes.match(request.url.raw_host or "", request.url.port, request.url.path)
-        if runtime is not None
-        else None
-    )
-    if route is None or runtime is None:
-        return await handler(request)
-    body = request.body  # a Payload, or b"" when there is none
-    data: bytes | None
-    if isinstance(body, bytes):
-        data = body
-    elif isinstance(body, lib.BytesPayload):
-        data = bytes(await body.as_bytes())  # bytes, str and json= bodies
-    else:
-        data = None  # a file, a stream or a multipart form: forwarded as it is, and never replayed
-    call = AiohttpCall(lib, runtime, route, request, handler, data, timeout, proxy_source)
-    # Partials rather than closures: calling one adds no Python frame of its own.
-    return await call.run_async(functools.partial(_exchange, call), _aclose, functools.partial(_hand_back, call))
-
-
-async def _aclose(response: Any) -> None:
-    response.close()
-
-
-async def _exchange(call: AiohttpCall, action: Send) -> Exchange:
-    response = None
-    try:
-        async with asyncio.timeout(call.attempt_limit()):
-            response = await call.handler(call.request_for(action))
-            status: int = response.status
-            if 300 <= status < 400 and (
-                redirect := call.redirected(action.node, status, response.headers.get("location"))
-            ):
-                response.close()  # never followed (the session would, with the app's headers): see Call.redirected
-                return Exchange(action, None, 0, redirect)
-            if status >= 400:
-                await _read_error_body(response)  # before judging; within bounds (see ErrorBodyReader)
-            elif call.watches_stream(response):
-                failure = await _commit(call, action, response)
-                if failure is not None:
-                    response.close()
-                    return Exchange(action, None, 0, call.stream_failed(failure))
-        return Exchange(action, response, status, None)
-    except call.lib.errors as exc:
-        if response is not None:
-            response.close()
-        return Exchange(action, None, 0, call.failure(exc))
-    except BaseException:
-        if response is not None:
-            response.close()  # the caller's loop frees the node slot
-        raise
-
-
-async def _read_error_body(response: Any) -> None:
-    """Read a node's error body within bounds (aiohttp inflates it a piece at a time as it is
-    read): what was read is kept as the body; the connection is closed when the rest was left."""
-    reader = ErrorBodyReader("")
-    while chunk := await response.content.readany():
-        if reader.feed(chunk):
-            response.close()
-            break
-    response._body = reader.body()
-
-
-async def _commit(call: AiohttpCall, action: Send, response: Any) -> str | None:
-    """Read to the first content. None: committed, ``response.content`` replaced; else why not."""
-    commit = Commit(call)
-    content = response.content
-    while chunk := await content.readany():  # an aiohttp error here is the exchange's error
-        if commit.took(chunk):
-            break
-    failure = commit.failure()
-    if failure is None:
-        response.content = _relay_reader(call, action.node, content, commit.read, commit.watch)
-    return failure
-
-
-def _hand_back(call: AiohttpCall, action: Deliver | GiveUp, done: Exchange | None) -> Any:
-    if isinstance(action, GiveUp):
-        return call.give_up(action)
-    assert done is not None  # a Deliver follows an answer
-    delivered = call.deliver(action, done)
-    if not action.final:
-        if isinstance(delivered.content, _Relay):
-            delivered.content.chosen()  # a watched stream: it finishes the call when it ends or is closed
-        elif call.reader is not None:  # the span (and the usage a token limit counts) end with the body
-            delivered.content = _relay_reader(call, action.node, delivered.content, [], None)
-        else:
-            call.finish()  # nothing follows its body: the call is over once it is handed back
-    return delivered
-
-
-class AiohttpCall(Call):
-    """The state one aiohttp call carries between attempts."""
-
-    __slots__ = ("_body", "_proxy_source", "_timeout", "handler", "lib", "original")
+class AiohttpAdapter(AsyncAdapter):
+    """One aiohttp call: the request as the app's session built it, and the rest of the
+    session's middleware chain, which connects and sends."""
 
     def __init__(
-        self,
-        lib: _Lib,
-        runtime: Runtime,
-        route: Route,
-        original: Any,
-        handler: Any,
-        body: bytes | None,
-        timeout: Any,
-        proxy_source: str = "",
+        self, lib: Lib, original: Any, handler: Any, body: bytes | None, timeout: Any, proxy_source: str
     ) -> None:
-        """``proxy_source``: where the session took the request's proxy from, "explicit" (the
-        app's, in code), "environment" (trust_env) or "" (none)."""
+        """``body``: the request's bytes (None for a body that can be sent once only);
+        ``timeout``: the session's or the request's; ``proxy_source``: where the session took
+        the request's proxy from, "explicit" (the app's, in code), "environment" (trust_env) or
+        "" (none)."""
         self.lib = lib
-        self._proxy_source = proxy_source
-        self.original = original  # aiohttp's request, as the app's session built it
-        self.handler = handler  # the rest of the middleware chain: connects and sends
+        self.errors = lib.errors
+        self.original = original
+        self.handler = handler
         self._timeout = timeout
+        self._proxy_source = proxy_source
         url = original.url
-        headers = [(name.encode(), value.encode()) for name, value in original.headers.items()]
-        Call.__init__(self, runtime, route, original.method, url.raw_path, url.raw_query_string, headers, body)
-        gateway_body = self.gateway.body
-        # A body the aliases rewrote is sent as a payload of its own; otherwise the app's is reused.
-        self._body = lib.BytesPayload(gateway_body) if gateway_body is not None and gateway_body is not body else None
+        self.method = original.method
+        self.path = url.raw_path
+        self.query = url.raw_query_string
+        self.headers = [(name.encode(), value.encode()) for name, value in original.headers.items()]
+        self.body = body
+        self._payload: Any = None  # a body the aliases rewrote, as a payload of its own
+        self._deadline: float | None = None  # the loop's time by which the attempt must have answered
 
     def own_timeout(self) -> float | None:
         timeout = self._timeout
@@ -265,34 +135,37 @@ class AiohttpCall(Call):
 
     # --- per attempt ------------------------------------------------------------------------
 
-    def request_for(self, action: Send) -> Any:
+    def request_for(self, call: Call, action: Send) -> Any:
         """A copy of aiohttp's request with the node's URL and the gateway's headers.
 
         A shallow copy, as aiohttp's own middlewares retry with the same request: the
         payload is shared (bytes payloads can be sent again), so is everything the
         session chose (proxy, TLS settings, timer). The response keeps the app's URL."""
-        self.runtime.ensure_health_checker()
-        gateway = self.gateway
+        gateway = call.gateway
         original = self.original
         lib = self.lib
         request = object.__new__(type(original))
         request.__dict__.update(original.__dict__)
         url = _url(lib, action.node.url_for(gateway.path, gateway.query))
         headers = lib.multidict.CIMultiDict()
-        for name, value in gateway.headers:
-            headers.add(name.decode(), value.decode())
-        for name, value in self.trace_headers:
+        for name, value in (*gateway.headers, *call.trace_headers):
             headers.add(name.decode(), value.decode())
         headers["Host"] = url.host_port_subcomponent
-        if self._body is not None:
-            request._body = self._body
-            headers["Content-Length"] = str(self._body.size)
+        if gateway.body is not None and gateway.body is not self.body:
+            if self._payload is None:
+                self._payload = lib.BytesPayload(gateway.body)
+            request._body = self._payload
+            headers["Content-Length"] = str(self._payload.size)
         elif "Content-Length" in original.headers:
             headers["Content-Length"] = original.headers["Content-Length"]  # dropped by prepare()
         request.url = url
         request.headers = headers
         if self._proxy_source:
             request.proxy, request.proxy_auth, request.proxy_headers = self.node_proxy(original, url)
+        # The attempt's time limit, up to its answer (and a stream's first content).
+        left = call.plan.timeout_left()
+        limit = left if call.ttft is None else call.ttft if left is None else min(left, call.ttft)
+        self._deadline = None if limit is None else asyncio.get_running_loop().time() + limit
         return request
 
     def node_proxy(self, original: Any, url: Any) -> tuple[Any, Any, Any]:
@@ -310,49 +183,72 @@ class AiohttpCall(Call):
         proxy, auth = _env_proxy(self.lib, f"{url.scheme}://{url.host_port_subcomponent}", _proxy_environment())
         return proxy, auth, None
 
-    def attempt_limit(self) -> float | None:
-        """Seconds one attempt may take up to its answer (and a stream's first content)."""
-        left = self.plan.timeout_left()
-        if self.ttft is None:
-            return left
-        return self.ttft if left is None else min(left, self.ttft)
+    async def send(self, request: Any) -> Any:
+        async with asyncio.timeout_at(self._deadline):
+            return await self.handler(request)
 
-    # --- aiohttp's objects, for the shared call ---------------------------------------------
+    async def read_error_body(self, response: Any) -> None:
+        """aiohttp inflates a body a piece at a time as it is read: what was read (within bounds)
+        is kept as the body; the connection is closed when the rest was left."""
+        reader = ErrorBodyReader("")
+        async with asyncio.timeout_at(self._deadline):
+            while chunk := await response.content.readany():
+                if reader.feed(chunk):
+                    response.close()
+                    break
+        response._body = reader.body()
+
+    async def read(self, response: Any) -> None:
+        """The whole body, kept on the response; its ``content`` is replaced by a reader holding
+        it, for an app that reads the stream rather than ``read()`` / ``json()``."""
+        async with asyncio.timeout_at(self._deadline):
+            body = await response.read()
+        response.content = _complete_reader(self.lib, body)
+
+    async def chunks(self, response: Any) -> AsyncIterator[bytes]:
+        content = response.content
+        while True:
+            async with asyncio.timeout_at(self._deadline):
+                chunk: bytes = await content.readany()
+            if not chunk:
+                return
+            yield chunk
+
+    def watch(self, call: Call, node: Node, response: Any, commit: Commit, rest: AsyncIterator[bytes]) -> None:
+        # The relay reads on from the node's own reader (``rest`` reads it too, and is dropped).
+        response.content = _relay_reader(self, call, node, response.content, commit.read, commit.watch)
+
+    async def close(self, response: Any) -> None:
+        response.close()
+
+    def handed_back(self, call: Call, action: Deliver, response: Any) -> Any:
+        content = response.content
+        if isinstance(content, _Relay):
+            content.chosen()  # a watched stream: it ends the call when it ends or is closed
+        elif call.reader is not None and response._body is not None:
+            call.reader.whole(response._body)  # read whole already: the call ends here
+            call.finish()
+        elif call.reader is not None:  # the span (and the usage a token limit counts) end with the body
+            response.content = _relay_reader(self, call, action.node, content, [], None)
+        else:
+            call.finish()  # nothing follows its body: the call is over once it is handed back
+        return response
+
+    # --- aiohttp's objects, in the pipeline's terms -----------------------------------------
 
     def kind_of(self, exc: BaseException) -> Kind:
-        lib = self.lib
-        if isinstance(exc, lib.ours):
-            return Kind.FINAL  # our proxy or a bad URL, not the node: no node would help
-        if isinstance(exc, lib.not_sent):
-            return Kind.NOT_SENT  # refused, unresolvable, TLS failed, or a connect timeout
-        if isinstance(exc, lib.node_failed):
-            return Kind.NODE_FAILED
-        return Kind.FINAL
+        return self.lib.kinds.kind(exc)
 
     def is_timeout(self, exc: BaseException) -> bool:
         return isinstance(exc, TimeoutError)  # aiohttp's ServerTimeoutError is one too
 
+    def status(self, response: Any) -> int:
+        status: int = response.status
+        return status
+
     def error_body(self, response: Any) -> bytes:
-        # Read by the exchange (``await response.read()``), which keeps it on the response.
-        body: bytes = response._body or b""
+        body: bytes = response._body or b""  # kept by read_error_body
         return body
-
-    def retry_hints(self, response: Any) -> Mapping[str, str]:
-        headers = response.headers
-        return {name: headers[name] for name in ("retry-after", "retry-after-ms") if name in headers}
-
-    def headers_of(self, response: Any) -> Iterable[tuple[str, str]]:
-        items: Iterable[tuple[str, str]] = response.headers.items()
-        return items
-
-    def watches_stream(self, response: Any) -> bool:
-        headers = response.headers
-        return (
-            self.gateway.stream
-            and response.status == 200
-            and headers.get("content-type", "").startswith("text/event-stream")
-            and "content-encoding" not in headers
-        )
 
     def answer(self, status: int, headers: list[tuple[str, str]], body: bytes, based_on: Any) -> Any:
         """A ClientResponse of our own, complete: ``raise_for_status()`` raises ClientResponseError,
@@ -384,26 +280,32 @@ class AiohttpCall(Call):
         response.reason = _reason(status)
         response._headers = lib.multidict.CIMultiDictProxy(all_headers)
         response._raw_headers = tuple((name.encode(), value.encode()) for name, value in all_headers.items())
-        content = lib.RelayReader(_Unpaced(), 2**16, loop=loop)
-        content.feed_data(body)
-        content.feed_eof()
-        response.content = content
+        response.content = _complete_reader(lib, body)
         return response
 
     def timeout_error(self, message: str) -> BaseException:
         error: BaseException = self.lib.SocketTimeoutError(message)
         return error
 
-    def stream_error(self, node: Node, detail: str) -> Exception:
-        """The error a caller gets when a stream breaks after its first content: aiohttp's own
-        for a body cut short."""
-        error: Exception = self.lib.ClientPayloadError(self.stream_broke(node, detail))
+    def stream_error(self, message: str) -> Exception:
+        """aiohttp's own, for a body cut short."""
+        error: Exception = self.lib.ClientPayloadError(message)
         return error
 
 
-def _relay_reader(call: AiohttpCall, node: Node, inner: Any, read: list[bytes], watch: StreamWatch | None) -> Any:
-    reader = call.lib.RelayReader(_Unpaced(), 2**16, loop=asyncio.get_running_loop())
-    reader.relay(call, node, inner, watch)
+def _complete_reader(lib: Lib, body: bytes) -> Any:
+    """A StreamReader holding a whole body, at its end."""
+    content = lib.StreamReader(_Unpaced(), 2**16, loop=asyncio.get_running_loop())
+    content.feed_data(body)
+    content.feed_eof()
+    return content
+
+
+def _relay_reader(
+    adapter: AiohttpAdapter, call: Call, node: Node, inner: Any, read: list[bytes], watch: StreamWatch | None
+) -> Any:
+    reader = adapter.lib.RelayReader(_Unpaced(), 2**16, loop=asyncio.get_running_loop())
+    reader.relay(adapter, call, node, inner, watch)
     for chunk in read:  # replayed first
         reader.feed_data(chunk)
     reader.replayed = read  # shown to the call's reader only if this answer is the one handed back
@@ -429,16 +331,17 @@ class _Relay(_ReaderBase):
     (its span ends) at the end of the body, on such an error, or when the response is
     released or closed (aiohttp then sets an exception on its content).
 
-    Mixed with aiohttp's StreamReader in ``_Lib``; ``__init__`` is StreamReader's."""
+    Mixed with aiohttp's StreamReader in ``Lib``; ``__init__`` is StreamReader's."""
 
-    _call: AiohttpCall
+    _adapter: AiohttpAdapter
+    _call: Call
     _node: Node
     _inner: Any
     _watch: StreamWatch | None
     _gap: float | None
 
-    def relay(self, call: AiohttpCall, node: Node, inner: Any, watch: StreamWatch | None) -> None:
-        self._call, self._node, self._inner, self._watch = call, node, inner, watch
+    def relay(self, adapter: AiohttpAdapter, call: Call, node: Node, inner: Any, watch: StreamWatch | None) -> None:
+        self._adapter, self._call, self._node, self._inner, self._watch = adapter, call, node, inner, watch
         self._gap = call.ttft if watch is not None else None  # a stream's reads, as httpx's read timeout
         self.replayed: list[bytes] = []
 
@@ -462,7 +365,7 @@ class _Relay(_ReaderBase):
         try:
             async with asyncio.timeout(self._gap):
                 chunk: bytes = await self._inner.readany()
-        except call.lib.errors as exc:
+        except self._adapter.errors as exc:
             if self._watch is None:
                 call.finish(error_type=type(exc).__name__)
                 raise
@@ -478,8 +381,7 @@ class _Relay(_ReaderBase):
         call.finish()
 
     def _broken(self, detail: str) -> Exception:
-        error = self._call.stream_error(self._node, detail)
-        self._call.finish(error_type=type(error).__name__)
+        error = self._adapter.stream_broken(self._call, self._node, detail)
         self.set_exception(error)  # every later read raises it too
         return error
 
@@ -516,7 +418,7 @@ def _proxy_environment() -> tuple[tuple[str, str], ...]:
 
 
 @functools.lru_cache(maxsize=64)
-def _env_proxy(lib: _Lib, origin: str, environment: tuple[tuple[str, str], ...]) -> tuple[Any, Any]:
+def _env_proxy(lib: Lib, origin: str, environment: tuple[tuple[str, str], ...]) -> tuple[Any, Any]:
     """aiohttp's own choice of proxy for ``origin`` from the environment (None when NO_PROXY
     covers it or none is set), made once per origin and environment: it reads ~/.netrc."""
     try:
@@ -529,7 +431,7 @@ def _env_proxy(lib: _Lib, origin: str, environment: tuple[tuple[str, str], ...])
 _urls: dict[str, Any] = {}
 
 
-def _url(lib: _Lib, text: str) -> Any:
+def _url(lib: Lib, text: str) -> Any:
     """Parsed node URLs, reused (bounded, for apps that put ids in their paths)."""
     url = _urls.get(text)
     if url is None:

@@ -1,27 +1,21 @@
-"""One redirected call, whatever client sent it: its state, the verdict on each attempt, its loop.
+"""One redirected call, whatever client sent it: its state, and the verdict on each attempt.
 
-Every adapter (httpx and httpx2, requests, aiohttp) turns its library's requests,
-responses and exceptions into plain data and back; everything in between is here and
-shared: the request prepared once for the gateway, the call's plan, its span and
-trace headers, the verdict on each attempt, the answer we give when no node answered,
-the log line, and the loop of attempts itself (sync and async). So routing, node
-choice, retries, redaction and tracing cannot drift apart between clients.
-
-Decisions are the core's (``core/plan.py``); nothing here sends or reads bytes. An
-adapter subclasses :class:`Call` and supplies the few things only it knows: how its
-exceptions map to a failure ``Kind``, where a response's body and headers are, and
-how to build a response of its own type.
+The driver (``pipeline/_async/driver.py``, and the sync one generated from it) runs a call's
+attempts; everything it needs to know or decide between them is here, and none of it sends or
+reads bytes: the request prepared once for the gateway, the call's plan, its span and trace
+headers, the verdict on each attempt, the answer we give when no node answered or a rule
+refused the call, and the log line. Decisions are the core's (``core/plan.py``,
+``core/policy.py``); the client library's objects are its adapter's (``pipeline/adapter.py``).
+So routing, node choice, retries, redaction and tracing cannot drift apart between clients.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 from urllib.parse import urljoin, urlsplit
@@ -31,17 +25,17 @@ from ..core.genai import ResponseReader
 from ..core.nodes import Node
 from ..core.plan import CallPlan, Deliver, GiveUp, Send
 from ..core.policy import ParsedBody, check, describe_gateway_refusal, needs_document
-from ..core.request import AppHeader, GatewayRequest, prepare
+from ..core.request import GatewayRequest, prepare
 from ..core.retry import Kind, gateway_code
 from ..core.routes import Route
 from ..core.sse import StreamWatch
 from ..runtime import Runtime
-from .hedge import hedged_async, hedged_sync
+from .adapter import Adapter, content_type, is_event_stream
 
 if TYPE_CHECKING:
     from types import ModuleType
 
-    from ..limiter import Permit
+    from ..limiter import Permit, QueueTimeout
     from ..telemetry import CallTelemetry
 
 log = logging.getLogger("yibu_middleware.calls")
@@ -70,24 +64,13 @@ class Exchange(NamedTuple):
     failure: Failure | None
 
 
-class UnderWay(NamedTuple):
-    """A first attempt a hook sent before making a call's loop (its fast path, for a call that
-    needs nothing up front but a node), handed to the loop when it did not end the call."""
-
-    telemetry: CallTelemetry | None
-    trace_headers: list[tuple[bytes, bytes]]
-    started: float  # perf_counter() when the call came in
-    node: Node
-    chosen_at: float  # monotonic() when the node was chosen (see core.plan.first_node)
-
-
 class Call:
-    """The state one call carries between attempts. Subclasses adapt one client library."""
+    """The state one call carries between attempts, whatever library sent it."""
 
     __slots__ = (
-        "_app_path",
         "_over",
         "_parsed",
+        "adapter",
         "gateway",
         "permit",
         "plan",
@@ -100,140 +83,64 @@ class Call:
         "ttft",
     )
 
-    def __init__(
-        self,
-        runtime: Runtime,
-        route: Route,
-        method: str,
-        path: str,
-        query: str,
-        headers: Iterable[AppHeader],
-        body: bytes | None,
-        prepared: GatewayRequest | None = None,
-        under_way: UnderWay | None = None,
-    ) -> None:
-        """``path`` and ``query`` as the app's URL has them; ``headers`` as ``prepare`` takes
-        them; ``body`` None for a body that can be sent once only (an upload, a generator):
-        forwarded as it is, never replayed. ``prepared``: the request ``prepare`` already
-        made of these (by a hook's fast path); ``under_way``: that fast path's first attempt,
-        which this call goes on from (see ``UnderWay``)."""
+    def __init__(self, runtime: Runtime, route: Route, adapter: Adapter) -> None:
+        """``adapter``: the client library's, around the app's request (see ``Adapter``)."""
         self.runtime = runtime
-        self.started = time.perf_counter() if under_way is None else under_way.started
+        self.adapter = adapter
+        self.started = time.perf_counter()
         self._over = False
+        body = adapter.body
         # One parse of the body, shared by aliasing and the policy checks (made only if needed),
         # for a call a rule has something to check in: a model allow-list, or a body that may
         # carry media. Any other call skips the checks.
         rules = runtime.rules
         self._parsed = ParsedBody(body) if rules.allowed or needs_document(body, rules) else None
-        self.gateway: GatewayRequest = (
-            prepared
-            if prepared is not None
-            else prepare(route, method, path, query, headers, body, runtime.gateway_key, runtime.aliases, self._parsed)
+        self.gateway: GatewayRequest = prepare(
+            route,
+            adapter.method,
+            adapter.path,
+            adapter.query,
+            adapter.headers,
+            body,
+            runtime.gateway_key,
+            runtime.aliases,
+            self._parsed,
         )
         self.permit: Permit | None = None  # the client-side limits' admission, given back in finish()
-        if under_way is None:  # else the fast path did this
-            note_swapped(self.gateway, runtime)
+        note_swapped(self.gateway, runtime)
+        runtime.ensure_health_checker()
         deadline = self.gateway.sdk_read_timeout
         self.plan = CallPlan(
             runtime.pool,
             runtime.budget,
             runtime.policy,
             replayable=body is not None,
-            timeout=deadline if deadline is not None else self.own_timeout(),
+            timeout=deadline if deadline is not None else adapter.own_timeout(),
             hedging=runtime.hedging,
-            under_way=None if under_way is None else (under_way.node, under_way.chosen_at),
         )
         self.ttft = runtime.settings.stream.first_token_timeout if self.gateway.stream else None
-        self._app_path = path
         self.timed_out = False  # the last failure was a timeout: see give_up
         # The response is read for its usage (and ids) when a span or a token limit wants it.
         limiter = runtime.limiter
         self.reader = ResponseReader() if limiter is not None and limiter.counts_tokens else None
-        if under_way is None:
-            self.telemetry, self.trace_headers = start_tracing(self.gateway, runtime, self.reader)
-        else:
-            self.telemetry, self.trace_headers = under_way.telemetry, under_way.trace_headers
+        self.telemetry, self.trace_headers = start_tracing(self.gateway, runtime, self.reader)
         if self.telemetry is not None:
             self.reader = self.telemetry.reader
 
     @property
     def where(self) -> str:
         """The call in a few words, for log lines and error messages: "POST api.openai.com/v1/..."."""
-        return f"{self.gateway.method} {self.gateway.route.host}{self._app_path}"
+        return f"{self.gateway.method} {self.gateway.route.host}{self.adapter.path}"
 
-    # --- what an adapter supplies -----------------------------------------------------------
+    # --- client-side limits and policy (the driver waits for a permit) -----------------------
 
-    def own_timeout(self) -> float | None:
-        """The request's own read timeout: the call's deadline when the SDK states none."""
-        return None
+    @property
+    def needs_admission(self) -> bool:
+        """A rule has something to check, or a client-side limit applies."""
+        return self._parsed is not None or self.runtime.limiter is not None
 
-    def kind_of(self, exc: BaseException) -> Kind:
-        """The failure class of a transport error of this library."""
-        raise NotImplementedError
-
-    def is_timeout(self, exc: BaseException) -> bool:
-        raise NotImplementedError
-
-    def error_body(self, response: Any) -> bytes:
-        """The body of an error response, already read by the exchange."""
-        raise NotImplementedError
-
-    def retry_hints(self, response: Any) -> Mapping[str, str]:
-        """A 429's ``retry-after`` / ``retry-after-ms`` headers."""
-        raise NotImplementedError
-
-    def headers_of(self, response: Any) -> Iterable[tuple[str, str]]:
-        raise NotImplementedError
-
-    def watches_stream(self, response: Any) -> bool:
-        """An uncompressed event stream answering a request that asked for one."""
-        raise NotImplementedError
-
-    def answer(self, status: int, headers: list[tuple[str, str]], body: bytes, based_on: Any) -> Any:
-        """A complete response of the library's own type, built by us (``based_on``: the
-        node's response it replaces, or None when no node answered)."""
-        raise NotImplementedError
-
-    def timeout_error(self, message: str) -> BaseException:
-        """The library's own exception for a request that ran out of time (see ``give_up``)."""
-        raise NotImplementedError
-
-    # --- client-side limits and policy ------------------------------------------------------
-
-    def admit(self) -> Any:
-        """Before the first attempt of a sync call: the policy checks, then a turn under the
-        client-side limits (waiting for it). None to go on; else the answer to hand back at once,
-        a refusal nothing was sent for. What is taken here is given back in ``finish``."""
-        refusal = self._policy_refusal()
-        if refusal is not None or self.runtime.limiter is None:
-            return refusal
-        from ..limiter import QueueTimeout
-
-        limiter = self.runtime.limiter
-        try:
-            self.permit = limiter.acquire(self.gateway.model, self._estimate(), self._queue_timeout())
-        except QueueTimeout as exc:
-            return self.refuse(exc.status, exc.code, str(exc))
-        # Nodes the gateway asked to wait, tried last (the limiter was given the pool's nodes).
-        self.plan.avoid = cast(frozenset[Node], self.permit.avoid)
-        return None
-
-    async def admit_async(self) -> Any:
-        """The async twin of ``admit``: waits without blocking the event loop."""
-        refusal = self._policy_refusal()
-        if refusal is not None or self.runtime.limiter is None:
-            return refusal
-        from ..limiter import QueueTimeout
-
-        limiter = self.runtime.limiter
-        try:
-            self.permit = await limiter.acquire_async(self.gateway.model, self._estimate(), self._queue_timeout())
-        except QueueTimeout as exc:
-            return self.refuse(exc.status, exc.code, str(exc))
-        self.plan.avoid = cast(frozenset[Node], self.permit.avoid)
-        return None
-
-    def _policy_refusal(self) -> Any:
+    def policy_refusal(self) -> Any:
+        """Our refusal of a call a policy rule forbids (nothing is sent), or None."""
         if self._parsed is None:
             return None
         gateway = self.gateway
@@ -245,20 +152,29 @@ class Call:
             return None
         return self.refuse(violation.status, violation.code, violation.message)
 
-    def _estimate(self) -> int:
-        """Tokens the call may use, before it is sent (its real usage replaces this at the end)."""
+    def permit_request(self) -> tuple[str | None, int, float]:
+        """What the call asks the client-side limits for: (model, tokens it may use, seconds it may
+        wait). Tokens are estimated before it is sent (its real usage replaces them at the end)."""
         limiter = self.runtime.limiter
-        if limiter is None or not limiter.counts_tokens:
-            return 0
-        from ..core.limits import estimate_tokens  # here: only a process with a token limit needs it
+        assert limiter is not None
+        estimate = 0
+        if limiter.counts_tokens:
+            from ..core.limits import estimate_tokens  # here: only a process with a token limit needs it
 
-        return estimate_tokens(self.gateway.body)
-
-    def _queue_timeout(self) -> float:
-        assert self.runtime.limiter is not None
+            estimate = estimate_tokens(self.gateway.body)
         left = self.plan.timeout_left()
-        queue_timeout = self.runtime.limiter.queue_timeout
-        return queue_timeout if left is None else min(queue_timeout, left)
+        wait = limiter.queue_timeout if left is None else min(limiter.queue_timeout, left)
+        return self.gateway.model, estimate, wait
+
+    def admitted(self, permit: Permit) -> None:
+        """The limits' turn was given: kept until ``finish``. The nodes the gateway asked to wait
+        are tried last (the limiter was given the pool's nodes)."""
+        self.permit = permit
+        self.plan.avoid = cast(frozenset[Node], permit.avoid)
+
+    def queue_refusal(self, exc: QueueTimeout) -> Any:
+        """Our answer to a call that waited too long for its turn under the limits."""
+        return self.refuse(exc.status, exc.code, str(exc))
 
     def refuse(self, status: int, code: str, message: str) -> Any:
         """Our own answer to a call that is not sent: in the provider's format, never retried."""
@@ -266,12 +182,14 @@ class Call:
         log.warning("%s: %s", self.where, message)
         self.finish(error_type=code)
         body = error_body(self.gateway.route.provider, status, message, code)
-        return self.answer(status, [("content-type", "application/json"), ("x-should-retry", "false")], body, None)
+        return self.adapter.answer(
+            status, [("content-type", "application/json"), ("x-should-retry", "false")], body, None
+        )
 
     def finish(self, error_type: str | None = None) -> None:
         """The call is over: reached on every path (a failed answer or our own handed back, a
         body read or closed, a stream ended, broken or closed, an abort); only the first
-        time counts. Ends the span, and gives the client-side limits back what ``admit``
+        time counts. Ends the span, and gives the client-side limits back what admission
         took, with the tokens the gateway reported (when it did, else the estimate stands)."""
         if self._over:
             return
@@ -283,104 +201,28 @@ class Call:
         if self.permit is not None:
             self.permit.release(self.reader.total_tokens() if self.reader is not None else None)
 
-    # --- the loop of attempts ---------------------------------------------------------------
+    # --- reading a response before the verdict ----------------------------------------------
 
-    def run(
-        self,
-        exchange: Callable[[Send], Exchange],
-        close: Callable[[Any], None],
-        hand_back: Callable[[Deliver | GiveUp, Exchange | None], Any],
-        resume: Callable[[Send], Exchange] | None = None,
-    ) -> Any:
-        """Attempts until the plan delivers or gives up: ``exchange`` performs one (I/O only),
-        ``close`` discards a response not handed back, ``hand_back`` makes the caller's answer.
-        ``resume``: the outcome of the attempt under way (see ``UnderWay``), judged first."""
-        plan = self.plan
-        done: Exchange | None = None
-        response: Any = None
-        try:
-            if self._parsed is not None or self.runtime.limiter is not None:  # a rule or a limit applies
-                refusal = self.admit()
-                if refusal is not None:
-                    return refusal
-            action: Send | Deliver | GiveUp = plan.start()
-            while isinstance(action, Send):
-                if resume is not None:
-                    done, resume = resume(action), None
-                else:
-                    if action.delay:
-                        time.sleep(action.delay)
-                    hedge_after = plan.hedge_after()
-                    if hedge_after is None:
-                        done = exchange(action)
-                    else:
-                        done = hedged_sync(self, action, hedge_after, exchange, close)
-                response = done.response
-                action = self.judge(done)
-                if isinstance(action, Send) and response is not None:
-                    close(response)
-                    response = None
-            return hand_back(action, done)
-        except BaseException:
-            # Interrupted, or an error we do not handle: no node slot may stay taken.
-            self.abort()
-            if response is not None:
-                close(response)
-            raise
+    def reads_whole(self, response: Any) -> bool:
+        """A JSON answer whose usage is wanted (a span, a token limit) is read whole before it
+        is handed back, as the SDK would read it at once anyway: cheaper than watching its
+        body go by, and a connection lost while reading it can still be retried."""
+        return (
+            self.reader is not None
+            and not self.gateway.stream
+            and content_type(self.adapter, response).startswith("application/json")
+        )
 
-    async def run_async(
-        self,
-        exchange: Callable[[Send], Awaitable[Exchange]],
-        aclose: Callable[[Any], Awaitable[None]],
-        hand_back: Callable[[Deliver | GiveUp, Exchange | None], Any],
-        resume: Callable[[Send], Awaitable[Exchange]] | None = None,
-    ) -> Any:
-        """The async twin of ``run``."""
-        plan = self.plan
-        done: Exchange | None = None
-        response: Any = None
-        try:
-            if self._parsed is not None or self.runtime.limiter is not None:  # a rule or a limit applies
-                refusal = await self.admit_async()
-                if refusal is not None:
-                    return refusal
-            action: Send | Deliver | GiveUp = plan.start()
-            while isinstance(action, Send):
-                if resume is not None:
-                    done, resume = await resume(action), None
-                else:
-                    if action.delay:
-                        import anyio  # here: a call that waits is rare, and anyio runs under trio too
-
-                        await anyio.sleep(action.delay)
-                    hedge_after = plan.hedge_after()
-                    if hedge_after is None:
-                        done = await exchange(action)
-                    else:
-                        done = await hedged_async(self, action, hedge_after, exchange, aclose)
-                response = done.response
-                action = self.judge(done)
-                if isinstance(action, Send) and response is not None:
-                    await aclose(response)
-                    response = None
-            return hand_back(action, done)
-        except BaseException:
-            # Cancelled (a client gone, a timeout around the call), or an error we do not
-            # handle: no node slot may stay taken.
-            self.abort()
-            if response is not None:
-                await aclose(response)
-            raise
+    def watches_stream(self, response: Any) -> bool:
+        """An uncompressed event stream answering a request that asked for one."""
+        return self.gateway.stream and is_event_stream(self.adapter, response)
 
     # --- one attempt's verdict --------------------------------------------------------------
 
     def failure(self, exc: BaseException) -> Failure:
         """A transport error, in the core's terms."""
-        return Failure(self.kind_of(exc), self.runtime.redact(self.describe(exc)), self.is_timeout(exc))
-
-    def describe(self, exc: BaseException) -> str:
-        """A transport error in a few words, for the log line and the list of nodes tried."""
-        return str(exc) or type(exc).__name__
+        adapter = self.adapter
+        return Failure(adapter.kind_of(exc), self.runtime.redact(adapter.describe(exc)), adapter.is_timeout(exc))
 
     def redirected(self, node: Node, status: int, location: str | None) -> Failure | None:
         """The failure a node's redirect is (None: ``status`` is no redirect).
@@ -435,13 +277,13 @@ class Call:
         limiter = self.runtime.limiter
         if limiter is not None and limiter.follows_gateway:
             # Slow down before the gateway says no: its rate-limit headers hold back later calls.
-            headers = {name.lower(): value for name, value in self.headers_of(done.response)}
+            headers = {name.lower(): value for name, value in self.adapter.response_headers(done.response)}
             limiter.observe(self.gateway.model, status, headers, done.action.node)
         if status < 400:
             return self.plan.answered(done.action, status, _NO_HINTS, None)
         # Error bodies are read before deciding: a gateway code can make a 5xx final.
-        hints = self.retry_hints(done.response) if status == 429 else _NO_HINTS  # only a 429's wait hints count
-        return self.plan.answered(done.action, status, hints, self.error_body(done.response))
+        hints = retry_hints(self.adapter, done.response) if status == 429 else _NO_HINTS  # only a 429's hints count
+        return self.plan.answered(done.action, status, hints, self.adapter.error_body(done.response))
 
     def abort(self) -> None:
         """The call was interrupted (cancelled, or an error we do not handle)."""
@@ -476,7 +318,7 @@ class Call:
         if log.isEnabledFor(logging.INFO):
             self._log(action.node.label, status)
         telemetry = self.telemetry
-        event_stream = self.gateway.stream and self.watches_stream(response)  # only a stream asked for is one
+        event_stream = self.watches_stream(response)  # only a stream asked for is one
         if telemetry is not None:
             telemetry.answered(action.node, event_stream)
         elif self.reader is not None:
@@ -485,7 +327,7 @@ class Call:
             return response
         # A node can quote the key it was sent (a 401's "Incorrect API key provided: ..."):
         # what we hand back is masked like a log line, or the app's exception would hold it.
-        body = masked_body(self.error_body(response), self.runtime.redact)
+        body = masked_body(self.adapter.error_body(response), self.runtime.redact)
         if self.reader is not None:
             self.reader.chunk(body)
         explained = describe_gateway_refusal(status, gateway_code(body))
@@ -500,9 +342,9 @@ class Call:
         if self.plan.retried:
             body = annotate(body, f"yibu-middleware tried: {self.plan.summary()}") or body
         redact = self.runtime.redact
-        headers = [(k, redact(v)) for k, v in self.headers_of(response) if k.lower() not in BODY_HEADERS]
+        headers = [(k, redact(v)) for k, v in self.adapter.response_headers(response) if k.lower() not in BODY_HEADERS]
         headers.append(("x-should-retry", "false"))
-        return self.answer(status, headers, body, response)
+        return self.adapter.answer(status, headers, body, response)
 
     def give_up(self, action: GiveUp) -> Any:
         """No node gave an answer to hand back.
@@ -528,14 +370,22 @@ class Call:
             )
             log.warning("%s", message)
             self.finish(error_type="timeout")
-            raise self.timeout_error(message)
+            raise self.adapter.timeout_error(message)
         message = self.runtime.redact(
             f"yibu-middleware: {self.where} got no answer from the gateway ({summary}); {action.reason}"
         )
         log.warning("%s", message)
         self.finish(error_type="yibu_no_answer")
         body = error_body(self.gateway.route.provider, 503, message, "yibu_no_answer")
-        return self.answer(503, [("content-type", "application/json"), ("x-should-retry", "false")], body, None)
+        return self.adapter.answer(503, [("content-type", "application/json"), ("x-should-retry", "false")], body, None)
+
+    def hand_back(self, action: Deliver | GiveUp, done: Exchange | None) -> Any:
+        """The caller's answer, once the plan delivers or gives up."""
+        if isinstance(action, GiveUp):
+            return self.give_up(action)
+        assert done is not None  # a Deliver follows an answer
+        delivered = self.deliver(action, done)
+        return delivered if action.final else self.adapter.handed_back(self, action, delivered)
 
     def stream_broke(self, node: Node, detail: str) -> str:
         """A stream broke after its first content: too late to retry, but the node is blamed.
@@ -552,23 +402,14 @@ class Call:
         log_answer(self.where, self.gateway, node, status, self.started, tried)
 
 
-def no_proxy_covers(host: str, port: int | None) -> bool:
-    """Does the environment's NO_PROXY cover ``host`` (a node's), as urllib decides it (which
-    aiohttp and the ``requests`` helpers use too)? Cached per NO_PROXY value: reading every
-    environment variable, as urllib does, costs more than the rest of an attempt's choice."""
-    return _no_proxy_covers(host, port, os.environ.get("no_proxy"), os.environ.get("NO_PROXY"))
-
-
-@functools.lru_cache(maxsize=256)
-def _no_proxy_covers(host: str, port: int | None, lower: str | None, upper: str | None) -> bool:
-    no_proxy = lower if lower is not None else upper
-    if not no_proxy:
-        return False
-    import urllib.request  # here: only a process with NO_PROXY set and a proxied client needs it
-
-    target = host if port is None else f"{host}:{port}"
-    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]  # public, not in typeshed
-    return bool(bypass(target, {"no": no_proxy}))
+def retry_hints(adapter: Adapter, response: Any) -> Mapping[str, str]:
+    """A 429's ``retry-after`` / ``retry-after-ms`` headers."""
+    hints = {}
+    for name in ("retry-after", "retry-after-ms"):
+        value = adapter.header(response, name)
+        if value is not None:
+            hints[name] = value
+    return hints
 
 
 def masked_body(body: bytes, redact: Callable[[str], str]) -> bytes:
@@ -632,7 +473,7 @@ def start_tracing(
     tracing = _telemetry or _load_telemetry()
     telemetry = tracing.CallTelemetry.start(gateway, runtime.redact, reader, runtime.capture_content)
     if telemetry is not None:
-        return telemetry, telemetry.traceparent()
+        return telemetry, telemetry.trace_headers()
     return None, tracing.current_trace_headers()
 
 

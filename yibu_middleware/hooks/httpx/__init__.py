@@ -1,0 +1,96 @@
+"""The hook for httpx and httpx2 (same API), and the aiohttp-backed transports the SDKs ship.
+
+It sits on the transport's ``handle_request`` / ``handle_async_request``, below the
+client's auth, redirects and the SDK's own retry loop, so one call of the SDK is one call
+here. A request whose host is not routed leaves after one dict lookup. A request we send
+on to a node is not routed either (its host is the node's), so a transport stacked on
+another hooked transport never handles a call twice. A routed request becomes a ``Call``,
+driven by the pipeline's driver with this library's adapter (``adapter.py``, and the I/O
+in ``_async/adapter.py`` and its generated sync twin).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+from ...core.routes import DEFAULT_PORTS
+from ...pipeline._async.driver import drive as drive_async
+from ...pipeline._sync.driver import drive
+from ...pipeline.call import Call
+from ...runtime import current
+from ..base import Hook
+from ._async.adapter import AsyncHttpxAdapter
+from ._sync.adapter import SyncHttpxAdapter
+from .adapter import failure_kinds
+from .sender import note_choices, sender_for
+
+SYNC_METHOD = "handle_request"
+ASYNC_METHOD = "handle_async_request"
+
+
+class HttpxHook(Hook):
+    def __init__(self, name: str, module: str, classes: dict[str, str], library: str, distribution: str) -> None:
+        """``classes`` maps a transport class name in ``module`` to its request method; ``library``
+        is the module whose Request/Response/exception types those methods use."""
+        super().__init__()
+        self.name = name
+        self.module = module
+        self.classes = classes
+        self.library = library
+        self.distribution = distribution
+
+    def patch(self, module: ModuleType) -> None:
+        lib = importlib.import_module(self.library)  # already imported by `module` itself
+        for class_name, method in self.classes.items():
+            owner = getattr(module, class_name)
+            self.wrap(owner, method, async_wrapper(lib) if method == ASYNC_METHOD else sync_wrapper(lib))
+        if module is lib:
+            # Where a client chooses a transport (and so a proxy) for a URL: noted, so that each
+            # attempt can be sent with the transport the client chooses for the node's URL.
+            for client_class in ("Client", "AsyncClient"):
+                note_choices(self, getattr(lib, client_class))
+
+
+def routed(request: Any) -> tuple[Any, Any] | None:
+    """(runtime, route) for a request to a routed host; None for any other."""
+    runtime = current()
+    if runtime is None:
+        return None
+    url = request.url
+    route = runtime.routes.match(url.host, url.port or DEFAULT_PORTS.get(url.scheme), url.path)
+    return None if route is None else (runtime, route)
+
+
+def sync_wrapper(lib: ModuleType) -> Callable[..., Any]:
+    kinds = failure_kinds(lib)
+
+    def handle_request(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: Any) -> Any:
+        request = args[0] if args else kwargs["request"]
+        found = routed(request)
+        if found is None:
+            return wrapped(*args, **kwargs)
+        runtime, route = found
+        adapter = SyncHttpxAdapter(lib, kinds, request, sender_for(instance, wrapped, SYNC_METHOD))
+        return drive(Call(runtime, route, adapter), adapter)
+
+    return handle_request
+
+
+def async_wrapper(lib: ModuleType) -> Callable[..., Any]:
+    kinds = failure_kinds(lib)
+
+    async def handle_async_request(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: Any
+    ) -> Any:
+        request = args[0] if args else kwargs["request"]
+        found = routed(request)
+        if found is None:
+            return await wrapped(*args, **kwargs)
+        runtime, route = found
+        adapter = AsyncHttpxAdapter(lib, kinds, request, sender_for(instance, wrapped, ASYNC_METHOD))
+        return await drive_async(Call(runtime, route, adapter), adapter)
+
+    return handle_async_request
