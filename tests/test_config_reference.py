@@ -14,6 +14,7 @@ from yibu_middleware.config_reference import (
     START,
     attribute_docs,
     differences,
+    main,
     reference_rows,
     settings_source,
 )
@@ -26,9 +27,16 @@ MAX_ATTEMPTS_DOC = '"""Attempts per call, the first included, across all nodes."
 
 
 def run_script(*args: str) -> subprocess.CompletedProcess[str]:
+    """The script itself, as CI and a contributor run it."""
     return subprocess.run(
         [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=120, check=False
     )
+
+
+def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    """The script's code in this process (each interpreter start costs seconds here): exit code, stderr."""
+    code = main(list(args))
+    return code, capsys.readouterr().err
 
 
 def readme_copy(tmp_path: Path, text: str | None = None) -> Path:
@@ -54,18 +62,20 @@ def test_a_changed_docstring_fails_the_check_naming_the_setting() -> None:
     assert "Attempts per call, at most ten." in problems[0]
 
 
-def test_an_edited_readme_row_fails_the_script_with_how_to_regenerate(tmp_path: Path) -> None:
+def test_an_edited_readme_row_fails_the_check_with_how_to_regenerate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     text = README.read_text(encoding="utf-8")
     row = next(line for line in text.splitlines() if line.startswith("| `hedge.min_samples` |"))
     readme = readme_copy(tmp_path, text.replace(row, row.replace("`20`", "`25`")))
 
-    result = run_script("--check", "--readme", str(readme))
+    code, err = run_main(capsys, "--check", "--readme", str(readme))
 
-    assert result.returncode == 1
-    assert "`hedge.min_samples` differs" in result.stderr
-    assert "`25`" in result.stderr and "`20`" in result.stderr
-    assert "edit its docstring in yibu_middleware/settings.py" in result.stderr
-    assert "scripts/config-reference" in result.stderr
+    assert code == 1
+    assert "`hedge.min_samples` differs" in err
+    assert "`25`" in err and "`20`" in err
+    assert "edit its docstring in yibu_middleware/settings.py" in err
+    assert "scripts/config-reference" in err
 
 
 def test_a_setting_missing_from_the_readme_and_one_that_is_no_setting_are_named(tmp_path: Path) -> None:
@@ -77,24 +87,26 @@ def test_a_setting_missing_from_the_readme_and_one_that_is_no_setting_are_named(
     assert "- `pinned_node`: in the README, not a setting" in problems
 
 
-def test_missing_markers_fail_the_check(tmp_path: Path) -> None:
+def test_missing_markers_fail_the_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     readme = readme_copy(tmp_path, README.read_text(encoding="utf-8").replace(END, ""))
-    result = run_script("--check", "--readme", str(readme))
-    assert result.returncode == 1
-    assert START in result.stderr and END in result.stderr
+    code, err = run_main(capsys, "--check", "--readme", str(readme))
+    assert code == 1
+    assert START in err and END in err
 
 
-def test_rewriting_an_outdated_readme_restores_the_table_and_nothing_else(tmp_path: Path) -> None:
+def test_rewriting_an_outdated_readme_restores_the_table_and_nothing_else(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     original = README.read_text(encoding="utf-8")
     row = next(line for line in original.splitlines() if line.startswith("| `log` |"))
     readme = readme_copy(tmp_path, original.replace(row + "\n", ""))
-    assert run_script("--check", "--readme", str(readme)).returncode == 1
+    assert run_main(capsys, "--check", "--readme", str(readme))[0] == 1
 
     result = run_script("--readme", str(readme))
 
     assert result.returncode == 0, result.stderr
     assert readme.read_text(encoding="utf-8") == original
-    assert run_script("--check", "--readme", str(readme)).returncode == 0
+    assert run_main(capsys, "--check", "--readme", str(readme))[0] == 0
 
 
 def test_every_setting_has_a_row_with_its_meaning() -> None:
