@@ -8,6 +8,12 @@ pydantic-settings does the layering and the environment parsing; this module add
 what it lacks for a library that runs inside someone else's app: every bad value is
 reported with the place it came from and the form expected, secrets masked, and the
 whole report raised as one :class:`~yibu_middleware.errors.ConfigError`.
+
+Each field says what it is twice, on purpose: ``description=`` is the short form an error
+message quotes after a bad value (``[retry.max_attempts: attempts per call, ...]``), and the
+docstring under the field is its entry in the README's configuration reference, which
+``scripts/config-reference`` renders from this module (with the environment variable, type
+and default read from the field) and the tests check. A new setting needs both.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from .errors import ConfigError
 
 ENV_PREFIX = "YIBU_"
 CONFIG_ENV = "YIBU_CONFIG"
+"""Path of the TOML settings file to read."""
 DEFAULT_BASE_URL = "https://api.yibuapi.com/v1"
 
 Provider = Literal["openai", "anthropic"]
@@ -109,25 +116,34 @@ class RetrySettings(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     max_attempts: int = Field(3, ge=1, le=10, description="attempts per call, the first included, across all nodes")
+    """Attempts per call, the first included, across all nodes."""
     backoff_base: float = Field(
         0.1, gt=0, description="seconds; a retry waits only when every node was tried: full jitter up to base*2^n"
     )
+    """Seconds. A retry waits only when every node was already tried: full jitter up to `backoff_base * 2^n`."""
     backoff_max: float = Field(2.0, gt=0, description="seconds; the longest such wait")
+    """Seconds: the longest such wait."""
     max_retry_after: float = Field(
         20.0, ge=0, description="seconds; a 429 asking to wait longer is handed back to the caller instead"
     )
+    """Seconds. A 429 whose `retry-after` asks for longer is handed back to the caller rather than waited out."""
     budget_ratio: float = Field(
         0.2, ge=0, le=1, description="retries may be at most this share of the requests of the last 10 s"
     )
+    """Retries may be at most this share of the process's requests over the last 10 s..."""
     budget_floor: int = Field(10, ge=0, description="...or this many retries per 10 s, whichever is more")
+    """...or this many per 10 s, whichever is more. Refused connections cost no budget."""
 
 
 class EjectionSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     consecutive_failures: int = Field(5, ge=1, description="failures in a row that take a node out")
+    """Failures in a row that take a node out of rotation."""
     base_seconds: float = Field(30.0, gt=0, description="first time out; grows with each ejection (+-20 % jitter)")
+    """First time out; `base_seconds x times ejected`, +-20 % jitter. Then one trial request decides."""
     max_seconds: float = Field(300.0, gt=0, description="the longest time out")
+    """The longest time out, before the +-20 % jitter."""
 
 
 class HealthCheckSettings(BaseModel):
@@ -136,7 +152,10 @@ class HealthCheckSettings(BaseModel):
     interval: float = Field(
         0.0, ge=0, description="seconds between active checks of ejected nodes (GET <node>/models); 0: off"
     )
+    """Seconds between active checks (`GET <node>/models`) of ejected nodes, which are let back as soon as they
+    answer; `0`: off. One daemon thread, started by the first redirected call."""
     timeout: float = Field(2.0, gt=0, description="seconds a check may take")
+    """Seconds a check may take."""
 
 
 class StreamSettings(BaseModel):
@@ -148,6 +167,8 @@ class StreamSettings(BaseModel):
         description="seconds a stream may take to its first content (also the longest silence between"
         " two chunks) before it is retried on another node; unset: no limit",
     )
+    """Seconds a stream may take to its first content before the attempt is dropped and retried on another node. It
+    is applied as the read timeout of streaming attempts, so it also bounds the silence between two chunks."""
 
 
 class HedgeSettings(BaseModel):
@@ -158,21 +179,35 @@ class HedgeSettings(BaseModel):
         description="after the observed p95 time to an answer, send a second attempt to another node;"
         " the first answer wins and the other is cancelled",
     )
+    """Hedged requests: when the first attempt has not answered after the observed p95 time to an answer, a second
+    goes to another node; the first answer wins, the other is cancelled."""
     max_share: float = Field(0.05, gt=0, le=0.5, description="hedges stay under this share of requests")
+    """Hedges stay under this share of requests over the last 10 s, or one per 10 s, whichever is more."""
     min_samples: int = Field(20, ge=1, description="answers observed before the first hedge")
+    """Answers observed before the first hedge."""
 
 
 class RedactionSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = Field(True, description="mask keys in every log record of the process; turned off only explicitly")
+    """Mask keys in every log record of the process (see "Keys never in logs"). Off only when set explicitly to a
+    false value (`false`, `0`, `no`, `off`)."""
     extra_headers: list[str] = Field([], description="more header names whose values are secret")
+    """More header names whose values are secret."""
     extra_patterns: list[str] = Field([], description="more regular expressions for secrets")
+    r"""More regular expressions for secrets. Checked at start: a pattern that does not compile, or that can
+    backtrack catastrophically (a repeat inside a repeat such as `(a+)+` or `(\w+\s?)*`, overlapping
+    alternatives under one, such as `(a|aa)+`, or two long repeats in a row over the same characters, such as
+    `\w+\w+x`), is a settings error naming it; make the inner part atomic (`(?>a+)+`) or possessive (`(a++)+`),
+    or drop the nesting. A merely quadratic pattern (a search for `.*x`) is not refused: about 0.2 s on a 16 KiB
+    line that holds no `x`."""
     remembered_keys: int = Field(
         10_000,
         ge=100,
         description="provider keys swapped out that are masked by exact value: the most recently used ones",
     )
+    """Provider keys swapped out that are masked by exact value: the most recently used ones."""
 
     @field_validator("extra_patterns")
     @classmethod
@@ -208,6 +243,8 @@ class KeySettings(BaseModel):
         description="run without a gateway key (api_key unset): each caller's own key is sent to the gateway"
         " unchanged, for apps already given gateway keys. Without it, no api_key is a settings error",
     )
+    """Start without `api_key`: each caller's own key is sent to the gateway unchanged, for apps already given
+    gateway keys. Ignored when `api_key` is set."""
 
 
 class ModelLimits(BaseModel):
@@ -216,15 +253,21 @@ class ModelLimits(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     max_concurrent: int | None = Field(None, ge=1, description="calls in flight at once (a request pool); unset: none")
+    """Calls in flight to the gateway at once (a request pool), for the whole process here and for one model under
+    `per_model`; a call holds its slot until its response or stream ends."""
     requests_per_second: float | None = Field(
         None, gt=0, description="calls started per second, evenly spaced (no burst); unset: no limit"
     )
+    """Calls started per second, evenly spaced with no initial burst."""
     tokens_per_minute: int | None = Field(
         None,
         ge=1,
         description="tokens per sliding minute: estimated from the request while it is out, then the"
         " usage the gateway returned; unset: no limit",
     )
+    """Tokens per sliding minute: a call reserves an estimate (request bytes / 4, each inline media payload over
+    6,400 bytes counted as 1,600 tokens, + `max_tokens`, `max_completion_tokens` or `max_output_tokens`) while
+    it runs; then the usage the gateway returned (JSON or stream) counts for 60 s from its end."""
 
     @property
     def limited(self) -> bool:
@@ -239,15 +282,24 @@ class LimitSettings(ModelLimits):
         ge=0,
         description="seconds a call may wait its turn; then it fails with a 429 the SDK does not retry",
     )
+    """Seconds a call may wait its turn (first come, first served; sync and async callers share one queue). Then it
+    fails with a 429 in the provider's format and `x-should-retry: false` (the SDK's `RateLimitError`), naming
+    the limit that held it."""
     per_model: Annotated[dict[str, ModelLimits], NoDecode] = Field(
         {},
         description="limits of one model (as sent, after model_aliases), on top of the global ones:"
         ' "gpt-4o" = {max_concurrent = 2}. Env: JSON object',
     )
+    """The same three limits for one model (as sent, after `model_aliases`), on top of the global ones:
+    `[limits.per_model."gpt-4o"]` with `max_concurrent = 2`."""
     follow_gateway_headers: bool = Field(
         True,
         description="hold back calls as the gateway's x-ratelimit-* / retry-after headers ask (when a limit is set)",
     )
+    """While a limit is set, hold back new calls as the gateway's answers ask: `retry-after-ms` / `retry-after` on
+    a 429 (1 s when a 429 gives no hint, as new-api's do not), and the `x-ratelimit-remaining-*` /
+    `anthropic-ratelimit-*-remaining` budgets until their reset, for the model of the answer and the node that
+    sent it (see "Client-side limits and policy")."""
     max_hold_seconds: float = Field(
         60.0,
         gt=0,
@@ -255,6 +307,8 @@ class LimitSettings(ModelLimits):
         description="the longest a node's retry-after or x-ratelimit-* reset holds calls back, in seconds;"
         " a node asking for more (days, a date far off) holds this long",
     )
+    """The longest one answer's `retry-after` or `x-ratelimit-reset-*` holds calls back; a node asking for more
+    (days, or a date far off) holds this long."""
 
     @field_validator("per_model", mode="before")
     @classmethod
@@ -287,18 +341,34 @@ class PolicySettings(BaseModel):
         description="models (as sent, after model_aliases) that may be called; shell patterns such as"
         " 'gpt-4o*' allowed; empty: all. Env: comma-separated or a JSON list",
     )
+    """Models that may be called, as sent after `model_aliases`; empty: all. Shell patterns such as `gpt-4o*`. The
+    model is the JSON body's top-level `"model"` field (never one nested in a tool call, `metadata` or a
+    schema), of any length; each request of an Anthropic message batch is checked. Any other model gets a 403
+    (`PermissionDeniedError`) and nothing is sent; so does a body whose model cannot be read (not a string, not
+    valid JSON, or a body the client streams from a generator or file: code `model_unreadable`). An upload's
+    multipart form is read for its `model` field. A body with no model (`GET /models`, most file calls, a
+    Responses call whose stored `prompt` names the model) passes."""
     denied_modalities: Annotated[list[Modality], NoDecode] = Field(
         [],
         description="input kinds refused before sending: 'image', 'audio', 'file'. Env: comma-separated or a JSON list",
     )
+    """`image`, `audio`, `file`: input parts of these kinds (OpenAI chat and Responses, Anthropic messages, tool
+    results included) get a 403 before sending."""
     image_formats: Annotated[list[str], NoDecode] = Field(
         ["jpg", "png", "webp"], description="image formats accepted (jpeg counts as jpg)"
     )
+    """Image formats accepted (`jpeg` counts as `jpg`), read from base64 data's media type or a URL's extension;
+    any other gets a 400 (`BadRequestError`). A URL with no known extension passes."""
     audio_formats: Annotated[list[str], NoDecode] = Field(["mp3", "wav"], description="audio formats accepted")
+    """Audio formats accepted."""
     max_media_bytes: int = Field(
         200 * MB, ge=1, description="largest image, audio or file sent as base64 data, in bytes (decoded)"
     )
+    """Largest image, audio or file sent inline, in bytes (the default is 200 MiB): base64 size after decoding,
+    computed from its length; nothing is decoded. Larger gets a 400. URLs are not fetched, so their size is not
+    checked."""
     check_media: bool = Field(True, description="check image and audio formats and media sizes")
+    """Check media formats and sizes; `false` leaves only the model and modality rules."""
 
     @field_validator("allowed_models", "denied_modalities", "image_formats", "audio_formats", mode="before")
     @classmethod
@@ -339,11 +409,15 @@ class EgressSettings(BaseModel):
         " host) that does not go through the gateway: a raw socket, a websocket, an unhooked client, an"
         " unrouted path; with a PermissionError naming the host, and a warning logged",
     )
+    """The egress guard (see "Egress guard"): refuse any connection from this process to a known LLM provider host,
+    a routed host or an `extra_hosts` host that does not go through the gateway, with a `PermissionError` naming
+    the host and this setting, and log it."""
     extra_hosts: Annotated[list[str], NoDecode] = Field(
         [],
         description="more host names the guard refuses, besides the known providers and the routed hosts."
         " Env: comma-separated or a JSON list",
     )
+    """More host names the guard refuses."""
 
     @field_validator("extra_hosts", mode="before")
     @classmethod
@@ -405,10 +479,17 @@ class Settings(BaseSettings):
     enabled: Switch = Field(
         False, description="turn the middleware on at interpreter start: 1/true/yes/on, or 0/false/no/off"
     )
+    """Turn the middleware on at interpreter start: `1`/`true`/`yes`/`on`; `0`/`false`/`no`/`off` or empty: off;
+    any other word is a settings error. Only the environment variable is read at start; the file cannot switch
+    it on."""
     api_key: SecretStr | None = Field(
         None,
         description="the gateway key sent instead of the provider key; required unless keys.pass_through is set",
     )
+    """The gateway key, sent instead of the provider key in `Authorization: Bearer`, `x-api-key` and `api-key`.
+    Required: unset or empty, the middleware does not start unless `keys.pass_through` is set. Surrounding
+    whitespace is dropped; other spaces, control and non-ASCII characters are an error. A secret: shown only
+    masked (`sk-...a1b2`)."""
     keys: KeySettings = Field(KeySettings(), description="which key is sent to the gateway")
     # Before the URLs: their validators read it.
     allow_insecure_nodes: Switch = Field(
@@ -416,11 +497,20 @@ class Settings(BaseSettings):
         description="allow http:// node URLs on hosts other than this machine (the gateway key then travels in"
         " clear text)",
     )
+    """Allow `http://` node URLs on hosts other than this machine. Without it such a URL is a settings error, since
+    the gateway key would travel in clear text; `http://` to `localhost`, `127.0.0.0/8` or `[::1]` is always
+    allowed."""
     base_url: str = Field(DEFAULT_BASE_URL, description="the gateway's base URL, used when `nodes` is empty")
+    """The gateway's base URL, used when `nodes` is empty."""
     nodes: Annotated[list[str], NoDecode] = Field(
         [],
         description="gateway node base URLs; replace base_url. Env: comma-separated; TOML: a list",
     )
+    """Several gateway node base URLs; when set they replace `base_url`. TOML: `nodes = ["https://a/v1",
+    "https://b/v1"]`. Requests are spread over them by observed latency and load (see "Choosing a node"); a node
+    that refuses the connection is skipped at once. A node URL (here, in `base_url`, `pin` and `node_weights`)
+    takes no `user:password@` (put the key in `YIBU_API_KEY`; the error shows the URL masked), no query, and
+    only ports 1-65535 and valid host names (IDNA hosts in their `xn--` form)."""
     routes: Annotated[dict[str, RouteSpec], NoDecode] = Field(
         DEFAULT_ROUTES,
         description=(
@@ -428,16 +518,30 @@ class Settings(BaseSettings):
             " {provider = ..., strip_prefix = ...} | false (to stop redirecting a default host). Env: JSON object"
         ),
     )
+    """Which provider hosts are redirected, merged onto the defaults. A key is a host (matched on any port) or
+    `host:port` (that port only; `[::1]:8000` for IPv6); hosts compare as DNS compares them (case, a trailing
+    dot, IDNA), and a key with a scheme or path (`https://api.x.com/v1`) is a settings error. A value is
+    `"openai"` (also for any OpenAI-compatible API), `"anthropic"`, a table `{provider = "openai", strip_prefix
+    = "/openai/v1", paths = ["/rerank"]}`, or `false` to stop redirecting a default host. `strip_prefix`
+    (default `/v1`) is removed from the path before the rest is joined onto the node URL. Only the provider's
+    model API paths are redirected (see "Which requests are routed"); `paths` adds more, as prefixes of the path
+    after `strip_prefix` (`["/"]`: every path)."""
     model_aliases: Annotated[dict[str, str], NoDecode] = Field(
         {},
         description="rewrite `model` in JSON request bodies: old name = new name. Env: JSON object",
     )
+    """Rewrite `model` in JSON request bodies: `[model_aliases]` with `"gpt-4" = "gpt-5.2"` moves an app from an
+    old model to a new one without a code change."""
     node_weights: Annotated[dict[str, float], NoDecode] = Field(
         {}, description="relative share of traffic per node URL (default 1). Env: JSON object"
     )
+    """Relative share of traffic per node URL, e.g. `{"https://hk.gw.example/v1" = 2}` in TOML; a node not listed
+    weighs `1`."""
     pin: str | None = Field(
         None, description="a node URL that takes all traffic while it is healthy; the others are its fallback"
     )
+    """A node URL (one of `nodes`) that takes all traffic while it is healthy; the others are only its fallback
+    (the gateway's "manual node switch")."""
     retry: RetrySettings = Field(RetrySettings(), description="retries and failover")
     ejection: EjectionSettings = Field(EjectionSettings(), description="passive outlier ejection")
     health_check: HealthCheckSettings = Field(HealthCheckSettings(), description="active health checks")
@@ -455,6 +559,10 @@ class Settings(BaseSettings):
         description="print the library's own log lines (one per redirected call at 'info') to stderr;"
         " 'off' leaves it to the app's logging configuration",
     )
+    """`info` prints one line per redirected call to stderr (`debug`, `warning` also accepted), once: when the
+    app's own handlers already write the library's records to stderr (e.g. `logging.basicConfig`), they print it
+    and the library's handler stands aside. The `yibu_middleware` logger still propagates, so the app's other
+    handlers (a file) get the lines too. `off` leaves that logger to the app's own logging configuration."""
 
     # Plain defaults, not default_factory=list/dict: pydantic copies mutable defaults
     # anyway, and inspecting a builtin factory's signature costs ~5 ms at start-up.
