@@ -108,19 +108,25 @@ def _meaning(model: type[BaseModel], name: str, info: FieldInfo, docs: Mapping[t
     return description[:1].upper() + description[1:] + ("" if description.endswith(".") else ".")
 
 
-def _leaves(model: type[BaseModel], path: tuple[str, ...], docs: Mapping[tuple[str, str], str]) -> Iterator[Row]:
+def _leaves(
+    model: type[BaseModel], path: tuple[str, ...], docs: Mapping[tuple[str, str], str], about: str = ""
+) -> Iterator[Row]:
+    """``about``: what the section is, for a section of one field (a switch such as
+    ``hooks.requests.enabled``), whose field's own text is the same in every such section."""
     for name, info in model.model_fields.items():
         section = _section_model(info)
         if section is not None:
-            yield from _leaves(section, (*path, name), docs)
+            one_field = len(section.model_fields) == 1
+            yield from _leaves(section, (*path, name), docs, _meaning(model, name, info, docs) if one_field else "")
             continue
         dotted = (*path, name)
+        meaning = _meaning(model, name, info, docs)
         yield Row(
             setting=f"`{'.'.join(dotted)}`",
             environment=f"`{ENV_PREFIX}{'__'.join(dotted).upper()}`" + _environment_form(info),
             type=_type_text(info),
             default=_default_text(info.default),
-            meaning=_meaning(model, name, info, docs),
+            meaning=f"{about} {meaning}" if about else meaning,
         )
 
 

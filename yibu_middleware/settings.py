@@ -442,6 +442,7 @@ class HookSwitch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: Switch = Field(True, description="false: this hook is not applied")
+    """`false`: not applied, so that library's requests are not routed: they go where the app sends them."""
 
 
 def _hook(what: str) -> Any:
@@ -456,12 +457,19 @@ class HookSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     httpx: HookSwitch = _hook("httpx's transports (HTTPTransport, AsyncHTTPTransport)")
+    """The hook on httpx's transports (`HTTPTransport`, `AsyncHTTPTransport`)."""
     httpx2: HookSwitch = _hook("httpx2's transports: the openai (3+) and anthropic (2+) SDKs' default client")
+    """The hook on httpx2's transports: the openai (3+) and anthropic (2+) SDKs' default client."""
     openai_aiohttp: HookSwitch = _hook("the openai SDK's aiohttp transport (DefaultAioHttpClient)")
+    """The hook on the openai SDK's aiohttp transport (`DefaultAioHttpClient`)."""
     anthropic_aiohttp: HookSwitch = _hook("the anthropic SDK's aiohttp transport (DefaultAioHttpClient)")
+    """The hook on the anthropic SDK's aiohttp transport (`DefaultAioHttpClient`)."""
     requests: HookSwitch = _hook("requests (HTTPAdapter.send)")
+    """The hook on requests (`HTTPAdapter.send`)."""
     aiohttp: HookSwitch = _hook("aiohttp (ClientSession)")
+    """The hook on aiohttp (`ClientSession`)."""
     logging: HookSwitch = _hook("the logging patch that masks keys in every log record (as redaction.enabled)")
+    """The logging patch that masks keys in every log record; `redaction.enabled = false` turns it off too."""
 
 
 class Settings(BaseSettings):
