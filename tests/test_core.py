@@ -162,3 +162,13 @@ def test_header_scan_reads_the_sdk_headers() -> None:
     assert from_pairs.sdk_read_timeout == 12.5
     unreadable = scan_headers([(b"x-stainless-read-timeout", b"soon")], None, False)
     assert unreadable.sdk_read_timeout is None and unreadable.sdk_retried is False
+
+
+def test_attempt_limits_from_the_deadline_and_a_streams_first_token_timeout() -> None:
+    from yibu_middleware.core.plan import attempt_limits
+
+    assert attempt_limits(None, None) == (None, None)  # no deadline: nothing is cut
+    assert attempt_limits(5.0, None) == (5.0, 5.0)
+    assert attempt_limits(5.0, 2.0) == (5.0, 2.0)  # a stream's reads: its first token sooner
+    assert attempt_limits(1.0, 2.0) == (1.0, 1.0)  # but never past the deadline
+    assert attempt_limits(None, 2.0) == (None, 2.0)

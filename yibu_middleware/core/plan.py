@@ -113,6 +113,22 @@ class GiveUp(NamedTuple):
     reason: str
 
 
+class AttemptLimits(NamedTuple):
+    """Seconds one attempt may take, from the call's deadline: each adapter cuts its library's own
+    timeouts to these (a timeout the app set lower is kept)."""
+
+    every: float | None  # connect, write, pool: what is left of the deadline (None: no deadline)
+    read: float | None  # reads: the same, and for a stream not past its first-token timeout
+
+
+def attempt_limits(left: float | None, first_token: float | None) -> AttemptLimits:
+    """``left``: what is left of the call's deadline; ``first_token``: a stream's first-token
+    timeout (None when the call is no stream, or it has none)."""
+    if first_token is None:
+        return AttemptLimits(left, left)
+    return AttemptLimits(left, first_token if left is None else min(left, first_token))
+
+
 class Step(NamedTuple):
     """One attempt and how it ended: "200", "503", "connection failed: ...", ..."""
 

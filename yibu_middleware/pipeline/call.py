@@ -23,7 +23,7 @@ from urllib.parse import urljoin, urlsplit
 from ..core.errors import annotate, error_body
 from ..core.genai import ResponseReader
 from ..core.nodes import Node
-from ..core.plan import CallPlan, Deliver, GiveUp, Send
+from ..core.plan import AttemptLimits, CallPlan, Deliver, GiveUp, Send, attempt_limits
 from ..core.policy import ParsedBody, check, describe_gateway_refusal, needs_document
 from ..core.request import GatewayRequest, prepare
 from ..core.retry import Kind, gateway_code
@@ -303,6 +303,10 @@ class Call:
         else:
             kind = Kind.RATE_LIMITED if done.status == 429 else Kind.NODE_FAILED
             self.plan.record_failure(done.action, kind, str(done.status))
+
+    def attempt_limits(self) -> AttemptLimits:
+        """What the next attempt may take (see ``core.plan.attempt_limits``)."""
+        return attempt_limits(self.plan.timeout_left(), self.ttft)
 
     def first_token_overdue(self, started: float) -> bool:
         return self.ttft is not None and time.monotonic() - started > self.ttft

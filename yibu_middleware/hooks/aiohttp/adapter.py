@@ -163,8 +163,7 @@ class AiohttpAdapter(AsyncAdapter):
         if self._proxy_source:
             request.proxy, request.proxy_auth, request.proxy_headers = self.node_proxy(original, url)
         # The attempt's time limit, up to its answer (and a stream's first content).
-        left = call.plan.timeout_left()
-        limit = left if call.ttft is None else call.ttft if left is None else min(left, call.ttft)
+        limit = call.attempt_limits().read
         self._deadline = None if limit is None else asyncio.get_running_loop().time() + limit
         return request
 

@@ -12,7 +12,7 @@ from types import ModuleType
 from typing import Any
 
 from ...core.nodes import Node
-from ...core.plan import Send
+from ...core.plan import AttemptLimits, Send
 from ...core.retry import Kind
 from ...pipeline.adapter import Adapter, FailureKinds
 from ...pipeline.call import Call
@@ -65,7 +65,7 @@ class HttpxAdapter(Adapter):
         gateway = call.gateway
         extensions = self.original.extensions
         own = extensions.get("timeout") or {}
-        timeouts = cut_timeouts(own, call.plan.timeout_left(), call.ttft)
+        timeouts = cut_timeouts(own, call.attempt_limits())
         if timeouts is not own:
             extensions = {**extensions, "timeout": timeouts}
         url = node_url(self.lib, action.node, gateway.path, gateway.query)
@@ -113,15 +113,13 @@ class HttpxAdapter(Adapter):
         return error
 
 
-def cut_timeouts(original: dict[str, float | None], left: float | None, ttft: float | None) -> dict[str, float | None]:
-    """A request's timeouts cut to ``left``, what is left of the call's deadline, and the read
-    timeout to ``ttft``, a stream's first-token timeout: ``original`` itself when nothing is cut
-    (most first attempts), so that the request's extensions are shared, not copied."""
-    read_limit = left if ttft is None else ttft if left is None else min(left, ttft)
+def cut_timeouts(original: dict[str, float | None], limits: AttemptLimits) -> dict[str, float | None]:
+    """A request's timeouts cut to ``limits``: ``original`` itself when nothing is cut (most first
+    attempts), so that the request's extensions are shared, not copied."""
     timeouts = dict(original)
     cut = False
     for name in _TIMEOUTS:  # a timeout missing or None is none at all: it gets the limit
-        limit = read_limit if name == "read" else left
+        limit = limits.read if name == "read" else limits.every
         current = timeouts.get(name)
         # A timeout at most _SLACK over the limit is kept: on a first attempt the deadline is
         # the SDK's own read timeout, less the microseconds spent so far.

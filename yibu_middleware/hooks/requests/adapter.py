@@ -167,15 +167,14 @@ class RequestsAdapter(SyncAdapter):
         proxies = options.get("proxies")
         if proxies and _bypasses(self.lib, node.base_url, proxies.get("no_proxy")):
             options = {**options, "proxies": {}}
-        left = call.plan.timeout_left()
-        if left is None and call.ttft is None:
+        limits = call.attempt_limits()
+        if limits.every is None and limits.read is None:
             return options
         connect, read = _connect_read(options.get("timeout"))
-        if left is not None:
-            connect = left if connect is None else min(connect, left)
-            read = left if read is None else min(read, left)
-        if call.ttft is not None:
-            read = call.ttft if read is None else min(read, call.ttft)
+        if limits.every is not None:
+            connect = limits.every if connect is None else min(connect, limits.every)
+        if limits.read is not None:
+            read = limits.read if read is None else min(read, limits.read)
         return {**options, "timeout": (connect, read)}
 
     def send(self, request: tuple[Any, dict[str, Any]]) -> Any:
