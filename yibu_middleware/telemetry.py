@@ -11,8 +11,8 @@ and this module does nothing more than ask for one.
 This module is imported only once the app has imported OpenTelemetry itself (a
 process that never did cannot have an SDK configured), so it adds nothing to start-up.
 
-The conventions' names live here and nowhere else, so that a later rename (the
-conventions move on in semantic-conventions-genai) is a change to this file.
+The conventions' names are constants in this module and nowhere else, so that a later rename
+(the conventions move on in semantic-conventions-genai) is a change to one block.
 
 No context is attached while a call runs: the span is passed around explicitly and its
 context is written into each attempt's headers by the app's own propagators
@@ -25,14 +25,46 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.context import Context, get_current
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from .core.genai import ResponseReader, operation_name
+from .core.genai import ResponseFacts, ResponseReader, operation_name
 from .core.request import GatewayRequest
+from .pipeline.observers import CallObserver
+
+if TYPE_CHECKING:
+    from .core.nodes import Node
+    from .core.plan import Send
+    from .pipeline.call import Call
+
+# The names of the span, its events and metrics: the GenAI semantic conventions (v1.41) and
+# our own (yibu.*). Here and nowhere else, so that a rename is a change to this block.
+OPERATION_NAME = "gen_ai.operation.name"
+PROVIDER_NAME = "gen_ai.provider.name"
+REQUEST_MODEL = "gen_ai.request.model"
+RESPONSE_ID = "gen_ai.response.id"
+RESPONSE_MODEL = "gen_ai.response.model"
+FINISH_REASONS = "gen_ai.response.finish_reasons"
+INPUT_TOKENS = "gen_ai.usage.input_tokens"
+OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
+TIME_TO_FIRST_CHUNK = "gen_ai.response.time_to_first_chunk"
+INPUT_MESSAGES = "gen_ai.input.messages"
+TOKEN_TYPE = "gen_ai.token.type"
+DURATION_METRIC = "gen_ai.client.operation.duration"
+TOKEN_USAGE_METRIC = "gen_ai.client.token.usage"
+TIME_TO_FIRST_CHUNK_METRIC = "gen_ai.client.operation.time_to_first_chunk"
+SERVER_ADDRESS = "server.address"
+SERVER_PORT = "server.port"
+ERROR_TYPE = "error.type"
+YIBU_MODEL_SENT = "yibu.request.model_sent"
+YIBU_GATEWAY_REFUSAL = "yibu.gateway_refusal"
+YIBU_ATTEMPT_EVENT = "yibu.attempt"
+YIBU_OUTCOME = "yibu.outcome"
+YIBU_RETRY_REASON = "yibu.retry_reason"
+YIBU_WAIT = "yibu.wait_s"
 
 _tracer: trace.Tracer | None = None
 _instruments: tuple[metrics.Histogram, metrics.Histogram, metrics.Histogram] | None = None
@@ -52,13 +84,9 @@ def _get_instruments() -> tuple[metrics.Histogram, metrics.Histogram, metrics.Hi
     if _instruments is None:
         meter = metrics.get_meter("yibu_middleware")
         _instruments = (
-            meter.create_histogram(
-                "gen_ai.client.operation.duration", unit="s", description="GenAI operation duration"
-            ),
-            meter.create_histogram("gen_ai.client.token.usage", unit="{token}", description="tokens used"),
-            meter.create_histogram(
-                "gen_ai.client.operation.time_to_first_chunk", unit="s", description="time to the first chunk"
-            ),
+            meter.create_histogram(DURATION_METRIC, unit="s", description="GenAI operation duration"),
+            meter.create_histogram(TOKEN_USAGE_METRIC, unit="{token}", description="tokens used"),
+            meter.create_histogram(TIME_TO_FIRST_CHUNK_METRIC, unit="s", description="time to the first chunk"),
         )
     return _instruments
 
@@ -66,11 +94,11 @@ def _get_instruments() -> tuple[metrics.Histogram, metrics.Histogram, metrics.Hi
 def _genai_span_active(current: Context) -> bool:
     """OpenTelemetry's own openai/anthropic instrumentation already made this call's span."""
     attributes = getattr(trace.get_current_span(current), "attributes", None)
-    return bool(attributes) and "gen_ai.operation.name" in attributes  # type: ignore[operator]
+    return bool(attributes) and OPERATION_NAME in attributes  # type: ignore[operator]
 
 
-class CallTelemetry:
-    """The span (and metrics) of one redirected call."""
+class CallTelemetry(CallObserver):
+    """The span (and metrics) of one redirected call: an observer of the call (see ``pipeline/observers.py``)."""
 
     __slots__ = (
         "_attributes",
@@ -103,20 +131,20 @@ class CallTelemetry:
             return None  # OpenTelemetry's own openai/anthropic instrumentation spans this call
         model = gateway.requested_model or ""
         attributes: dict[str, Any] = {
-            "gen_ai.operation.name": operation,
-            "gen_ai.provider.name": gateway.route.provider,
+            OPERATION_NAME: operation,
+            PROVIDER_NAME: gateway.route.provider,
         }
         if model:
-            attributes["gen_ai.request.model"] = model
+            attributes[REQUEST_MODEL] = model
         span = (_tracer or _get_tracer()).start_span(
             f"{operation} {model}".strip(), context=current, kind=SpanKind.CLIENT, attributes=attributes
         )
         if not span.is_recording():
             return None  # no SDK: nothing to record, nothing to pay
         if gateway.model and gateway.model != model:
-            span.set_attribute("yibu.request.model_sent", gateway.model)  # the alias actually sent
+            span.set_attribute(YIBU_MODEL_SENT, gateway.model)  # the alias actually sent
         if capture_content and gateway.body:
-            span.set_attribute("gen_ai.input.messages", redact(_messages(gateway.body)))
+            span.set_attribute(INPUT_MESSAGES, redact(_messages(gateway.body)))
         return cls(span, attributes, reader if reader is not None else ResponseReader())
 
     def trace_headers(self) -> list[tuple[bytes, bytes]]:
@@ -124,22 +152,30 @@ class CallTelemetry:
         them (W3C ``traceparent`` by default; B3, baggage, ... when the app configured those)."""
         return _injected(trace.set_span_in_context(self.span))
 
-    def attempt(self, node: Any, outcome: str, why: str, waited: float) -> None:
-        """One attempt of a call that was retried (or is about to be): a call answered at its
-        first attempt is told by the span itself (its server attributes, and error.type if it
+    def attempt_ended(self, call: Call, action: Send, outcome: str, retried: bool) -> None:
+        """An event per attempt of a call that was retried (or is about to be): a call answered at
+        its first attempt is told by the span itself (its server attributes, and error.type if it
         failed), and each event costs the SDK as much as a fifth of the span."""
-        attributes: dict[str, Any] = {"server.address": node.host, "server.port": node.port, "yibu.outcome": outcome}
-        if why:
-            attributes["yibu.retry_reason"] = why
-        if waited:
-            attributes["yibu.wait_s"] = waited
-        self.span.add_event("yibu.attempt", attributes)
+        if not retried:
+            return
+        node = action.node
+        attributes: dict[str, Any] = {SERVER_ADDRESS: node.host, SERVER_PORT: node.port, YIBU_OUTCOME: outcome}
+        if action.why:
+            attributes[YIBU_RETRY_REASON] = action.why
+        if action.delay:
+            attributes[YIBU_WAIT] = action.delay
+        self.span.add_event(YIBU_ATTEMPT_EVENT, attributes)
 
-    def answered(self, node: Any, event_stream: bool) -> None:
+    def answered(self, call: Call, node: Node, status: int, event_stream: bool) -> None:
         """The node that answered: set on the span when it ends, with everything else. The
         status is not an attribute of GenAI spans: a failure's is its error.type."""
         self._node = node
-        self.reader.sse = event_stream
+
+    def note(self, call: Call, text: str) -> None:
+        self.span.set_attribute(YIBU_GATEWAY_REFUSAL, text)
+
+    def ended(self, call: Call, facts: ResponseFacts | None, error_type: str | None) -> None:
+        self.finish(error_type)
 
     def finish(self, error_type: str | None = None) -> None:
         """End the span and record the metrics; safe to call more than once."""
@@ -149,34 +185,34 @@ class CallTelemetry:
         span, reader = self.span, self.reader
         facts = reader.done()
         node = self._node
-        found: dict[str, Any] = {} if node is None else {"server.address": node.host, "server.port": node.port}
+        found: dict[str, Any] = {} if node is None else {SERVER_ADDRESS: node.host, SERVER_PORT: node.port}
         if facts.response_id:
-            found["gen_ai.response.id"] = facts.response_id
+            found[RESPONSE_ID] = facts.response_id
         if facts.model:
-            found["gen_ai.response.model"] = facts.model
+            found[RESPONSE_MODEL] = facts.model
         if facts.finish_reasons:
-            found["gen_ai.response.finish_reasons"] = facts.finish_reasons
+            found[FINISH_REASONS] = facts.finish_reasons
         if facts.input_tokens is not None:
-            found["gen_ai.usage.input_tokens"] = facts.input_tokens
+            found[INPUT_TOKENS] = facts.input_tokens
         if facts.output_tokens is not None:
-            found["gen_ai.usage.output_tokens"] = facts.output_tokens
+            found[OUTPUT_TOKENS] = facts.output_tokens
         first_chunk_after = None if reader.first_chunk is None or not reader.sse else reader.first_chunk - self._started
         if first_chunk_after is not None:
-            found["gen_ai.response.time_to_first_chunk"] = first_chunk_after
+            found[TIME_TO_FIRST_CHUNK] = first_chunk_after
         if error_type is not None:
-            found["error.type"] = error_type
+            found[ERROR_TYPE] = error_type
             span.set_status(Status(StatusCode.ERROR, error_type))
         span.set_attributes(found)  # one call: each attribute set on its own takes the span's lock
         span.end()
         duration, tokens, first_chunk = _instruments or _get_instruments()
         attributes = self._attributes  # the metrics': the span's start attributes, and these
-        for name in ("server.address", "server.port", "gen_ai.response.model", "error.type"):
+        for name in (SERVER_ADDRESS, SERVER_PORT, RESPONSE_MODEL, ERROR_TYPE):
             if name in found:
                 attributes[name] = found[name]
         duration.record(time.monotonic() - self._started, attributes)
         for kind, count in (("input", facts.input_tokens), ("output", facts.output_tokens)):
             if count is not None:
-                tokens.record(count, {**attributes, "gen_ai.token.type": kind})
+                tokens.record(count, {**attributes, TOKEN_TYPE: kind})
         if first_chunk_after is not None:
             first_chunk.record(first_chunk_after, attributes)
 

@@ -31,6 +31,7 @@ from ..core.routes import Route
 from ..core.sse import StreamWatch
 from ..runtime import Runtime
 from .adapter import Adapter, content_type, is_event_stream
+from .observers import CallObserver, LimitsTurn, LogLine
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -72,12 +73,11 @@ class Call:
         "_parsed",
         "adapter",
         "gateway",
-        "permit",
+        "observers",
         "plan",
         "reader",
         "runtime",
         "started",
-        "telemetry",
         "timed_out",
         "trace_headers",
         "ttft",
@@ -106,7 +106,6 @@ class Call:
             runtime.aliases,
             self._parsed,
         )
-        self.permit: Permit | None = None  # the client-side limits' admission, given back in finish()
         note_swapped(self.gateway, runtime)
         runtime.ensure_health_checker()
         deadline = self.gateway.sdk_read_timeout
@@ -123,9 +122,14 @@ class Call:
         # The response is read for its usage (and ids) when a span or a token limit wants it.
         limiter = runtime.limiter
         self.reader = ResponseReader() if limiter is not None and limiter.counts_tokens else None
-        self.telemetry, self.trace_headers = start_tracing(self.gateway, runtime, self.reader)
-        if self.telemetry is not None:
-            self.reader = self.telemetry.reader
+        telemetry, self.trace_headers = start_tracing(self.gateway, runtime, self.reader)
+        # What watches the call go by (see observers.py): its span, its log line, its turn.
+        self.observers: list[CallObserver] = []
+        if telemetry is not None:
+            self.reader = telemetry.reader
+            self.observers.append(telemetry)
+        if log.isEnabledFor(logging.INFO):
+            self.observers.append(LogLine())
 
     @property
     def where(self) -> str:
@@ -169,7 +173,7 @@ class Call:
     def admitted(self, permit: Permit) -> None:
         """The limits' turn was given: kept until ``finish``. The nodes the gateway asked to wait
         are tried last (the limiter was given the pool's nodes)."""
-        self.permit = permit
+        self.observers.append(LimitsTurn(permit))
         self.plan.avoid = cast(frozenset[Node], permit.avoid)
 
     def queue_refusal(self, exc: QueueTimeout) -> Any:
@@ -189,17 +193,13 @@ class Call:
     def finish(self, error_type: str | None = None) -> None:
         """The call is over: reached on every path (a failed answer or our own handed back, a
         body read or closed, a stream ended, broken or closed, an abort); only the first
-        time counts. Ends the span, and gives the client-side limits back what admission
-        took, with the tokens the gateway reported (when it did, else the estimate stands)."""
+        time counts: its observers are told (the span ends, the limits' turn is given back)."""
         if self._over:
             return
         self._over = True
-        if self.telemetry is not None:
-            self.telemetry.finish(error_type=error_type)  # reads the answer's facts (reader.done())
-        elif self.reader is not None:
-            self.reader.done()
-        if self.permit is not None:
-            self.permit.release(self.reader.total_tokens() if self.reader is not None else None)
+        facts = self.reader.done() if self.reader is not None else None  # the answer's, read once
+        for observer in self.observers:
+            observer.ended(self, facts, error_type)
 
     # --- reading a response before the verdict ----------------------------------------------
 
@@ -259,13 +259,11 @@ class Call:
     def judge(self, done: Exchange) -> Send | Deliver | GiveUp:
         """Report one exchange to the plan; its answer is what to do next."""
         following = self._judge(done)
-        telemetry = self.telemetry
-        if telemetry is not None and (self.plan.retried or isinstance(following, Send)):
-            # Attempt events only for a call that was retried: the first attempt's is written
-            # here, when the retry it leads to is decided.
+        if self.observers:
             step = self.plan.steps[-1] if self.plan.steps else None
-            outcome = step.outcome if step is not None else ""
-            telemetry.attempt(done.action.node, outcome, done.action.why, done.action.delay)
+            retried = self.plan.retried or isinstance(following, Send)
+            for observer in self.observers:
+                observer.attempt_ended(self, done.action, step.outcome if step is not None else "", retried)
         return following
 
     def _judge(self, done: Exchange) -> Send | Deliver | GiveUp:
@@ -319,14 +317,11 @@ class Call:
         A successful one is returned as it is: its adapter hands it over (and calls
         ``finish`` when its body has been read or closed)."""
         response, status = done.response, done.status
-        if log.isEnabledFor(logging.INFO):
-            self._log(action.node.label, status)
-        telemetry = self.telemetry
         event_stream = self.watches_stream(response)  # only a stream asked for is one
-        if telemetry is not None:
-            telemetry.answered(action.node, event_stream)
-        elif self.reader is not None:
+        if self.reader is not None:
             self.reader.sse = event_stream
+        for observer in self.observers:
+            observer.answered(self, action.node, status, event_stream)
         if not action.final:
             return response
         # A node can quote the key it was sent (a 401's "Incorrect API key provided: ..."):
@@ -339,8 +334,8 @@ class Call:
             # A quota or permission refusal: retrying cannot help, the log and span say what to do.
             explained = self.runtime.redact(explained)
             log.warning("%s: %s", self.where, explained)
-            if telemetry is not None:
-                telemetry.span.set_attribute("yibu.gateway_refusal", explained)
+            for observer in self.observers:
+                observer.note(self, explained)
             body = annotate(body, f"yibu-middleware: {explained}") or body
         self.finish(error_type=str(status))
         if self.plan.retried:
@@ -400,11 +395,6 @@ class Call:
             f" ({detail}); the answer is incomplete and was not retried, to avoid repeating what was already read"
         )
 
-    def _log(self, node: str, status: int) -> None:
-        """The call's log line at INFO (the caller checks that INFO is on)."""
-        tried = self.plan.summary() if self.plan.retried else ""
-        log_answer(self.where, self.gateway, node, status, self.started, tried)
-
 
 def retry_hints(adapter: Adapter, response: Any) -> Mapping[str, str]:
     """A 429's ``retry-after`` / ``retry-after-ms`` headers."""
@@ -445,16 +435,6 @@ def _masked_strings(value: Any, redact: Callable[[str], str]) -> Any:
     if isinstance(value, dict):
         return {redact(key): _masked_strings(item, redact) for key, item in value.items()}
     return value
-
-
-def log_answer(where: str, gateway: GatewayRequest, node: str, status: int, started: float, tried: str) -> None:
-    """A call's log line at INFO (the caller checks that INFO is on): where it went, the model
-    (and its alias), the node that answered, the status, the time, and the nodes tried if more
-    than one. ``started``: ``perf_counter()`` when the call came in."""
-    elapsed_ms = (time.perf_counter() - started) * 1000
-    model = gateway.model if gateway.requested_model == gateway.model else f"{gateway.requested_model}->{gateway.model}"
-    retried = f" (tried: {tried})" if tried else ""
-    log.info("%s model=%s -> %s %s in %.1f ms%s", where, model, node, status, elapsed_ms, retried)
 
 
 def note_swapped(gateway: GatewayRequest, runtime: Runtime) -> None:

@@ -1,0 +1,65 @@
+"""What watches a call go by: its span and metrics, its log line, its turn under the limits.
+
+A call tells its observers what happened (an attempt ended, a node's answer is handed back,
+the call ended) and none of them decides anything about it: the verdicts are the call's
+(``call.py``) and the core's. The first chunk of an answer is the response reader's to note
+(``core.genai.ResponseReader``), as the app reads it. Each observer is made only when it has
+something to do: no span without an SDK, no log line below INFO, no turn without limits.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..core.genai import ResponseFacts
+    from ..core.nodes import Node
+    from ..core.plan import Send
+    from ..limiter import Permit
+    from .call import Call
+
+log = logging.getLogger("yibu_middleware.calls")
+
+
+class CallObserver:
+    """Subclasses override what they watch; every method is a no-op here."""
+
+    def attempt_ended(self, call: Call, action: Send, outcome: str, retried: bool) -> None:
+        """One attempt was judged: ``outcome`` as the list of nodes tried shows it; ``retried``:
+        the call has made, or is about to make, more than one attempt."""
+
+    def answered(self, call: Call, node: Node, status: int, event_stream: bool) -> None:
+        """A node's answer is handed back to the app (its body may still be to read)."""
+
+    def note(self, call: Call, text: str) -> None:
+        """What the gateway's refusal means, already masked (a quota, a permission)."""
+
+    def ended(self, call: Call, facts: ResponseFacts | None, error_type: str | None) -> None:
+        """The call is over (once): ``facts`` from its answer, when a reader kept them."""
+
+
+class LogLine(CallObserver):
+    """The call's line at INFO: where it went, the model (and its alias), the node that answered,
+    the status, the time, and the nodes tried if more than one."""
+
+    def answered(self, call: Call, node: Node, status: int, event_stream: bool) -> None:
+        gateway = call.gateway
+        elapsed_ms = (time.perf_counter() - call.started) * 1000
+        model = (
+            gateway.model if gateway.requested_model == gateway.model else f"{gateway.requested_model}->{gateway.model}"
+        )
+        tried = f" (tried: {call.plan.summary()})" if call.plan.retried else ""
+        log.info("%s model=%s -> %s %s in %.1f ms%s", call.where, model, node.label, status, elapsed_ms, tried)
+
+
+class LimitsTurn(CallObserver):
+    """The call's turn under the client-side limits, given back when it ends, with the tokens the
+    gateway reported (when it did; else the estimate it was admitted with stands)."""
+
+    def __init__(self, permit: Permit) -> None:
+        self.permit = permit
+
+    def ended(self, call: Call, facts: ResponseFacts | None, error_type: str | None) -> None:
+        self.permit.release(call.reader.total_tokens() if call.reader is not None else None)
