@@ -105,3 +105,15 @@ def test_simulator_log_shows_a_provider_key_that_arrived_masked() -> None:
     assert " key=absent " in requests[2]
     text = "\n".join(log)
     assert GATEWAY_KEY not in text and OPENAI_KEY not in text
+
+
+def test_demo_names_a_missing_package(capsys: pytest.CaptureFixture[str]) -> None:
+    from yibu_middleware.demo import _explain_missing_package
+
+    _explain_missing_package("Traceback ...\nModuleNotFoundError: No module named 'langchain_core'\n")
+    _explain_missing_package("Traceback ...\nModuleNotFoundError: No module named 'litellm.llms'\n")
+    _explain_missing_package("ValueError: not a missing module\n")
+    assert capsys.readouterr().out == (
+        f"\nThis app needs langchain-openai: {sys.executable} -m pip install langchain-openai\n"
+        f"\nThis app needs litellm: {sys.executable} -m pip install litellm\n"
+    )
