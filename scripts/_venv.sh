@@ -66,7 +66,7 @@ ensure_venv() {
     if [ -f "$stamp" ] && "$dir/bin/python" -c '' 2>/dev/null; then
         have=$(cat "$stamp")
     fi
-    if [ -n "${FRESH_VENVS:-}" ]; then
+    if [ "${FRESH_VENVS:-0}" != 0 ]; then
         changed="FRESH_VENVS is set"
     elif [ -z "$have" ]; then
         changed="no finished install in it yet"
@@ -89,7 +89,9 @@ ensure_venv() {
         "$dir/bin/python" -m pip install --quiet --no-deps --force-reinstall .
     else
         local same="pyproject.toml, Python and sources"
-        [ "$editable" = 1 ] && same="pyproject.toml and Python; an editable install reads the checkout's files"
+        if [ "$editable" = 1 ]; then
+            same="pyproject.toml and Python; an editable install reads the checkout's files"
+        fi
         echo "== $dir: up to date (same $same), reused"
     fi
     printf '%s\n' "$want" >"$stamp"
