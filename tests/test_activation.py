@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from helpers import GATEWAY_KEY, INTEGRATIONS, PYTHON, ROOT, app_env
 
+from yibu_middleware import demo
+from yibu_middleware.core.redact import mask
 from yibu_middleware.simulator import GatewaySimulator
 
 PROBE = (
@@ -153,6 +155,17 @@ def test_demo(tmp_path: Path) -> None:
     assert "(tried: down: connection failed" in out
     assert "provider key reached the gateway: never" in out
     assert "gateway key" in out and "PROVIDER KEY" not in out
+    # Both keys shown masked, so the swap shows, and neither whole.
+    assert f"its provider key is {mask(demo.PROVIDER_KEYS['OPENAI_API_KEY'])}, the gateway key sk-..." in out
+    assert f"credential: gateway key {mask(demo.GATEWAY_KEY)} " in out
+    assert demo.GATEWAY_KEY not in out and not any(key in out for key in demo.PROVIDER_KEYS.values())
+
+
+def test_demo_names_the_package_an_app_lacks(tmp_path: Path) -> None:
+    # The test virtualenv has no LlamaIndex (it needs openai<3): the demo says where it runs.
+    result = run([YIBU, "demo", "--app", "llamaindex_app"], clean_env(), cwd=tmp_path)
+    assert result.returncode == 1
+    assert "This app needs llama-index-llms-openai, which needs openai<3" in result.stdout
 
 
 def test_the_installed_package_is_under_test() -> None:

@@ -786,7 +786,7 @@ def test_cli_rejects_bad_value() -> None:
     assert result.returncode == 2 and "error_rate" in result.stderr
 
 
-def test_cli_runs_logs_without_key_and_stops_on_sigterm() -> None:
+def test_cli_runs_logs_keys_masked_and_stops_on_sigterm() -> None:
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -819,7 +819,7 @@ def test_cli_runs_logs_without_key_and_stops_on_sigterm() -> None:
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 0
-    assert "healthy GET /v1/models" in stderr and "key=accepted" in stderr and "key=rejected" in stderr
+    assert "healthy GET /v1/models" in stderr and "(accepted)" in stderr and "(rejected)" in stderr
     assert KEY not in stderr and "sk-secret-wrong" not in stderr
 
 

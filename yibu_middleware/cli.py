@@ -8,29 +8,24 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import __version__
 from .errors import ConfigError
 
 BOOT_DIR = Path(__file__).parent / "_boot" / "sitecustomize_dir"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="yibu", description="Send unmodified OpenAI/Anthropic apps through the yibu relay gateway."
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run a command with the middleware on: yibu run -- python app.py")
-    run.add_argument("argv", nargs=argparse.REMAINDER, help="the command and its arguments, after --")
-    doctor = commands.add_parser("doctor", help="show settings, hooked client libraries and node health")
-    doctor.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for each node (default 3)")
-    demo = commands.add_parser("demo", help="run an example app against a local three-node gateway simulator")
-    demo.add_argument("--app", default="openai_async_app", help="example app from integrations/ (default %(default)s)")
-    commands.add_parser("simulate", help="run the gateway simulator (see: yibu simulate --help)", add_help=False)
-
+    parser = build_parser()
     args, rest = parser.parse_known_args(argv)
+    if args.command is None:
+        # `yibu` alone: the help, on stdout (so `yibu | less` shows it), with argparse's exit status
+        # for a usage error: a script running `yibu "$command"` with an empty $command must not pass.
+        parser.print_help()
+        return 2
     if args.command == "simulate":
         from .simulator.__main__ import main as simulate
 
-        return simulate(rest)
+        return simulate(rest, prog=f"{parser.prog} simulate")
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "run":
@@ -42,6 +37,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .demo import demo as run_demo
 
     return run_demo(args.app)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="yibu", description="Send unmodified OpenAI/Anthropic apps through the yibu relay gateway."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    about = "run a command with the middleware on: yibu run -- python app.py"
+    run = commands.add_parser("run", help=about, description=about)
+    run.add_argument("argv", nargs=argparse.REMAINDER, help="the command and its arguments, after --")
+    about = "show settings, hooked client libraries and node health"
+    doctor = commands.add_parser("doctor", help=about, description=about)
+    doctor.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for each node (default 3)")
+    about = "run an example app against a local three-node gateway simulator"
+    demo = commands.add_parser("demo", help=about, description=about)
+    demo.add_argument("--app", default="openai_async_app", help="example app from integrations/ (default %(default)s)")
+    # The simulator parses its own arguments (see simulator/__main__.py), under the name "yibu simulate".
+    commands.add_parser("simulate", help="run the gateway simulator (see: yibu simulate --help)", add_help=False)
+    return parser
 
 
 def run_command(argv: list[str]) -> int:

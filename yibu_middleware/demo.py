@@ -9,12 +9,14 @@ logged and what the simulator received.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from .core.redact import mask
 from .simulator import GatewaySimulator, NodeFaults, Record
 
 # Fake keys: the simulator accepts only the gateway one, so a leaked provider key shows as a 401.
@@ -47,7 +49,8 @@ def demo(app_name: str = "openai_async_app") -> int:
         notes = {"down": "refuses connections", "slow": f"adds {SLOW_SECONDS * 1000:.0f} ms", "healthy": ""}
         for node in simulator.nodes:
             print(f"  {node.name:<8} {node.base_url:<32} {notes[node.name]}")
-        print(f"\nRunning {app.name} unmodified, with YIBU_ENABLED=1 and the nodes in YIBU_NODES:\n")
+        print(f"\nRunning {app.name} unmodified, with YIBU_ENABLED=1 and the nodes in YIBU_NODES;")
+        print(f"its provider key is {mask(PROVIDER_KEYS['OPENAI_API_KEY'])}, the gateway key {mask(GATEWAY_KEY)}:\n")
         started = time.perf_counter()
         result = _run_app(app, [node.base_url for node in simulator.nodes])
         elapsed = time.perf_counter() - started
@@ -66,7 +69,7 @@ def demo(app_name: str = "openai_async_app") -> int:
         mine = [record for record in records if record.node == name]
         credentials = sorted({_credential(record) for record in mine}) or ["-"]
         paths = sorted({record.path for record in mine}) or ["-"]
-        summary = f"credential: {', '.join(credentials):<14} paths: {', '.join(paths)}"
+        summary = f"credential: {', '.join(credentials):<26} paths: {', '.join(paths)}"
         print(f"  {name:<8} {len(mine):>3} requests  {summary}")
     failovers = sum(1 for line in calls if "(tried: " in line)
     leaked = any(_carries_provider_key(record) for record in records)
@@ -77,6 +80,7 @@ def demo(app_name: str = "openai_async_app") -> int:
     )
     if result.returncode != 0 or other:
         print("\nApp stderr:\n" + "\n".join(f"  {line}" for line in other))
+        _explain_missing_package(result.stderr)
     return 0 if result.returncode == 0 and not leaked else 1
 
 
@@ -96,6 +100,26 @@ def _run_app(app: Path, nodes: list[str]) -> subprocess.CompletedProcess[str]:
         )
 
 
+# The package to install for a module an example app imports, where the two names differ.
+_PACKAGE_OF = {"langchain_core": "langchain-openai", "langchain_openai": "langchain-openai"}
+
+
+def _explain_missing_package(stderr: str) -> None:
+    """scripts/demo installs the clients of the smaller apps only; say what a larger one needs."""
+    found = re.search(r"ModuleNotFoundError: No module named '(\w+)", stderr)
+    if not found:
+        return
+    module = found.group(1)
+    if module == "llama_index":
+        print(
+            "\nThis app needs llama-index-llms-openai, which needs openai<3: run it from a virtualenv of its own,"
+            " e.g. the one scripts/test makes: .venv/llamaindex/bin/yibu demo --app llamaindex_app"
+        )
+        return
+    package = _PACKAGE_OF.get(module, module)
+    print(f"\nThis app needs {package}: {sys.executable} -m pip install {package}")
+
+
 def _named(line: str, names: dict[str, str]) -> str:
     for address, name in names.items():
         line = line.replace(address, name)
@@ -104,7 +128,7 @@ def _named(line: str, names: dict[str, str]) -> str:
 
 def _credential(record: Record) -> str:
     if record.key == GATEWAY_KEY:
-        return "gateway key"
+        return f"gateway key {mask(GATEWAY_KEY)}"
     return "PROVIDER KEY" if _carries_provider_key(record) else "other/none"
 
 

@@ -1,7 +1,7 @@
 """Command line: ``python -m yibu_middleware.simulator --node healthy --node slow:latency=0.5 ...``.
 
 Runs a gateway simulator until Ctrl-C / SIGTERM, printing one line per node on stdout and one line per
-request on stderr. Key values are never printed, only whether one was present and accepted.
+request on stderr. Keys are shown masked (``key=sk-proj-...a1b2(accepted)``), never whole.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
+from ..core.redact import mask
 from .faults import FAULT_FIELDS, NodeFaults
 from .server import _NAME_RE, GatewaySimulator, Record
 
@@ -79,9 +80,9 @@ def parse_node_spec(spec: str) -> tuple[str, NodeFaults]:
     return name, faults
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def _build_parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m yibu_middleware.simulator",
+        prog=prog,
         description="Run a simulated yibu relay gateway with several nodes on loopback.",
         epilog=f"Fault fields: {', '.join(_PARSERS)} (refuse may be given bare). "
         "Example: --node healthy --node slow:latency=0.5 --node down:refuse --node flaky:error_rate=0.3",
@@ -113,20 +114,23 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _log_line(sim: GatewaySimulator, record: Record) -> str:
+    # The key that arrived, masked (prefix and last four: "sk-proj-...a1b2"), so that one can see which key
+    # came (the gateway's, or a provider's that slipped through) without the log ever holding a usable one.
     if record.key is None:
         key = "absent"
     elif sim.accepted_keys is None or record.key in sim.accepted_keys:
-        key = "accepted"
+        key = f"{mask(record.key)}(accepted)"
     else:
-        key = "rejected"
+        key = f"{mask(record.key)}(rejected)"
     return (
         f"{record.node} {record.method} {record.path} model={record.model or '-'} status={record.status}"
         f" fault={record.fault or '-'} key={key} {record.elapsed * 1000:.1f}ms"
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = _build_parser()
+def main(argv: Sequence[str] | None = None, prog: str = "python -m yibu_middleware.simulator") -> int:
+    """Run the simulator; ``prog`` is the name its help and errors give it (``yibu simulate`` from the CLI)."""
+    parser = _build_parser(prog)
     args = parser.parse_args(argv)
     specs: list[str] = args.node or ["default"]
     nodes: list[tuple[str, NodeFaults]] = []
