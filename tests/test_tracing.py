@@ -378,8 +378,8 @@ def test_only_large_answers_are_decoded_with_orjson(monkeypatch: pytest.MonkeyPa
 
 
 def test_a_traced_answer_that_is_not_json_ends_its_span_when_its_body_is_read(gateway: GatewaySimulator) -> None:
-    """Its usage cannot be read whole up front: the fast path hands it to the loop, whose traced
-    body ends the span once the app has read it (and not before)."""
+    """Its usage cannot be read whole up front (it is no JSON): its traced body ends the span once
+    the app has read it (and not before)."""
     gateway.set_faults("a", status_override=200, status_text="plain words, not JSON")
     install_for(gateway, pin=gateway.node("a").base_url)
     with (
