@@ -23,16 +23,16 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from .core.limits import GATEWAY, MAX_HOLD, Admission, Quota, Ticket
 from .core.nodes import Clock
 from .errors import YibuError
 
 if TYPE_CHECKING:
-    import anyio
-
     from .settings import LimitSettings
+
+W = TypeVar("W", bound=Callable[[], None])  # a ticket's waiter: calling it wakes the waiting caller
 
 
 class QueueTimeout(YibuError):
@@ -138,64 +138,53 @@ class Limiter:
             max_hold=limits.max_hold_seconds,
         )
 
-    # --- sync callers -------------------------------------------------------------------------
+    # --- waiting for a turn: a thread blocks, a task awaits; the same queue and steps -------------
 
     def acquire(self, model: str | None, estimated_tokens: int = 0, timeout: float | None = None) -> Permit:
         """Wait for a turn (blocking this thread); QueueTimeout after ``timeout`` (default queue_timeout)."""
-        with self._lock:
-            ticket = self._admission.enqueue(model, estimated_tokens)
-            woken = self._pump()
-            if not ticket.admitted:
-                event = threading.Event()
-                ticket.wake = event.set
-        _wake(woken)
-        if ticket.admitted:
+        ticket, waiter = self._enqueue(model, estimated_tokens, _ThreadWaiter)
+        if waiter is None:  # admitted at once
             return Permit(self, ticket, 0.0)
         timeout = self.queue_timeout if timeout is None else timeout
-        deadline = ticket.enqueued_at + timeout
         try:
-            while True:
-                pause = self._pause(ticket, deadline)
-                if pause is None:
-                    return self._give_up(ticket, timeout)
-                event.wait(pause)
-                event.clear()  # before looking: a wake-up from now on is kept for the next wait
+            while (pause := self._pause(ticket, ticket.enqueued_at + timeout)) is not None:
+                waiter.wait(pause)
                 if self._look(ticket):
                     return Permit(self, ticket, self._clock() - ticket.enqueued_at)
+            return self._give_up(ticket, timeout)
         except BaseException:  # KeyboardInterrupt, or anything unexpected: never leave a ticket behind
             self._leave(ticket)
             raise
 
-    # --- async callers ------------------------------------------------------------------------
-
     async def acquire_async(self, model: str | None, estimated_tokens: int = 0, timeout: float | None = None) -> Permit:
         """Wait for a turn without blocking the event loop (asyncio or trio); same queue as ``acquire``."""
-        import anyio  # here, not at the top: a sync app with limits set never pays its import
+        ticket, waiter = self._enqueue(model, estimated_tokens, _LoopWaiter)
+        if waiter is None:  # admitted at once
+            return Permit(self, ticket, 0.0)
+        timeout = self.queue_timeout if timeout is None else timeout
+        try:
+            while (pause := self._pause(ticket, ticket.enqueued_at + timeout)) is not None:
+                await waiter.wait(pause)
+                if self._look(ticket):
+                    return Permit(self, ticket, self._clock() - ticket.enqueued_at)
+            return self._give_up(ticket, timeout)
+        except BaseException:  # CancelledError above all: the ticket leaves the queue, slots given back
+            self._leave(ticket)
+            raise
 
+    def _enqueue(
+        self, model: str | None, estimated_tokens: int, make_waiter: Callable[[], W]
+    ) -> tuple[Ticket, W | None]:
+        """A ticket in the queue, and None when it was admitted at once; else its waiter (made under
+        the lock, before anyone can wake it), which whoever changes the state wakes."""
+        waiter = None
         with self._lock:
             ticket = self._admission.enqueue(model, estimated_tokens)
             woken = self._pump()
             if not ticket.admitted:
-                waker = ticket.wake = _Waker(_loop_call_soon(), anyio.Event())
+                waiter = ticket.wake = make_waiter()
         _wake(woken)
-        if ticket.admitted:
-            return Permit(self, ticket, 0.0)
-        timeout = self.queue_timeout if timeout is None else timeout
-        deadline = ticket.enqueued_at + timeout
-        try:
-            while True:
-                pause = self._pause(ticket, deadline)
-                if pause is None:
-                    return self._give_up(ticket, timeout)
-                with anyio.move_on_after(pause):
-                    await waker.event.wait()
-                # Before looking: a wake-up from now on is kept for the next wait.
-                waker.event = anyio.Event()
-                if self._look(ticket):
-                    return Permit(self, ticket, self._clock() - ticket.enqueued_at)
-        except BaseException:  # CancelledError above all: the ticket leaves the queue, slots given back
-            self._leave(ticket)
-            raise
+        return ticket, waiter
 
     # --- the gateway's answers ----------------------------------------------------------------
 
@@ -280,15 +269,33 @@ def _wake(tickets: Iterable[Ticket]) -> None:
             ticket.wake()
 
 
-class _Waker:
-    """Wakes a waiter on an event loop from any thread: its event is set in the loop's own thread
-    (an event loop's objects are not thread-safe), through the loop's thread-safe call."""
+class _ThreadWaiter:
+    """A thread's wait for its ticket: woken from any thread."""
+
+    __slots__ = ("event",)
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def __call__(self) -> None:
+        self.event.set()
+
+    def wait(self, seconds: float) -> None:
+        self.event.wait(seconds)
+        self.event.clear()  # before looking: a wake-up from now on is kept for the next wait
+
+
+class _LoopWaiter:
+    """A task's wait for its ticket, woken from any thread: its event is set in the loop's own
+    thread (an event loop's objects are not thread-safe), through the loop's thread-safe call."""
 
     __slots__ = ("call_soon", "event")
 
-    def __init__(self, call_soon: Callable[[Callable[[], object]], object], event: anyio.Event) -> None:
-        self.call_soon = call_soon
-        self.event = event
+    def __init__(self) -> None:
+        import anyio  # here, not at the top: a sync app with limits set never pays its import
+
+        self.call_soon = _loop_call_soon()
+        self.event = anyio.Event()
 
     def __call__(self) -> None:
         with contextlib.suppress(RuntimeError):  # a closed loop or finished run: its waiter is gone, its ticket too
@@ -296,6 +303,13 @@ class _Waker:
 
     def _set(self) -> None:
         self.event.set()  # the event the waiter awaits now (it makes a new one for each wait)
+
+    async def wait(self, seconds: float) -> None:
+        import anyio
+
+        with anyio.move_on_after(seconds):
+            await self.event.wait()
+        self.event = anyio.Event()  # before looking: a wake-up from now on is kept for the next wait
 
 
 def _loop_call_soon() -> Callable[[Callable[[], object]], object]:
