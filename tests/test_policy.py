@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from yibu_middleware.core.errors import error_body
+from yibu_middleware.core.error_bodies import error_body
 from yibu_middleware.core.policy import (
     MB,
     ParsedBody,

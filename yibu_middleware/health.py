@@ -2,8 +2,9 @@
 
 Passive ejection takes a failing node out; this checker brings it back as soon as
 it answers again, instead of waiting out its ejection time. One daemon thread per
-process, started by the first redirected call, never at import; it ends when the
-runtime it serves is replaced or uninstalled.
+runtime (process-wide, or a composition transport's), started by its first redirected
+call, never at import; it ends when that runtime stops (replaced or uninstalled). It is
+given the runtime it serves, and imports nothing of it: no import cycle.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ import logging
 import threading
 import time
 from typing import TYPE_CHECKING
-
-from . import runtime as runtime_module
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -37,7 +36,7 @@ def _run(runtime: Runtime) -> None:
     settings = runtime.settings.health_check
     headers = {"Authorization": f"Bearer {runtime.gateway_key.decode()}"} if runtime.gateway_key else {}
     with httpx.Client(timeout=settings.timeout, trust_env=False) as client:
-        while runtime_module.current() is runtime and runtime._checker is threading.current_thread():
+        while runtime.checker_is(threading.current_thread()):
             time.sleep(settings.interval)
             for node in runtime.pool.ejected():
                 try:

@@ -115,8 +115,12 @@ class Runtime:
                 self._checker = new_checker(self)
                 self._checker.start()
 
+    def checker_is(self, thread: threading.Thread) -> bool:
+        """Is ``thread`` this runtime's health checker still (not stopped)?"""
+        return self._checker is thread
+
     def stop(self) -> None:
-        self._checker = None  # the checker thread sees it is no longer current and ends
+        self._checker = None  # the checker thread sees it is no longer this runtime's and ends
 
     def reset_after_fork(self) -> None:
         self.pool.reset()

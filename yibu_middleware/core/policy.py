@@ -2,7 +2,7 @@
 
 Pure checks on plain data; no I/O. A request that breaks a rule never reaches the gateway:
 ``check`` returns a :class:`Violation` and the adapter answers with an error in the
-provider's format (``core/errors.error_body``, ``x-should-retry: false``), so the SDK raises
+provider's format (``core/error_bodies.error_body``, ``x-should-retry: false``), so the SDK raises
 its usual typed exception (400 ``BadRequestError`` for a bad input, 403
 ``PermissionDeniedError`` for a denied model or modality).
 

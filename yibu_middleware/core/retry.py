@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 
-from .errors import parse_json
+from .error_bodies import parse_json
 from .nodes import Clock
 
 

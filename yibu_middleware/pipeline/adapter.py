@@ -133,7 +133,7 @@ class AsyncAdapter(Adapter):
         raise NotImplementedError
 
     async def read_error_body(self, response: Any) -> None:
-        """Read an error body within bounds (``core.errors.ErrorBodyReader``), for ``error_body``."""
+        """Read an error body within bounds (``core.error_bodies.ErrorBodyReader``), for ``error_body``."""
         raise NotImplementedError
 
     async def read(self, response: Any) -> None:

@@ -20,7 +20,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 from urllib.parse import urljoin, urlsplit
 
-from ..core.errors import annotate, error_body
+from ..core.error_bodies import annotate, error_body
 from ..core.genai import ResponseReader
 from ..core.nodes import Node
 from ..core.plan import AttemptLimits, CallPlan, Deliver, GiveUp, Send, attempt_limits

@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from ...core.errors import ErrorBodyReader
+from ...core.error_bodies import ErrorBodyReader
 from ...core.nodes import Node
 from ...core.plan import Deliver, Send
 from ...core.retry import Kind

@@ -23,7 +23,7 @@ from types import ModuleType
 from typing import Any
 from urllib.parse import SplitResult
 
-from ...core.errors import ErrorBodyReader
+from ...core.error_bodies import ErrorBodyReader
 from ...core.nodes import Node
 from ...core.plan import Deliver, Send
 from ...core.retry import Kind

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from types import ModuleType
 from typing import Any
 
-from ....core.errors import ErrorBodyReader
+from ....core.error_bodies import ErrorBodyReader
 from ....core.nodes import Node
 from ....core.plan import Deliver
 from ....pipeline.adapter import AsyncAdapter

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
-from ....core.errors import ErrorBodyReader
+from ....core.error_bodies import ErrorBodyReader
 from ....core.nodes import Node
 from ....core.plan import Deliver
 from ....pipeline.adapter import SyncAdapter
