@@ -324,3 +324,29 @@ def test_attempt_timeouts_cut_to_the_deadline_else_the_apps_own(
         assert request.extensions["timeout"] == own  # the app's own are left as they were
     else:
         assert sent.extensions == request.extensions  # the app's own timeouts, as they were
+
+
+def test_a_release_older_than_the_supported_one_stops_the_import_with_how_to_fix() -> None:
+    """Supported versions are checked when the library is imported: here a requests hook that asks
+    for a release newer than the one installed."""
+    import importlib.metadata
+
+    import requests as requests_module
+
+    from yibu_middleware.errors import YibuError
+    from yibu_middleware.hooks.base import release
+    from yibu_middleware.hooks.requests import RequestsHook
+
+    assert release("2.32.3") == (2, 32, 3) and release("3.12.0rc1") == (3, 12, 0) and release("dev") == ()
+    hook = RequestsHook()
+    hook.minimum = (99,)
+    installed = importlib.metadata.version("requests")
+    with pytest.raises(YibuError) as raised:
+        hook.apply(requests_module)
+    message = str(raised.value)
+    assert f"requests 99 or newer, and {installed} is installed" in message
+    assert "YIBU_HOOKS__REQUESTS__ENABLED=false" in message and not hook.patched
+    hook.minimum = release(installed)
+    hook.apply(requests_module)  # the oldest supported release itself is accepted
+    assert hook.patched
+    hook.unpatch()

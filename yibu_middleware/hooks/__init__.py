@@ -27,8 +27,8 @@ _AIOHTTP_CLASSES = {"AiohttpTransport": "handle_async_request"}
 
 # Every hook the library has, in the order `yibu doctor` lists them.
 HOOKS: list[Hook] = [
-    HttpxHook("httpx", "httpx", _HTTPX_CLASSES, library="httpx", distribution="httpx"),
-    HttpxHook("httpx2", "httpx2", _HTTPX_CLASSES, library="httpx2", distribution="httpx2"),
+    HttpxHook("httpx", "httpx", _HTTPX_CLASSES, library="httpx", distribution="httpx", minimum=(0, 27)),
+    HttpxHook("httpx2", "httpx2", _HTTPX_CLASSES, library="httpx2", distribution="httpx2", minimum=(2, 0)),
     # openai's DefaultAioHttpClient and anthropic's equivalent: httpx2 clients whose
     # transport sends over aiohttp instead of HTTPTransport.
     HttpxHook("openai-aiohttp", "openai._vendor.httpx_aiohttp.transport", _AIOHTTP_CLASSES, "httpx2", "openai"),

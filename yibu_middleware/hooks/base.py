@@ -8,7 +8,9 @@ so classes stay the same objects and the SDKs' ``isinstance`` checks keep workin
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
+import re
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -28,6 +30,9 @@ class Hook:
     name: str = ""  # shown by `yibu doctor`, e.g. "httpx2"
     module: str = ""  # the import that triggers patching, e.g. "httpx2"
     distribution: str = ""  # the installed distribution it belongs to, for version reports
+    # The oldest release of ``distribution`` the hook supports (README, "Supported client
+    # libraries"); an older one stops the import with a message, as a changed shape does.
+    minimum: tuple[int, ...] = ()
 
     def __init__(self) -> None:
         # (owner, attribute, original) for every wrapped method: the idempotency
@@ -51,6 +56,7 @@ class Hook:
         letting its traffic go straight to the provider unnoticed."""
         if self.patched:
             return
+        self.check_version()
         try:
             self.patch(module)
         except Exception as exc:
@@ -61,6 +67,22 @@ class Hook:
                 " or unset YIBU_ENABLED to run without the middleware."
             ) from exc
         log.debug("hooked %s", self.name)
+
+    def check_version(self) -> None:
+        """Refuse a release older than ``minimum``: its traffic would not go out unrouted unnoticed."""
+        if not self.minimum or not self.distribution:
+            return
+        try:
+            installed = importlib.metadata.version(self.distribution)
+        except importlib.metadata.PackageNotFoundError:
+            return  # imported from a path, not installed: its shape is checked by patch() alone
+        if release(installed) < self.minimum:
+            oldest = ".".join(map(str, self.minimum))
+            raise YibuError(
+                f"yibu-middleware supports {self.distribution} {oldest} or newer, and {installed} is installed:"
+                f" upgrade it (pip install '{self.distribution}>={oldest}'), or run without this hook"
+                f" (YIBU_HOOKS__{self.setting.upper()}__ENABLED=false: its requests are then not routed)."
+            )
 
     def unpatch(self) -> None:
         for owner, attribute, original in reversed(self._originals):
@@ -80,3 +102,9 @@ class Hook:
         original = owner.__dict__[attribute]
         setattr(owner, attribute, function)
         self._originals.append((owner, attribute, original))
+
+
+def release(version: str) -> tuple[int, ...]:
+    """The numeric release of a version string: "2.32.3" -> (2, 32, 3), "3.12.0rc1" -> (3, 12, 0)."""
+    match = re.match(r"\d+(\.\d+)*", version)
+    return tuple(int(part) for part in match.group().split(".")) if match else ()

@@ -30,6 +30,7 @@ class AiohttpHook(Hook):
     name = "aiohttp"
     module = "aiohttp"
     distribution = "aiohttp"
+    minimum = (3, 12)
 
     def patch(self, module: ModuleType) -> None:
         lib = Lib(module)

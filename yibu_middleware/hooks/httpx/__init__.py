@@ -32,15 +32,25 @@ ASYNC_METHOD = "handle_async_request"
 
 
 class HttpxHook(Hook):
-    def __init__(self, name: str, module: str, classes: dict[str, str], library: str, distribution: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        module: str,
+        classes: dict[str, str],
+        library: str,
+        distribution: str,
+        minimum: tuple[int, ...] = (),
+    ) -> None:
         """``classes`` maps a transport class name in ``module`` to its request method; ``library``
-        is the module whose Request/Response/exception types those methods use."""
+        is the module whose Request/Response/exception types those methods use; ``minimum``:
+        the oldest release of ``distribution`` supported."""
         super().__init__()
         self.name = name
         self.module = module
         self.classes = classes
         self.library = library
         self.distribution = distribution
+        self.minimum = minimum
 
     def patch(self, module: ModuleType) -> None:
         lib = importlib.import_module(self.library)  # already imported by `module` itself

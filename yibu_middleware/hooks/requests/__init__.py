@@ -33,6 +33,7 @@ class RequestsHook(Hook):
     name = "requests"
     module = "requests"
     distribution = "requests"
+    minimum = (2, 28)
 
     def patch(self, module: ModuleType) -> None:
         adapters = importlib.import_module("requests.adapters")  # already imported by requests itself
