@@ -422,3 +422,19 @@ def test_the_apps_propagators_carry_the_context_b3_and_baggage(
     assert headers["x-b3-spanid"] == f"{span.context.span_id:016x}"
     assert "traceparent" not in headers  # the app did not configure W3C trace context
     assert headers["baggage"] == "tenant=acme"
+
+
+def test_an_apps_own_traceparent_is_replaced_by_the_calls_never_sent_twice(gateway: GatewaySimulator) -> None:
+    install_for(gateway)
+    theirs = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    with httpx2.Client() as client:
+        client.post(
+            "https://api.openai.com/v1/chat/completions",
+            json={"model": "m", "messages": MESSAGES},
+            headers={"Authorization": f"Bearer {OPENAI_KEY}", "traceparent": theirs},
+        ).raise_for_status()
+    (span,) = genai_spans()
+    context = span.context
+    assert gateway.records[-1].headers["traceparent"] == (
+        f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+    )

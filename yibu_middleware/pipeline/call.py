@@ -73,13 +73,13 @@ class Call:
         "_parsed",
         "adapter",
         "gateway",
+        "headers",
         "observers",
         "plan",
         "reader",
         "runtime",
         "started",
         "timed_out",
-        "trace_headers",
         "ttft",
     )
 
@@ -122,7 +122,10 @@ class Call:
         # The response is read for its usage (and ids) when a span or a token limit wants it.
         limiter = runtime.limiter
         self.reader = ResponseReader() if limiter is not None and limiter.counts_tokens else None
-        telemetry, self.trace_headers = start_tracing(self.gateway, runtime, self.reader)
+        telemetry, trace_headers = start_tracing(self.gateway, runtime, self.reader)
+        # The headers every attempt sends: the gateway's, with the call's trace context in place
+        # of any the app sent itself (an outer instrumentation's ``traceparent``), never twice.
+        self.headers = with_trace_headers(self.gateway.headers, trace_headers)
         # What watches the call go by (see observers.py): its span, its log line, its turn.
         self.observers: list[CallObserver] = []
         if telemetry is not None:
@@ -444,6 +447,15 @@ def note_swapped(gateway: GatewayRequest, runtime: Runtime) -> None:
     runtime.remember_swapped(gateway.swapped_keys)
     if gateway.sdk_retried:
         runtime.budget.record_retry()
+
+
+def with_trace_headers(
+    headers: tuple[tuple[bytes, bytes], ...], trace_headers: list[tuple[bytes, bytes]]
+) -> tuple[tuple[bytes, bytes], ...]:
+    if not trace_headers:
+        return headers
+    replaced = {name.lower() for name, _ in trace_headers}
+    return (*(header for header in headers if header[0].lower() not in replaced), *trace_headers)
 
 
 def start_tracing(

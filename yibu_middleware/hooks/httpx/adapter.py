@@ -69,7 +69,7 @@ class HttpxAdapter(Adapter):
         if timeouts is not own:
             extensions = {**extensions, "timeout": timeouts}
         url = node_url(self.lib, action.node, gateway.path, gateway.query)
-        headers = [*gateway.headers, *call.trace_headers]
+        headers = list(call.headers)
         if gateway.body is None:
             # A streamed body (an upload, a generator): its length headers as the app sent them,
             # and a Host for the node, which httpx adds only when it builds the body itself.
