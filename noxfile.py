@@ -182,8 +182,9 @@ def matrix(session: nox.Session, case: Case) -> None:
     upgrade = ["--upgrade"] if case.end == "highest" else []
     session.install(*upgrade, *case.pins, *others, *_test_tools(), ".")
     versions = _installed(session, pinned)
-    _write(case, {"stage": "tests", "versions": versions})
-    session.log(f"testing {versions}: -k {SELECT[case.library]!r}")
+    around = _installed(session, {*CLIENT_LIBRARIES, "urllib3"} - pinned)
+    _write(case, {"stage": "tests", "versions": versions, "with": around})
+    session.log(f"testing {versions} (with {around}): -k {SELECT[case.library]!r}")
 
     report = Path(session.create_tmp()) / "junit.xml"
     pytest_args = session.posargs or ["-x", "-q", "-p", "no:cacheprovider"]
@@ -200,4 +201,4 @@ def matrix(session: nox.Session, case: Case) -> None:
         )
     finally:
         summary = _junit_summary(report) if report.exists() else {"first_error": "pytest wrote no report"}
-        _write(case, {"stage": "done", "versions": versions, **summary})
+        _write(case, {"stage": "done", "versions": versions, "with": around, **summary})
