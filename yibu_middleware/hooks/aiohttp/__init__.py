@@ -30,7 +30,7 @@ class AiohttpHook(Hook):
     name = "aiohttp"
     module = "aiohttp"
     distribution = "aiohttp"
-    minimum = (3, 12)
+    minimum = (3, 12, 2)
 
     def patch(self, module: ModuleType) -> None:
         lib = Lib(module)

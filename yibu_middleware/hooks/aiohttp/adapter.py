@@ -69,6 +69,9 @@ class Lib:
         self.multidict = importlib.import_module("multidict")
         self.URL = importlib.import_module("yarl").URL
         self.BytesPayload = aiohttp.BytesPayload
+        # A request's bytes are read with it (json= and data= bodies are BytesPayloads): 3.12.2+.
+        if not inspect.iscoroutinefunction(getattr(aiohttp.BytesPayload, "as_bytes", None)):
+            raise TypeError("BytesPayload.as_bytes is missing (aiohttp 3.12.2 or newer is needed)")
         helpers = importlib.import_module("aiohttp.helpers")
         self.TimerNoop = helpers.TimerNoop
         self.get_env_proxy_for_url = helpers.get_env_proxy_for_url
