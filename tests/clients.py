@@ -57,6 +57,8 @@ class Seen:
     """What the call (or reading its stream) raised, if anything."""
     body: Any = None
     """An error answer's JSON body, as the app could read it (None when it was not JSON)."""
+    headers: dict[str, str] = field(default_factory=dict)
+    """An error answer's headers, names lower-cased (what an SDK's error carries in ``response``)."""
 
     @property
     def error_text(self) -> str:
@@ -200,10 +202,14 @@ class AsyncClient(Client):
 # --- plain HTTP clients ---------------------------------------------------------------------------
 
 
-def _plain_answer(provider: Provider, status: int, text: str) -> Seen:
+def _lower(headers: Any) -> dict[str, str]:
+    return {str(name).lower(): str(value) for name, value in headers.items()}
+
+
+def _plain_answer(provider: Provider, status: int, text: str, headers: Any) -> Seen:
     if status == 200:
         return Seen(status, content_of(provider, json.loads(text)))
-    return Seen(status, text, body=_json_or_none(text))
+    return Seen(status, text, body=_json_or_none(text), headers=_lower(headers))
 
 
 class HttpxClient(Client):
@@ -221,13 +227,13 @@ class HttpxClient(Client):
     def chat(self) -> Seen:
         url, body, headers = request_for(self.provider)
         response = self.http.post(url, json=body, headers=headers)
-        return _plain_answer(self.provider, response.status_code, response.text)
+        return _plain_answer(self.provider, response.status_code, response.text, response.headers)
 
     def stream(self) -> Seen:
         url, body, headers = request_for(self.provider, stream=True)
         with self.http.stream("POST", url, json=body, headers=headers) as response:
             if response.status_code != 200:
-                return _plain_answer(self.provider, response.status_code, response.read().decode())
+                return _plain_answer(self.provider, response.status_code, response.read().decode(), response.headers)
             seen = Seen(200)
             try:
                 seen.pieces.extend(pieces_of(self.provider, response.iter_lines()))
@@ -253,13 +259,15 @@ class AsyncHttpxClient(AsyncClient):
     async def achat(self) -> Seen:
         url, body, headers = request_for(self.provider)
         response = await self.http.post(url, json=body, headers=headers)
-        return _plain_answer(self.provider, response.status_code, response.text)
+        return _plain_answer(self.provider, response.status_code, response.text, response.headers)
 
     async def astream(self) -> Seen:
         url, body, headers = request_for(self.provider, stream=True)
         async with self.http.stream("POST", url, json=body, headers=headers) as response:
             if response.status_code != 200:
-                return _plain_answer(self.provider, response.status_code, (await response.aread()).decode())
+                return _plain_answer(
+                    self.provider, response.status_code, (await response.aread()).decode(), response.headers
+                )
             seen = Seen(200)
             try:
                 async for line in response.aiter_lines():
@@ -282,13 +290,13 @@ class RequestsClient(Client):
     def chat(self) -> Seen:
         url, body, headers = request_for(self.provider)
         response = self.session.post(url, json=body, headers=headers, timeout=TIMEOUT)
-        return _plain_answer(self.provider, response.status_code, response.text)
+        return _plain_answer(self.provider, response.status_code, response.text, response.headers)
 
     def stream(self) -> Seen:
         url, body, headers = request_for(self.provider, stream=True)
         with self.session.post(url, json=body, headers=headers, timeout=TIMEOUT, stream=True) as response:
             if response.status_code != 200:
-                return _plain_answer(self.provider, response.status_code, response.text)
+                return _plain_answer(self.provider, response.status_code, response.text, response.headers)
             seen = Seen(200)
             try:
                 for line in response.iter_lines():
@@ -311,13 +319,13 @@ class AiohttpClient(AsyncClient):
     async def achat(self) -> Seen:
         url, body, headers = request_for(self.provider)
         async with self.session.post(url, json=body, headers=headers) as response:
-            return _plain_answer(self.provider, response.status, await response.text())
+            return _plain_answer(self.provider, response.status, await response.text(), response.headers)
 
     async def astream(self) -> Seen:
         url, body, headers = request_for(self.provider, stream=True)
         async with self.session.post(url, json=body, headers=headers) as response:
             if response.status != 200:
-                return _plain_answer(self.provider, response.status, await response.text())
+                return _plain_answer(self.provider, response.status, await response.text(), response.headers)
             seen = Seen(200)
             try:
                 async for line in response.content:
@@ -338,8 +346,11 @@ def _sdk_error(exc: openai.APIError | anthropic.APIError) -> Seen:
     """An SDK's error: its status and the whole body of the answer it raised for (the SDKs keep
     only a part of it in ``exc.body``, and not the same part)."""
     response = getattr(exc, "response", None)
-    body = _json_or_none(response.text) if response is not None else None
-    return Seen(getattr(exc, "status_code", 0), str(exc), error=exc, body=body)
+    if response is None:
+        return Seen(0, str(exc), error=exc)
+    return Seen(
+        response.status_code, str(exc), error=exc, body=_json_or_none(response.text), headers=_lower(response.headers)
+    )
 
 
 def _openai_piece(chunk: Any) -> str:

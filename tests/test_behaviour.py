@@ -52,8 +52,10 @@ def served_by(seen: Seen) -> str:
     return seen.text.split("node '", 1)[1].split("'", 1)[0] if "node '" in seen.text else "?"
 
 
-def error_message(client: Client, seen: Seen) -> str:
-    """The message of an error answer in the provider's format; fails when it is not in that format."""
+def refusal(client: Client, seen: Seen) -> str:
+    """The message of an error answer of ours: in the provider's format and marked not to retry
+    (``x-should-retry: false``, which the SDKs obey). Fails when it is not."""
+    assert seen.headers.get("x-should-retry") == "false", seen.headers
     body = seen.body
     assert isinstance(body, dict), f"not a JSON error body: {seen.text!r}"
     if client.provider == "anthropic":
@@ -130,7 +132,7 @@ def test_gives_up_with_a_503_in_the_providers_format_when_every_node_is_down(
     client.start(gateway, sdk_retries=2)
     for seen in (client.chat(), client.stream()):
         assert seen.status == 503, seen
-        message = error_message(client, seen)
+        message = refusal(client, seen)
         assert "yibu-middleware" in message
         assert all(node_address(gateway, node.name) in message for node in gateway.nodes), message
         assert_sdk_error(client, seen, "InternalServerError")
@@ -144,10 +146,17 @@ def test_gives_up_with_a_503_in_the_providers_format_when_every_node_is_down(
 
 
 @pytest.mark.parametrize("client", every_client(), indirect=True)
+@pytest.mark.parametrize(
+    "fault",
+    # After the first event only (a role chunk, message_start): the connection drops, or an in-band
+    # error event comes (OpenAI-compatible ``error``, Anthropic ``overloaded_error``).
+    [{"cut_stream_after": 1}, {"stream_error_after": 1}],
+    ids=["cut", "error-event"],
+)
 def test_stream_is_committed_at_its_first_content_after_a_node_failed_before_it(
-    gateway: GatewaySimulator, client: Client
+    gateway: GatewaySimulator, client: Client, fault: dict[str, int]
 ) -> None:
-    gateway.set_faults("a", cut_stream_after=1)  # the first event only (a role chunk, message_start)
+    gateway.set_faults("a", **fault)
     seen = client.start(gateway, pin=gateway.node("a").base_url).stream()
     assert seen.error is None, seen.error_text
     assert seen.text.startswith("Hello from yibu simulator node") and served_by(seen) in {"b", "c"}, seen
@@ -155,15 +164,22 @@ def test_stream_is_committed_at_its_first_content_after_a_node_failed_before_it(
 
 
 @pytest.mark.parametrize("client", every_client(), indirect=True)
+@pytest.mark.parametrize(
+    ("fault", "said"),
+    # Five events hold content in both formats; then the connection drops, or the body ends
+    # cleanly without its final event ([DONE], message_stop).
+    [({"cut_stream_after": 5}, "broke after its first content"), ({"truncate_stream_after": 5}, "final event")],
+    ids=["cut", "truncated"],
+)
 def test_stream_cut_after_its_first_content_is_an_error_naming_the_node(
-    gateway: GatewaySimulator, client: Client
+    gateway: GatewaySimulator, client: Client, fault: dict[str, int], said: str
 ) -> None:
     """Never a silently shortened answer, and never retried once content went to the app."""
-    gateway.set_faults("a", cut_stream_after=5)  # content for both formats, then the connection drops
+    gateway.set_faults("a", **fault)
     seen = client.start(gateway, pin=gateway.node("a").base_url).stream()
     assert seen.status == 200 and seen.pieces, seen  # what came before the cut reached the app
     assert seen.error is not None, f"a cut stream ended without an error: {seen.text!r}"
-    assert "broke after its first content" in seen.error_text, seen.error_text
+    assert said in seen.error_text, seen.error_text
     assert node_address(gateway, "a") in seen.error_text, seen.error_text
     assert len(gateway.records) == 1
 
@@ -178,7 +194,7 @@ def test_a_client_side_limit_refuses_without_sending(gateway: GatewaySimulator, 
     assert client.chat().status == 200
     seen = client.chat()
     assert seen.status == 429, seen
-    assert "limits.requests_per_second" in error_message(client, seen)
+    assert "limits.requests_per_second" in refusal(client, seen)
     assert_sdk_error(client, seen, "RateLimitError")
     assert len(gateway.records) == 1  # the refused call sent nothing
 
@@ -188,7 +204,7 @@ def test_policy_refuses_a_model_not_allowed_without_sending(gateway: GatewaySimu
     client.start(gateway, policy={"allowed_models": ["some-other-model"]})
     for seen in (client.chat(), client.stream()):
         assert seen.status == 403, seen
-        message = error_message(client, seen)
+        message = refusal(client, seen)
         assert "policy.allowed_models" in message and client.model in message, message
         assert_sdk_error(client, seen, "PermissionDeniedError")
     assert gateway.records == []
