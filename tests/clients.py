@@ -127,17 +127,31 @@ class Client:
     def __repr__(self) -> str:
         return self.name
 
-    def start(self, gateway: GatewaySimulator, *, sdk_retries: int = 0, **settings: Any) -> Client:
+    def start(
+        self,
+        gateway: GatewaySimulator,
+        *,
+        sdk_retries: int = 0,
+        app_headers: dict[str, str] | None = None,
+        **settings: Any,
+    ) -> Client:
         """Turn the middleware on with ``settings`` (as for ``install_for``) and make the client.
-        ``sdk_retries``: the SDK's own ``max_retries`` (an SDK's default is 2; 0 keeps a test short)."""
+        ``sdk_retries``: the SDK's own ``max_retries`` (an SDK's default is 2; 0 keeps a test short).
+        ``app_headers``: headers the app adds to every request (an SDK's ``default_headers``)."""
         self.gateway = gateway
         self.sdk_retries = sdk_retries
+        self.app_headers = app_headers or {}
         if self.composed:
             self.settings = {"nodes": [node.base_url for node in gateway.nodes], "api_key": GATEWAY_KEY, **settings}
         else:
             install_for(gateway, **settings)
         self.open()
         return self
+
+    def request(self, *, stream: bool = False) -> tuple[str, dict[str, Any], dict[str, str]]:
+        """URL, JSON body and headers of a plain client's call, the app's own headers added."""
+        url, body, headers = request_for(self.provider, stream=stream)
+        return url, body, {**headers, **self.app_headers}
 
     @property
     def model(self) -> str:
@@ -225,12 +239,12 @@ class HttpxClient(Client):
         self.http = self.library.Client(timeout=TIMEOUT, **extra)
 
     def chat(self) -> Seen:
-        url, body, headers = request_for(self.provider)
+        url, body, headers = self.request()
         response = self.http.post(url, json=body, headers=headers)
         return _plain_answer(self.provider, response.status_code, response.text, response.headers)
 
     def stream(self) -> Seen:
-        url, body, headers = request_for(self.provider, stream=True)
+        url, body, headers = self.request(stream=True)
         with self.http.stream("POST", url, json=body, headers=headers) as response:
             if response.status_code != 200:
                 return _plain_answer(self.provider, response.status_code, response.read().decode(), response.headers)
@@ -257,12 +271,12 @@ class AsyncHttpxClient(AsyncClient):
         self.http = self.library.AsyncClient(timeout=TIMEOUT)
 
     async def achat(self) -> Seen:
-        url, body, headers = request_for(self.provider)
+        url, body, headers = self.request()
         response = await self.http.post(url, json=body, headers=headers)
         return _plain_answer(self.provider, response.status_code, response.text, response.headers)
 
     async def astream(self) -> Seen:
-        url, body, headers = request_for(self.provider, stream=True)
+        url, body, headers = self.request(stream=True)
         async with self.http.stream("POST", url, json=body, headers=headers) as response:
             if response.status_code != 200:
                 return _plain_answer(
@@ -288,12 +302,12 @@ class RequestsClient(Client):
         self.session = requests.Session()
 
     def chat(self) -> Seen:
-        url, body, headers = request_for(self.provider)
+        url, body, headers = self.request()
         response = self.session.post(url, json=body, headers=headers, timeout=TIMEOUT)
         return _plain_answer(self.provider, response.status_code, response.text, response.headers)
 
     def stream(self) -> Seen:
-        url, body, headers = request_for(self.provider, stream=True)
+        url, body, headers = self.request(stream=True)
         with self.session.post(url, json=body, headers=headers, timeout=TIMEOUT, stream=True) as response:
             if response.status_code != 200:
                 return _plain_answer(self.provider, response.status_code, response.text, response.headers)
@@ -317,12 +331,12 @@ class AiohttpClient(AsyncClient):
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT))
 
     async def achat(self) -> Seen:
-        url, body, headers = request_for(self.provider)
+        url, body, headers = self.request()
         async with self.session.post(url, json=body, headers=headers) as response:
             return _plain_answer(self.provider, response.status, await response.text(), response.headers)
 
     async def astream(self) -> Seen:
-        url, body, headers = request_for(self.provider, stream=True)
+        url, body, headers = self.request(stream=True)
         async with self.session.post(url, json=body, headers=headers) as response:
             if response.status != 200:
                 return _plain_answer(self.provider, response.status, await response.text(), response.headers)
@@ -373,7 +387,9 @@ class OpenAIClient(Client):
 
     def open(self) -> None:
         extra = {"http_client": httpx2.Client(transport=self.transport(self))} if self.transport else {}
-        self.sdk_client = openai.OpenAI(api_key=OPENAI_KEY, max_retries=self.sdk_retries, timeout=TIMEOUT, **extra)
+        self.sdk_client = openai.OpenAI(
+            api_key=OPENAI_KEY, max_retries=self.sdk_retries, timeout=TIMEOUT, default_headers=self.app_headers, **extra
+        )
 
     def chat(self) -> Seen:
         try:
@@ -412,7 +428,9 @@ class AsyncOpenAIClient(AsyncClient):
 
     async def aopen(self) -> None:
         extra = {"http_client": self.http_client()} if self.http_client else {}
-        self.sdk_client = openai.AsyncOpenAI(api_key=OPENAI_KEY, max_retries=self.sdk_retries, timeout=TIMEOUT, **extra)
+        self.sdk_client = openai.AsyncOpenAI(
+            api_key=OPENAI_KEY, max_retries=self.sdk_retries, timeout=TIMEOUT, default_headers=self.app_headers, **extra
+        )
 
     async def achat(self) -> Seen:
         try:
@@ -449,7 +467,9 @@ class AnthropicClient(Client):
         super().__init__(name, "anthropic")
 
     def open(self) -> None:
-        self.sdk_client = anthropic.Anthropic(api_key=ANTHROPIC_KEY, max_retries=self.sdk_retries, timeout=TIMEOUT)
+        self.sdk_client = anthropic.Anthropic(
+            api_key=ANTHROPIC_KEY, max_retries=self.sdk_retries, timeout=TIMEOUT, default_headers=self.app_headers
+        )
 
     def chat(self) -> Seen:
         try:
@@ -499,7 +519,11 @@ class AsyncAnthropicClient(AsyncClient):
         elif self.transport:
             extra["http_client"] = httpx2.AsyncClient(transport=self.transport(self))
         self.sdk_client = anthropic.AsyncAnthropic(
-            api_key=ANTHROPIC_KEY, max_retries=self.sdk_retries, timeout=TIMEOUT, **extra
+            api_key=ANTHROPIC_KEY,
+            max_retries=self.sdk_retries,
+            timeout=TIMEOUT,
+            default_headers=self.app_headers,
+            **extra,
         )
 
     async def achat(self) -> Seen:

@@ -252,11 +252,19 @@ def genai_spans(exporter: InMemorySpanExporter) -> list[ReadableSpan]:
     return [s for s in exporter.get_finished_spans() if s.attributes and "gen_ai.operation.name" in s.attributes]
 
 
+# Bug: the httpx adapter (hooks/httpx/adapter.py, ``[*gateway.headers, *call.trace_headers]``) and
+# the aiohttp adapter (``headers.add``) append the call's trace headers to the app's instead of
+# replacing them; requests' adapter replaces (a CaseInsensitiveDict). So a request that already
+# has a traceparent (the app's, an outer instrumentation's, the anthropic SDK's own tracing)
+# reaches the gateway with two.
 BUG_TRACEPARENT_TWICE = pytest.mark.xfail(
     strict=True,
-    reason="bug: under the anthropic SDK's own tracing the gateway gets two traceparent values "
-    "(the SDK's and ours, the same), where W3C trace context allows one",
+    reason="bug: the call's traceparent is added next to the one the request already had "
+    "(the app's, or the anthropic SDK tracing's), so the gateway gets two where W3C trace context allows one",
 )
+TRACEPARENT_TWICE_UNLESS_REQUESTS = {
+    name.replace("-", "_"): BUG_TRACEPARENT_TWICE for name in CLIENT_NAMES if name != "requests"
+}
 
 
 @pytest.mark.parametrize(
@@ -298,6 +306,25 @@ def test_one_genai_span_per_call_with_its_attempts(
     text = repr([(s.name, dict(s.attributes or {}), [dict(e.attributes or {}) for e in s.events]) for s in calls])
     for key in ALL_KEYS:
         assert key not in text
+
+
+APP_TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+@pytest.mark.parametrize("client", every_client(**TRACEPARENT_TWICE_UNLESS_REQUESTS), indirect=True)
+def test_an_apps_own_traceparent_is_replaced_never_sent_twice(
+    gateway: GatewaySimulator, client: Client, spans: InMemorySpanExporter
+) -> None:
+    """A traceparent the app (or an outer instrumentation) already put on the request is replaced
+    by the call's span's: W3C trace context allows one, and a gateway given two drops both."""
+    client.start(gateway, app_headers={"traceparent": APP_TRACEPARENT})
+    assert client.chat().status == 200
+    (span,) = genai_spans(spans)
+    (record,) = gateway.records
+    context = span.context
+    assert (
+        record.headers["traceparent"] == f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+    )
 
 
 # --- redaction ------------------------------------------------------------------------------------
