@@ -142,6 +142,30 @@ def test_gives_up_with_a_503_in_the_providers_format_when_every_node_is_down(
     assert len(gateway.records) == (6 if "status_override" in fault else 0)
 
 
+@pytest.mark.parametrize("client", every_client(), indirect=True)
+def test_a_gateway_refusal_is_handed_back_at_once_never_retried(gateway: GatewaySimulator, client: Client) -> None:
+    """A quota answer means the same on every node: one attempt, handed back marked not to retry."""
+    body = {"error": {"message": "no quota left", "type": "x", "code": "insufficient_user_quota"}}
+    for node in gateway.nodes:
+        gateway.set_faults(node.name, status_override=403, status_body=body)
+    seen = client.start(gateway, sdk_retries=2).chat()
+    assert seen.status == 403 and seen.headers.get("x-should-retry") == "false", seen
+    assert "insufficient_user_quota" in seen.text
+    assert_sdk_error(client, seen, "PermissionDeniedError")
+    assert len(gateway.records) == 1
+
+
+@pytest.mark.parametrize("client", every_client(), indirect=True)
+def test_429_everywhere_is_handed_back_after_trying_each_node(gateway: GatewaySimulator, client: Client) -> None:
+    for node in gateway.nodes:
+        gateway.set_faults(node.name, rate_limit_rate=1.0, retry_after=0.05)
+    seen = client.start(gateway, sdk_retries=2).chat()
+    assert seen.status == 429 and seen.headers.get("x-should-retry") == "false", seen
+    assert "yibu-middleware tried:" in seen.text
+    assert_sdk_error(client, seen, "RateLimitError")
+    assert sorted(record.node for record in gateway.records) == ["a", "b", "c"]  # each once, no SDK rounds
+
+
 # --- streams --------------------------------------------------------------------------------------
 
 
@@ -182,6 +206,14 @@ def test_stream_cut_after_its_first_content_is_an_error_naming_the_node(
     assert said in seen.error_text, seen.error_text
     assert node_address(gateway, "a") in seen.error_text, seen.error_text
     assert len(gateway.records) == 1
+
+
+@pytest.mark.parametrize("client", every_client(), indirect=True)
+def test_a_stalled_stream_is_retried_after_the_first_token_timeout(gateway: GatewaySimulator, client: Client) -> None:
+    gateway.set_faults("a", stall_stream_after=1, stall_max=5.0)  # headers and one event, then nothing
+    seen = client.start(gateway, pin=gateway.node("a").base_url, stream={"first_token_timeout": 0.3}).stream()
+    assert seen.error is None and served_by(seen) in {"b", "c"}, seen.error_text or seen
+    assert [record.node for record in gateway.records][:1] == ["a"] and len(gateway.records) == 2
 
 
 # --- limits and policy ----------------------------------------------------------------------------
