@@ -235,7 +235,7 @@ class HttpxClient(Client):
         self.composed = transport is not None
 
     def open(self) -> None:
-        extra = {"transport": self.transport(self)} if self.transport else {}
+        extra: dict[str, Any] = {"transport": self.transport(self)} if self.transport else {}
         self.http = self.library.Client(timeout=TIMEOUT, **extra)
 
     def chat(self) -> Seen:
@@ -386,7 +386,7 @@ class OpenAIClient(Client):
         self.composed = transport is not None
 
     def open(self) -> None:
-        extra = {"http_client": httpx2.Client(transport=self.transport(self))} if self.transport else {}
+        extra: dict[str, Any] = {"http_client": httpx2.Client(transport=self.transport(self))} if self.transport else {}
         self.sdk_client = openai.OpenAI(
             api_key=OPENAI_KEY, max_retries=self.sdk_retries, timeout=TIMEOUT, default_headers=self.app_headers, **extra
         )
@@ -427,7 +427,7 @@ class AsyncOpenAIClient(AsyncClient):
         self.http_client = http_client
 
     async def aopen(self) -> None:
-        extra = {"http_client": self.http_client()} if self.http_client else {}
+        extra: dict[str, Any] = {"http_client": self.http_client()} if self.http_client else {}
         self.sdk_client = openai.AsyncOpenAI(
             api_key=OPENAI_KEY, max_retries=self.sdk_retries, timeout=TIMEOUT, default_headers=self.app_headers, **extra
         )
@@ -557,8 +557,8 @@ class AsyncAnthropicClient(AsyncClient):
 # --- the list -------------------------------------------------------------------------------------
 
 
-def _sync_transport(library: str) -> Callable[[Client], Any]:
-    return lambda client: yibu_middleware.Transport(client.settings, library=library)  # type: ignore[arg-type]
+def _sync_transport(library: Literal["httpx2", "httpx"]) -> Callable[[Client], Any]:
+    return lambda client: yibu_middleware.Transport(client.settings, library=library)
 
 
 def _async_transport(client: Client) -> Any:
