@@ -40,7 +40,7 @@ MESSAGES_URL = "https://api.anthropic.com/v1/messages"
 MESSAGES: Any = [{"role": "user", "content": "hi"}]
 MODELS: dict[Provider, str] = {"openai": "gpt-4o-mini", "anthropic": "claude-sonnet-5-5"}
 PATHS: dict[Provider, str] = {"openai": "/v1/chat/completions", "anthropic": "/v1/messages"}
-TIMEOUT = 10.0  # generous: no behaviour here waits on a timeout of the client
+TIMEOUT = 10.0  # the clients' timeout unless a test sets one: generous, no other behaviour waits on it
 
 
 @dataclass
@@ -133,12 +133,15 @@ class Client:
         *,
         sdk_retries: int = 0,
         app_headers: dict[str, str] | None = None,
+        timeout: float = TIMEOUT,
         **settings: Any,
     ) -> Client:
         """Turn the middleware on with ``settings`` (as for ``install_for``) and make the client.
         ``sdk_retries``: the SDK's own ``max_retries`` (an SDK's default is 2; 0 keeps a test short).
-        ``app_headers``: headers the app adds to every request (an SDK's ``default_headers``)."""
+        ``app_headers``: headers the app adds to every request (an SDK's ``default_headers``).
+        ``timeout``: the client's read timeout (an SDK's ``timeout``), which is the call's deadline."""
         self.gateway = gateway
+        self.timeout = timeout
         self.sdk_retries = sdk_retries
         self.app_headers = app_headers or {}
         if self.composed:
@@ -236,11 +239,14 @@ class HttpxClient(Client):
 
     def open(self) -> None:
         extra: dict[str, Any] = {"transport": self.transport(self)} if self.transport else {}
-        self.http = self.library.Client(timeout=TIMEOUT, **extra)
+        self.http = self.library.Client(timeout=self.timeout, **extra)
 
     def chat(self) -> Seen:
         url, body, headers = self.request()
-        response = self.http.post(url, json=body, headers=headers)
+        try:
+            response = self.http.post(url, json=body, headers=headers)
+        except self.library.HTTPError as exc:
+            return Seen(0, str(exc), error=exc)
         return _plain_answer(self.provider, response.status_code, response.text, response.headers)
 
     def stream(self) -> Seen:
@@ -268,11 +274,14 @@ class AsyncHttpxClient(AsyncClient):
         self.library = library
 
     async def aopen(self) -> None:
-        self.http = self.library.AsyncClient(timeout=TIMEOUT)
+        self.http = self.library.AsyncClient(timeout=self.timeout)
 
     async def achat(self) -> Seen:
         url, body, headers = self.request()
-        response = await self.http.post(url, json=body, headers=headers)
+        try:
+            response = await self.http.post(url, json=body, headers=headers)
+        except self.library.HTTPError as exc:
+            return Seen(0, str(exc), error=exc)
         return _plain_answer(self.provider, response.status_code, response.text, response.headers)
 
     async def astream(self) -> Seen:
@@ -303,12 +312,15 @@ class RequestsClient(Client):
 
     def chat(self) -> Seen:
         url, body, headers = self.request()
-        response = self.session.post(url, json=body, headers=headers, timeout=TIMEOUT)
+        try:
+            response = self.session.post(url, json=body, headers=headers, timeout=self.timeout)
+        except requests.RequestException as exc:
+            return Seen(0, str(exc), error=exc)
         return _plain_answer(self.provider, response.status_code, response.text, response.headers)
 
     def stream(self) -> Seen:
         url, body, headers = self.request(stream=True)
-        with self.session.post(url, json=body, headers=headers, timeout=TIMEOUT, stream=True) as response:
+        with self.session.post(url, json=body, headers=headers, timeout=self.timeout, stream=True) as response:
             if response.status_code != 200:
                 return _plain_answer(self.provider, response.status_code, response.text, response.headers)
             seen = Seen(200)
@@ -328,12 +340,15 @@ class AiohttpClient(AsyncClient):
     """An ``aiohttp.ClientSession``, hooked; a stream read line by line (``async for``)."""
 
     async def aopen(self) -> None:
-        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT))
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT, sock_read=self.timeout))
 
     async def achat(self) -> Seen:
         url, body, headers = self.request()
-        async with self.session.post(url, json=body, headers=headers) as response:
-            return _plain_answer(self.provider, response.status, await response.text(), response.headers)
+        try:
+            async with self.session.post(url, json=body, headers=headers) as response:
+                return _plain_answer(self.provider, response.status, await response.text(), response.headers)
+        except (aiohttp.ClientError, TimeoutError) as exc:  # aiohttp's time limits raise TimeoutErrors
+            return Seen(0, str(exc), error=exc)
 
     async def astream(self) -> Seen:
         url, body, headers = self.request(stream=True)
@@ -388,7 +403,11 @@ class OpenAIClient(Client):
     def open(self) -> None:
         extra: dict[str, Any] = {"http_client": httpx2.Client(transport=self.transport(self))} if self.transport else {}
         self.sdk_client = openai.OpenAI(
-            api_key=OPENAI_KEY, max_retries=self.sdk_retries, timeout=TIMEOUT, default_headers=self.app_headers, **extra
+            api_key=OPENAI_KEY,
+            max_retries=self.sdk_retries,
+            timeout=self.timeout,
+            default_headers=self.app_headers,
+            **extra,
         )
 
     def chat(self) -> Seen:
@@ -429,7 +448,11 @@ class AsyncOpenAIClient(AsyncClient):
     async def aopen(self) -> None:
         extra: dict[str, Any] = {"http_client": self.http_client()} if self.http_client else {}
         self.sdk_client = openai.AsyncOpenAI(
-            api_key=OPENAI_KEY, max_retries=self.sdk_retries, timeout=TIMEOUT, default_headers=self.app_headers, **extra
+            api_key=OPENAI_KEY,
+            max_retries=self.sdk_retries,
+            timeout=self.timeout,
+            default_headers=self.app_headers,
+            **extra,
         )
 
     async def achat(self) -> Seen:
@@ -468,7 +491,7 @@ class AnthropicClient(Client):
 
     def open(self) -> None:
         self.sdk_client = anthropic.Anthropic(
-            api_key=ANTHROPIC_KEY, max_retries=self.sdk_retries, timeout=TIMEOUT, default_headers=self.app_headers
+            api_key=ANTHROPIC_KEY, max_retries=self.sdk_retries, timeout=self.timeout, default_headers=self.app_headers
         )
 
     def chat(self) -> Seen:
@@ -521,7 +544,7 @@ class AsyncAnthropicClient(AsyncClient):
         self.sdk_client = anthropic.AsyncAnthropic(
             api_key=ANTHROPIC_KEY,
             max_retries=self.sdk_retries,
-            timeout=TIMEOUT,
+            timeout=self.timeout,
             default_headers=self.app_headers,
             **extra,
         )

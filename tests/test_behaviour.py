@@ -13,9 +13,11 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
+import aiohttp
 import anthropic
 import openai
 import pytest
+import requests
 from clients import CLIENT_NAMES, Client, Seen, make
 from helpers import GATEWAY_KEY, PROVIDER_KEYS, assert_no_provider_key
 from opentelemetry import trace
@@ -87,6 +89,14 @@ def test_routed_with_the_gateway_key_and_never_the_providers(gateway: GatewaySim
         (client.path, GATEWAY_KEY, True),
     ]
     assert_no_provider_key(gateway)
+
+
+@pytest.mark.parametrize("client", every_client(), indirect=True)
+def test_a_model_alias_is_sent_in_place_of_the_apps_model(gateway: GatewaySimulator, client: Client) -> None:
+    seen = client.start(gateway, model_aliases={client.model: "gpt-5.2"}).chat()
+    assert seen.status == 200, seen
+    (record,) = gateway.records
+    assert record.model == "gpt-5.2" and record.body["messages"] == [{"role": "user", "content": "hi"}]
 
 
 # --- failover and giving up -----------------------------------------------------------------------
@@ -164,6 +174,31 @@ def test_429_everywhere_is_handed_back_after_trying_each_node(gateway: GatewaySi
     assert "yibu-middleware tried:" in seen.text
     assert_sdk_error(client, seen, "RateLimitError")
     assert sorted(record.node for record in gateway.records) == ["a", "b", "c"]  # each once, no SDK rounds
+
+
+def own_timeout(client: Client) -> type[BaseException] | tuple[type[BaseException], ...]:
+    """What the client raises, without the middleware, for a request that runs out of time."""
+    if client.sdk:
+        return openai.APITimeoutError if client.provider == "openai" else anthropic.APITimeoutError
+    library = getattr(client, "library", None)
+    if library is not None:
+        return library.ReadTimeout  # type: ignore[no-any-return]
+    if client.name == "requests":
+        return requests.Timeout
+    return (aiohttp.ServerTimeoutError, TimeoutError)
+
+
+@pytest.mark.parametrize("client", every_client(), indirect=True)
+def test_a_deadline_that_runs_out_raises_the_clients_own_timeout(gateway: GatewaySimulator, client: Client) -> None:
+    """No node answers within the client's 0.5 s: the app gets the timeout it knows, naming the nodes tried."""
+    for node in gateway.nodes:
+        gateway.set_faults(node.name, latency=2.0)
+    seen = client.start(gateway, timeout=0.5).chat()
+    assert isinstance(seen.error, own_timeout(client)), seen.error_text or seen
+    assert "timed out" in seen.error_text, seen.error_text
+    assert any(node_address(gateway, node.name) in seen.error_text for node in gateway.nodes), seen.error_text
+    for key in ALL_KEYS:
+        assert key not in seen.error_text
 
 
 # --- streams --------------------------------------------------------------------------------------
