@@ -3,8 +3,13 @@
 Each behaviour the README states is written once here and parametrised over every client:
 httpx and httpx2 sync and async, the openai and anthropic SDKs on their default and aiohttp
 transports, requests, aiohttp, and the composition transport. Real libraries, real HTTP over
-loopback to the gateway simulator. A combination that does not apply is skipped with its reason;
-one that fails because of a bug in the library is an ``xfail(strict=True)`` naming the bug.
+loopback to the gateway simulator: routing and aliases, failover, giving up (503, 429, a gateway's
+refusal, a deadline), streams (commit at the first content, a cut or truncation after it, a
+stall), limits and policy, hedging, spans and trace context, and keys kept out of log records.
+
+A combination that does not apply is skipped with its reason (none today); one that fails
+because of a bug in the library is an ``xfail(strict=True)`` naming the bug, so that the fix
+makes it fail until the mark is removed. A new client library is added in ``clients.py``.
 """
 
 from __future__ import annotations
