@@ -118,20 +118,12 @@ def test_fails_over_off_a_failing_node(gateway: GatewaySimulator, client: Client
     assert_no_provider_key(gateway)
 
 
-BUG_REFUSED_IS_A_TIMEOUT = pytest.mark.xfail(
-    strict=True,
-    reason="bug: openai's aiohttp transport raises httpx2.ConnectTimeout for a refused connection, so the "
-    "middleware gives up with a timeout (APITimeoutError, which the SDK then retries) instead of the 503",
-)
-
-
 def _give_up_cases() -> list[Any]:
     cases = []
     for fault, id_ in (({"status_override": 503}, "503"), ({"refuse": True}, "refused")):
         for param in every_client():
             (name,) = param.values
-            marks = BUG_REFUSED_IS_A_TIMEOUT if (id_, name) == ("refused", "openai-aiohttp") else ()
-            cases.append(pytest.param(name, fault, id=f"{id_}-{name}", marks=marks))
+            cases.append(pytest.param(name, fault, id=f"{id_}-{name}"))
     return cases
 
 
@@ -324,29 +316,9 @@ def genai_spans(exporter: InMemorySpanExporter) -> list[ReadableSpan]:
     return [s for s in exporter.get_finished_spans() if s.attributes and "gen_ai.operation.name" in s.attributes]
 
 
-# Bug: the httpx adapter (hooks/httpx/adapter.py, ``[*gateway.headers, *call.trace_headers]``) and
-# the aiohttp adapter (``headers.add``) append the call's trace headers to the app's instead of
-# replacing them; requests' adapter replaces (a CaseInsensitiveDict). So a request that already
-# has a traceparent (the app's, an outer instrumentation's, the anthropic SDK's own tracing)
-# reaches the gateway with two.
-BUG_TRACEPARENT_TWICE = pytest.mark.xfail(
-    strict=True,
-    reason="bug: the call's traceparent is added next to the one the request already had "
-    "(the app's, or the anthropic SDK tracing's), so the gateway gets two where W3C trace context allows one",
-)
-TRACEPARENT_TWICE_UNLESS_REQUESTS = {
-    name.replace("-", "_"): BUG_TRACEPARENT_TWICE for name in CLIENT_NAMES if name != "requests"
-}
-
-
 @pytest.mark.parametrize(
     "client",
-    every_client(
-        anthropic=BUG_TRACEPARENT_TWICE,
-        anthropic_async=BUG_TRACEPARENT_TWICE,
-        anthropic_aiohttp=BUG_TRACEPARENT_TWICE,
-        transport_anthropic_async=BUG_TRACEPARENT_TWICE,
-    ),
+    every_client(),
     indirect=True,
 )
 def test_one_genai_span_per_call_with_its_attempts(
@@ -383,7 +355,7 @@ def test_one_genai_span_per_call_with_its_attempts(
 APP_TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
-@pytest.mark.parametrize("client", every_client(**TRACEPARENT_TWICE_UNLESS_REQUESTS), indirect=True)
+@pytest.mark.parametrize("client", every_client(), indirect=True)
 def test_an_apps_own_traceparent_is_replaced_never_sent_twice(
     gateway: GatewaySimulator, client: Client, spans: InMemorySpanExporter
 ) -> None:

@@ -74,6 +74,9 @@ class Adapter:
         raise NotImplementedError
 
     def is_timeout(self, exc: BaseException) -> bool:
+        """A timeout waiting for the node's answer (a read, a write, our pool). Not a connect
+        timeout: that says the node could not be reached, as a refused connection does (and
+        openai's aiohttp transport reports a refused connection as one)."""
         raise NotImplementedError
 
     def describe(self, exc: BaseException) -> str:

@@ -351,8 +351,8 @@ class Call:
     def give_up(self, action: GiveUp) -> Any:
         """No node gave an answer to hand back.
 
-        When the last attempt timed out (the call's deadline ran out, or every node timed
-        out), the client's own timeout exception is raised, naming the nodes tried: what the
+        When the call's deadline ran out, or its last attempt timed out waiting for an answer,
+        the client's own timeout exception is raised, naming the nodes tried: what the
         library alone raises when a request runs out of time (httpx's and httpx2's
         ``ReadTimeout``, which the openai and anthropic SDKs raise as ``APITimeoutError``;
         requests' ``ReadTimeout``; aiohttp's ``SocketTimeoutError``), so that an app's handling
@@ -360,12 +360,13 @@ class Call:
         the middleware. A 504 of our own would turn a timeout into an ``InternalServerError``
         the app does not expect from one.
 
-        Otherwise (nodes refused, dropped or redirected), the library answers for the gateway
+        Otherwise (nodes refused, unreachable within their connect timeout, dropped or
+        redirected), the library answers for the gateway
         with a 503 in the provider's format, with ``x-should-retry: false``, so that the
         openai/anthropic SDKs raise at once instead of running retry rounds of their own over
         nodes just found dead."""
         summary = self.plan.summary()
-        if self.timed_out:
+        if self.timed_out or self.plan.timeout_left() == 0:
             message = self.runtime.redact(
                 f"yibu-middleware: {self.where} timed out: no gateway node answered in time ({summary});"
                 f" {action.reason}"

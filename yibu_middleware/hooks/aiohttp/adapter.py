@@ -78,6 +78,7 @@ class Lib:
         self.HttpVersion11 = aiohttp.HttpVersion11
         self.ClientTimeout = aiohttp.ClientTimeout
         self.ClientPayloadError = aiohttp.ClientPayloadError
+        self.ConnectionTimeoutError = aiohttp.ConnectionTimeoutError
         # What aiohttp raises when a read runs out of time (3.10+; before, its base class).
         self.SocketTimeoutError = getattr(aiohttp, "SocketTimeoutError", aiohttp.ServerTimeoutError)
         self.StreamReader = streams.StreamReader
@@ -242,7 +243,8 @@ class AiohttpAdapter(AsyncAdapter):
         return self.lib.kinds.kind(exc)
 
     def is_timeout(self, exc: BaseException) -> bool:
-        return isinstance(exc, TimeoutError)  # aiohttp's ServerTimeoutError is one too
+        # aiohttp's ServerTimeoutError is a TimeoutError too; a connect timeout is no answer's.
+        return isinstance(exc, TimeoutError) and not isinstance(exc, self.lib.ConnectionTimeoutError)
 
     def status(self, response: Any) -> int:
         status: int = response.status

@@ -86,7 +86,7 @@ class HttpxAdapter(Adapter):
         return self.kinds.kind(exc)
 
     def is_timeout(self, exc: BaseException) -> bool:
-        return isinstance(exc, self.lib.TimeoutException)
+        return isinstance(exc, self.lib.TimeoutException) and not isinstance(exc, self.lib.ConnectTimeout)
 
     def status(self, response: Any) -> int:
         status: int = response.status_code

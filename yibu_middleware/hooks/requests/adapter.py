@@ -79,7 +79,7 @@ class Lib:
             ]
         )
         self.timeouts = (requests.Timeout, exceptions.TimeoutError)
-        self.NewConnectionError = exceptions.NewConnectionError
+        self.ConnectTimeoutError = exceptions.ConnectTimeoutError  # NewConnectionError's parent too
         self.MaxRetryError = exceptions.MaxRetryError
         # urllib3 2 sends a str body as UTF-8, urllib3 1 as Latin-1 (as http.client does).
         self.str_encoding = "latin-1" if urllib3.__version__.startswith("1.") else "utf-8"
@@ -229,10 +229,13 @@ class RequestsAdapter(SyncAdapter):
 
     def is_timeout(self, exc: BaseException) -> bool:
         lib = self.lib
+        if isinstance(exc, lib.requests.ConnectTimeout):
+            return False
         if isinstance(exc, lib.requests.ConnectionError):
             exc = _cause(exc, lib)  # requests reports a read timeout inside a body as a ConnectionError
-        # urllib3's NewConnectionError is a ConnectTimeoutError by inheritance only.
-        return isinstance(exc, lib.timeouts) and not isinstance(exc, lib.NewConnectionError)
+        # urllib3's NewConnectionError is a ConnectTimeoutError by inheritance only, and a connect
+        # timeout is no answer's.
+        return isinstance(exc, lib.timeouts) and not isinstance(exc, lib.ConnectTimeoutError)
 
     def describe(self, exc: BaseException) -> str:
         # requests wraps urllib3's error, which wraps the socket's: the last says it best
