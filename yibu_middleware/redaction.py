@@ -105,6 +105,8 @@ def scrub(record: logging.LogRecord, redact: Redact) -> None:
     if record.stack_info:
         record.stack_info = redact(record.stack_info)
     fields = record.__dict__
+    if _STANDARD.issuperset(fields):
+        return  # no `extra=` field: one pass over the names, with no set made (the common case)
     for name in fields.keys() - _STANDARD:  # the `extra=` fields, found by one set difference
         value = fields[name]
         if isinstance(value, str):
