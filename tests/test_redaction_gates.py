@@ -8,10 +8,15 @@ looks words up only where a word can start. Each is checked here against the slo
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 import pytest
+import wrapt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import yibu_middleware
 from yibu_middleware.core import redact
 from yibu_middleware.core.redact import SECRET_HEADERS, SECRET_QUERY, KnownValues, redact_text
 
@@ -153,3 +158,30 @@ def test_a_remembered_key_is_found_wherever_the_old_lookup_found_it(line: str) -
         lambda found: redact.mask(found.group()) if found.group() == key else found.group(), text
     )
     assert values.mask_in(text) == expected
+
+
+def test_another_tools_make_record_wrapper_still_runs_under_ours() -> None:
+    """The hook is a plain function now (not wrapt, for speed): a wrapper another tool put on
+    ``Logger.makeRecord`` first is still called, bound to the logger, and is put back on
+    uninstall."""
+    seen: list[tuple[str, object]] = []
+
+    def other_tool(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        record = wrapped(*args, **kwargs)
+        seen.append((record.getMessage(), instance))
+        return record
+
+    before = logging.Logger.__dict__["makeRecord"]
+    wrapt.wrap_function_wrapper(logging.Logger, "makeRecord", other_tool)
+    theirs = logging.Logger.__dict__["makeRecord"]
+    try:
+        yibu_middleware.install({"nodes": ["http://127.0.0.1:9/v1"], "api_key": "sk-test-gateway-0000000000000000"})
+        logger = logging.getLogger("app")
+        record = logger.makeRecord("app", logging.INFO, __file__, 1, "key %s", (SHAPED_KEYS[0],), None)
+        assert seen == [(f"key {SHAPED_KEYS[0]}", logger)]  # theirs ran, bound, before the mask
+        assert SHAPED_KEYS[0] not in record.getMessage()
+        yibu_middleware.uninstall()
+        assert logging.Logger.__dict__["makeRecord"] is theirs
+    finally:
+        yibu_middleware.uninstall()
+        logging.Logger.makeRecord = before  # type: ignore[method-assign]
