@@ -6,7 +6,7 @@ would: "%(asctime)s %(levelname)s %(name)s %(message)s"). Three kinds of record,
   below level: logger.debug(...) with the logger at INFO (target: no added cost);
   typical:     the INFO line httpx writes for every request, which is most of what an app
                using the SDKs logs: 'HTTP Request: %s %s "%s"' with the args "POST",
-               "https://api.openai.com/v1/chat/completions" and "200 OK" (72 characters,
+               "https://api.openai.com/v1/chat/completions" and "200 OK" (70 characters,
                no secret, no `extra=` field, no exception); target: under 20 us added
                (issue 14), with 100,000 keys seen;
   with key:    a line carrying a request's headers with a key in them (the SDKs' debug line
