@@ -23,6 +23,7 @@ import re._constants as sre_constants  # type: ignore[import-not-found]  # the p
 import re._parser as sre_parse  # type: ignore[import-not-found]
 import threading
 from collections.abc import Callable, Collection, Iterable
+from operator import contains
 from typing import Any
 
 SECRET_HEADERS = (
@@ -134,7 +135,7 @@ def _rules(extra_headers: tuple[str, ...] = (), extra_patterns: tuple[str, ...] 
         ),
         (("accountkey=",), re.compile(r"(AccountKey=)([A-Za-z0-9+/=]{20,})"), _masked_second),
         (("@",), re.compile(r"(://[^/\s:@'\"]+:)[^/\s@'\"]+@"), lambda found: found.group(1) + "***@"),
-        (tuple(f"{name}=" for name in SECRET_QUERY), re.compile(rf"([?&](?:{query})=)([^&\s'\"#]+)"), _masked_second),
+        (tuple(f"{name}=" for name in SECRET_QUERY), re.compile(rf"([?&](?i:{query})=)([^&\s'\"#]+)"), _masked_second),
     ]
     rules.extend(((), re.compile(pattern), _masked_whole) for pattern in extra_patterns)
     return tuple(rules)
@@ -155,11 +156,26 @@ def redact_text(
             values.add(value, pinned=True, any_shape=True)
         known_values = values
     text = known_values.mask_in(text)
-    holds = text.lower().__contains__  # map() with it tests the words in C, with no frame each
+    lowered = text.lower()
+    # Most lines hold no trigger word at all: one test of the fewest words that cover every
+    # rule's words ends them here. map() over repeat() tests the words in C, with no frame each.
+    triggered = any(map(contains, itertools.repeat(lowered), _triggers(extra_headers, extra_patterns)))
+    if not triggered and not extra_patterns:
+        return text
     for words, pattern, replace in _rules(extra_headers, extra_patterns):
-        if not words or any(map(holds, words)):
+        if not words or (triggered and any(map(contains, itertools.repeat(lowered), words))):
             text = pattern.sub(replace, text)
     return text
+
+
+@functools.cache
+def _triggers(extra_headers: tuple[str, ...] = (), extra_patterns: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """Every rule's trigger words, less each word that holds another ("authorization" is in
+    "proxy-authorization", "token" in "x-amz-security-token" and "access_token="): a line
+    holds one of these exactly when it holds one of all the words (18 tests instead of 30 for
+    the built-in rules)."""
+    words = {word for rule_words, _, _ in _rules(extra_headers, extra_patterns) for word in rule_words}
+    return tuple(sorted(word for word in words if not any(other != word and other in word for other in words)))
 
 
 # A token holding "@": everything up to its last "@" after "://" (or from its start) is a
@@ -195,6 +211,10 @@ MIN_EXACT_LENGTH = 8
 # neither starts nor ends one, so "-<key>" and "<key>-1" still find "<key>".
 _WORD_CHARS = "A-Za-z0-9_"
 _WORD = re.compile(rf"[{_WORD_CHARS}][{_WORD_CHARS}-]{{{MIN_EXACT_LENGTH - 2},}}[{_WORD_CHARS}]")
+# The same words, found only where one can start: after a character that joins no word (the
+# text is given a space in front, for a word at its start) and any "-". _WORD alone is tried
+# at every character of every shorter word, which costs a typical line a quarter more.
+_WORD_AFTER_SEPARATOR = re.compile(rf"[^{_WORD_CHARS}-]-*+({_WORD.pattern})")
 # Provider keys with other characters cannot be looked up by word: each is searched for on
 # its own, so only the most recent few are kept (keys of the usual shapes never land here).
 ODD_CAPACITY = 32
@@ -217,6 +237,9 @@ class KnownValues:
         # Pinned values are few (the gateway key): each is searched for on its own, which
         # costs a line with no remembered key almost nothing.
         self._pinned: dict[str, re.Pattern[str]] = {}
+        # The pinned and odd values with their patterns, as one tuple that a line reads with
+        # no lock and no copy (replaced whole, under the lock, when either changes).
+        self._searched: tuple[tuple[str, re.Pattern[str]], ...] = ()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -241,11 +264,13 @@ class KnownValues:
                 self._words[value] = None
                 if len(self._words) > self.capacity:
                     del self._words[next(iter(self._words))]
+                return
             else:
                 known = self._odd.pop(value, None)
                 self._odd[value] = known if known is not None else _exact(value)
                 if len(self._odd) > min(ODD_CAPACITY, self.capacity):
                     del self._odd[next(iter(self._odd))]
+            self._searched = (*self._pinned.items(), *self._odd.items())
 
     def remember(self, values: Collection[str]) -> None:
         for value in values:
@@ -254,14 +279,12 @@ class KnownValues:
     def mask_in(self, text: str) -> str:
         words = self._words
         if words:
-            found = _WORD.findall(text)
+            found = _WORD_AFTER_SEPARATOR.findall(" " + text)
             if found and not words.keys().isdisjoint(found):
                 text = _WORD.sub(self._masked_word, text)
-        for patterns in (self._pinned, self._odd):
-            if patterns:
-                for value, pattern in tuple(patterns.items()):
-                    if value in text:
-                        text = pattern.sub(mask(value), text)
+        for value, pattern in self._searched:
+            if value in text:
+                text = pattern.sub(mask(value), text)
         return text
 
     def _masked_word(self, found: re.Match[str]) -> str:
