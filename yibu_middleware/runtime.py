@@ -34,6 +34,8 @@ CAPTURE_CONTENT_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 class Runtime:
     __slots__ = (
         "_checker",
+        "_extra_headers",
+        "_extra_patterns",
         "_lock",
         "aliases",
         "budget",
@@ -52,6 +54,9 @@ class Runtime:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        # redact() runs for every log record: its settings as the tuples redact_text takes, made once.
+        self._extra_headers = tuple(settings.redaction.extra_headers)
+        self._extra_patterns = tuple(settings.redaction.extra_patterns)
         self.routes = RouteTable(
             (
                 Route(host, spec.provider, spec.strip_prefix, port, spec.paths)
@@ -101,8 +106,7 @@ class Runtime:
             self.last_swapped = keys
 
     def redact(self, text: str) -> str:
-        redaction = self.settings.redaction
-        return redact_text(text, self.known_values, tuple(redaction.extra_headers), tuple(redaction.extra_patterns))
+        return redact_text(text, self.known_values, self._extra_headers, self._extra_patterns)
 
     def ensure_health_checker(self) -> None:
         """Start the active health checker on first use, if it is switched on."""
