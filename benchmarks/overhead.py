@@ -60,8 +60,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -69,6 +67,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 
+import callgrind  # benchmarks/callgrind.py, beside this script
 import openai
 
 import yibu_middleware
@@ -222,11 +221,6 @@ def child(side: str, calls: int, node_url: str) -> None:
         timed_calls(client, 20 + calls)
 
 
-# Simulated caches for --cache-sim: this machine's 32 KiB first level, and a 1 MiB last level
-# (half its L2), which the SDK's own work between two of our visits more than fills.
-CACHES = ["--cache-sim=yes", "--I1=32768,8,64", "--D1=32768,8,64", "--LL=1048576,16,64"]
-
-
 def instructions(
     side: str, node_url: str, tracing: bool, processor: str, otel_api: bool, cache_sim: bool = False
 ) -> tuple[float, float]:
@@ -234,30 +228,16 @@ def instructions(
     and with ``cache_sim``, last-level cache misses per call the same way (else 0)."""
     counts, misses = [], []
     for calls in (100, 400):
-        command = [sys.executable, __file__, "--child", side, "--calls", str(calls), "--node", node_url]
-        result = subprocess.run(
-            [
-                "valgrind",
-                "--tool=callgrind",
-                "--callgrind-out-file=/dev/null",
-                *(CACHES if cache_sim else []),
-                *command,
-                *(["--tracing", "--processor", processor] if tracing else []),
-                *(["--otel-api"] if otel_api else []),
-            ],
-            env={**os.environ, "PYTHONHASHSEED": "0"},
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        found = re.search(r"Collected : (\d+)", result.stderr)
-        if not found:
-            raise SystemExit("could not read callgrind's instruction count")
-        counts.append(int(found.group(1)))
-        missed = re.search(r"LL misses:\s+([\d,]+)", result.stderr)
-        if cache_sim and not missed:
-            raise SystemExit("could not read callgrind's cache misses")
-        misses.append(int(missed.group(1).replace(",", "")) if missed else 0)
+        command = [
+            sys.executable,
+            __file__,
+            *("--child", side, "--calls", str(calls), "--node", node_url),
+            *(["--tracing", "--processor", processor] if tracing else []),
+            *(["--otel-api"] if otel_api else []),
+        ]
+        instructions, missed = callgrind.count(command, cache_sim=cache_sim)
+        counts.append(instructions)
+        misses.append(missed)
     return (counts[1] - counts[0]) / 300, (misses[1] - misses[0]) / 300
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -26,6 +25,8 @@ import tempfile
 import time
 import timeit
 from pathlib import Path
+
+import callgrind  # benchmarks/callgrind.py, beside this script
 
 import yibu_middleware
 
@@ -48,18 +49,7 @@ def timed_start(code: str, env: dict[str, str], cwd: str) -> tuple[float, float]
 
 
 def instructions(code: str, env: dict[str, str], cwd: str) -> int:
-    result = subprocess.run(
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-c", code],
-        env={**env, "PYTHONHASHSEED": "0"},
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    found = re.search(r"Collected : (\d+)", result.stderr)
-    if not found:
-        raise SystemExit("could not read callgrind's instruction count")
-    return int(found.group(1))
+    return callgrind.count([sys.executable, "-c", code], env, cwd)[0]
 
 
 def main() -> None:
