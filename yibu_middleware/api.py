@@ -26,14 +26,21 @@ def install(settings: Settings | Mapping[str, Any] | None = None) -> None:
     hooks are applied once. Raises ConfigError on bad settings.
     """
     with _lock:
-        resolved = settings if isinstance(settings, Settings) else load_settings(settings)
-        for name in unknown_env_names():
-            log.warning("yibu-middleware: environment variable %s matches no setting; it is ignored", name)
+        resolved = read_settings(settings)
         current = runtime.Runtime(resolved)
         runtime.set_current(current)
         _configure_log_output(resolved.log)
         hooks.activate(enabled_hooks(resolved))
         egress.install(_guarded_hosts(current) if resolved.egress.block_unrouted_providers else None)
+
+
+def read_settings(settings: Settings | Mapping[str, Any] | None) -> Settings:
+    """The settings ``install()`` (and a composition transport) runs with: ``settings`` as they are,
+    or overrides above the environment and the settings file. ConfigError on a bad one."""
+    resolved = settings if isinstance(settings, Settings) else load_settings(settings)
+    for name in unknown_env_names():
+        log.warning("yibu-middleware: environment variable %s matches no setting; it is ignored", name)
+    return resolved
 
 
 def uninstall() -> None:

@@ -102,7 +102,6 @@ class CallTelemetry(CallObserver):
 
     __slots__ = (
         "_attributes",
-        "_ended",
         "_node",
         "_started",
         "reader",
@@ -115,7 +114,6 @@ class CallTelemetry(CallObserver):
         self._attributes = attributes  # the metric attributes, completed as the call goes
         self._node: Any = None  # the gateway node that answered
         self._started = time.monotonic()
-        self._ended = False
 
     @classmethod
     def start(
@@ -175,15 +173,9 @@ class CallTelemetry(CallObserver):
         self.span.set_attribute(YIBU_GATEWAY_REFUSAL, text)
 
     def ended(self, call: Call, facts: ResponseFacts | None, error_type: str | None) -> None:
-        self.finish(error_type)
-
-    def finish(self, error_type: str | None = None) -> None:
-        """End the span and record the metrics; safe to call more than once."""
-        if self._ended:
-            return
-        self._ended = True
+        """End the span and record the metrics (once: ``Call.finish`` tells its observers once)."""
         span, reader = self.span, self.reader
-        facts = reader.done()
+        facts = facts if facts is not None else reader.done()  # the call's reader is this one
         node = self._node
         found: dict[str, Any] = {} if node is None else {SERVER_ADDRESS: node.host, SERVER_PORT: node.port}
         if facts.response_id:

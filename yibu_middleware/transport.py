@@ -20,15 +20,10 @@ from collections.abc import Mapping
 from types import ModuleType
 from typing import Any, Literal
 
-from .core.routes import DEFAULT_PORTS
-from .hooks.httpx._async.adapter import AsyncHttpxAdapter
-from .hooks.httpx._sync.adapter import SyncHttpxAdapter
-from .hooks.httpx.adapter import failure_kinds
-from .pipeline._async.driver import drive as drive_async
-from .pipeline._sync.driver import drive
-from .pipeline.call import Call
+from .api import read_settings
+from .hooks.httpx import call_async, call_sync, route_of
 from .runtime import Runtime
-from .settings import Settings, load_settings
+from .settings import Settings
 
 Library = Literal["httpx2", "httpx"]
 
@@ -54,29 +49,22 @@ def AsyncTransport(
 
 
 def _runtime(settings: Settings | Mapping[str, Any] | None) -> Runtime:
-    resolved = settings if isinstance(settings, Settings) else load_settings(settings)
-    return Runtime(resolved)
+    return Runtime(read_settings(settings))
 
 
 class _Routing:
-    """What both transports share: the settings in use, and which requests they route."""
+    """What both transports share: the settings in use, and the transport they send with."""
 
     def __init__(self, lib: ModuleType, runtime: Runtime, inner: Any) -> None:
         self.lib, self.runtime, self.inner = lib, runtime, inner
-        self.kinds = failure_kinds(lib)
-
-    def route(self, request: Any) -> Any:
-        url = request.url
-        return self.runtime.routes.match(url.host, url.port or DEFAULT_PORTS.get(url.scheme), url.path)
 
 
 class _SyncRouting(_Routing):
     def handle_request(self, request: Any) -> Any:
-        route = self.route(request)
+        route = route_of(self.runtime, request)
         if route is None:
             return self.inner.handle_request(request)
-        adapter = SyncHttpxAdapter(self.lib, self.kinds, request, self.inner.handle_request)
-        return drive(Call(self.runtime, route, adapter), adapter)
+        return call_sync(self.lib, self.runtime, route, request, self.inner.handle_request)
 
     def close(self) -> None:
         self.inner.close()
@@ -84,11 +72,10 @@ class _SyncRouting(_Routing):
 
 class _AsyncRouting(_Routing):
     async def handle_async_request(self, request: Any) -> Any:
-        route = self.route(request)
+        route = route_of(self.runtime, request)
         if route is None:
             return await self.inner.handle_async_request(request)
-        adapter = AsyncHttpxAdapter(self.lib, self.kinds, request, self.inner.handle_async_request)
-        return await drive_async(Call(self.runtime, route, adapter), adapter)
+        return await call_async(self.lib, self.runtime, route, request, self.inner.handle_async_request)
 
     async def aclose(self) -> None:
         await self.inner.aclose()

@@ -16,11 +16,11 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-from ...core.routes import DEFAULT_PORTS
+from ...core.routes import DEFAULT_PORTS, Route
 from ...pipeline._async.driver import drive as drive_async
 from ...pipeline._sync.driver import drive
 from ...pipeline.call import Call
-from ...runtime import current
+from ...runtime import Runtime, current
 from ..base import Hook
 from ._async.adapter import AsyncHttpxAdapter
 from ._sync.adapter import SyncHttpxAdapter
@@ -64,43 +64,46 @@ class HttpxHook(Hook):
                 note_choices(self, getattr(lib, client_class))
 
 
-def routed(request: Any) -> tuple[Any, Any] | None:
-    """(runtime, route) for a request to a routed host; None for any other."""
-    runtime = current()
-    if runtime is None:
-        return None
+def route_of(runtime: Runtime, request: Any) -> Route | None:
+    """The route of an httpx request for ``runtime``: None for a host (or path) not routed."""
     url = request.url
-    route = runtime.routes.match(url.host, url.port or DEFAULT_PORTS.get(url.scheme), url.path)
-    return None if route is None else (runtime, route)
+    return runtime.routes.match(url.host, url.port or DEFAULT_PORTS.get(url.scheme), url.path)
+
+
+def call_sync(lib: ModuleType, runtime: Runtime, route: Route, request: Any, send: Callable[[Any], Any]) -> Any:
+    """A routed request through the pipeline; ``send`` sends one attempt (see ``sender.py``).
+    Shared by the hook and the composition transport (``yibu_middleware.transport``)."""
+    adapter = SyncHttpxAdapter(lib, failure_kinds(lib), request, send)
+    return drive(Call(runtime, route, adapter), adapter)
+
+
+async def call_async(lib: ModuleType, runtime: Runtime, route: Route, request: Any, send: Callable[[Any], Any]) -> Any:
+    """The async twin of ``call_sync``."""
+    adapter = AsyncHttpxAdapter(lib, failure_kinds(lib), request, send)
+    return await drive_async(Call(runtime, route, adapter), adapter)
 
 
 def sync_wrapper(lib: ModuleType) -> Callable[..., Any]:
-    kinds = failure_kinds(lib)
-
     def handle_request(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: Any) -> Any:
         request = args[0] if args else kwargs["request"]
-        found = routed(request)
-        if found is None:
+        runtime = current()
+        route = None if runtime is None else route_of(runtime, request)
+        if runtime is None or route is None:
             return wrapped(*args, **kwargs)
-        runtime, route = found
-        adapter = SyncHttpxAdapter(lib, kinds, request, sender_for(instance, wrapped, SYNC_METHOD))
-        return drive(Call(runtime, route, adapter), adapter)
+        return call_sync(lib, runtime, route, request, sender_for(instance, wrapped, SYNC_METHOD))
 
     return handle_request
 
 
 def async_wrapper(lib: ModuleType) -> Callable[..., Any]:
-    kinds = failure_kinds(lib)
-
     async def handle_async_request(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: Any
     ) -> Any:
         request = args[0] if args else kwargs["request"]
-        found = routed(request)
-        if found is None:
+        runtime = current()
+        route = None if runtime is None else route_of(runtime, request)
+        if runtime is None or route is None:
             return await wrapped(*args, **kwargs)
-        runtime, route = found
-        adapter = AsyncHttpxAdapter(lib, kinds, request, sender_for(instance, wrapped, ASYNC_METHOD))
-        return await drive_async(Call(runtime, route, adapter), adapter)
+        return await call_async(lib, runtime, route, request, sender_for(instance, wrapped, ASYNC_METHOD))
 
     return handle_async_request

@@ -7,6 +7,7 @@ half is in ``_async/adapter.py`` (and the sync one generated from it).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from types import ModuleType
 from typing import Any
@@ -24,6 +25,7 @@ _TIMEOUTS = ("connect", "read", "write", "pool")
 _SLACK = 0.05  # seconds
 
 
+@functools.cache
 def failure_kinds(lib: ModuleType) -> FailureKinds:
     """httpx's transport exceptions, by what they say about the node."""
     return FailureKinds(
@@ -69,18 +71,18 @@ class HttpxAdapter(Adapter):
         if timeouts is not own:
             extensions = {**extensions, "timeout": timeouts}
         url = node_url(self.lib, action.node, gateway.path, gateway.query)
-        headers = list(call.headers)
         if gateway.body is None:
             # A streamed body (an upload, a generator): its length headers as the app sent them,
             # and a Host for the node, which httpx adds only when it builds the body itself.
             original = self.original.headers
             framing = [(name.encode(), original[name].encode()) for name in _FRAMING if name in original]
+            headers = [*call.headers, *framing]
             request = self.lib.Request(
-                gateway.method, url, headers=[*headers, *framing], stream=self.original.stream, extensions=extensions
+                gateway.method, url, headers=headers, stream=self.original.stream, extensions=extensions
             )
             request.headers["Host"] = request.url.netloc.decode("ascii")
             return request
-        return self.lib.Request(gateway.method, url, headers=headers, content=gateway.body, extensions=extensions)
+        return self.lib.Request(gateway.method, url, headers=call.headers, content=gateway.body, extensions=extensions)
 
     def kind_of(self, exc: BaseException) -> Kind:
         return self.kinds.kind(exc)
