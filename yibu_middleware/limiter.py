@@ -196,6 +196,13 @@ class Limiter:
             woken = self._pump()  # a new budget may also be larger than the one a ticket waits on
         _wake(woken)
 
+    def set_quotas(self, quota: Quota, per_model: Mapping[str, Quota]) -> None:
+        """Change the limits of the configured scopes; waiters that now have room are woken."""
+        with self._lock:
+            self._admission.set_quotas(quota, per_model)
+            woken = self._pump()
+        _wake(woken)
+
     # --- after fork ---------------------------------------------------------------------------
 
     def reset(self) -> None:

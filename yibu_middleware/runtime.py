@@ -21,9 +21,11 @@ from .core.policy import Rules
 from .core.redact import KnownValues, redact_text
 from .core.retry import RetryBudget
 from .core.routes import Route, RouteTable, parse_route_key
+from .errors import ConfigError
 from .settings import Settings, gateway_key_of
 
 if TYPE_CHECKING:
+    from .fleet import Fleet, FleetLimiter, Syncer
     from .limiter import Limiter
 
 log = logging.getLogger("yibu_middleware")
@@ -37,9 +39,11 @@ class Runtime:
         "_extra_headers",
         "_extra_patterns",
         "_lock",
+        "_syncer",
         "aliases",
         "budget",
         "capture_content",
+        "fleet",
         "gateway_key",
         "hedging",
         "known_values",
@@ -78,22 +82,30 @@ class Runtime:
         self.budget = RetryBudget(retry.budget_ratio, retry.budget_floor)
         hedge = settings.hedge
         self.hedging = Hedging(RetryBudget(hedge.max_share, 1), hedge.min_samples) if hedge.enabled else None
+        self.gateway_key = gateway_key_of(settings)  # ConfigError without a key or keys.pass_through
         # Client-side limits (None: no limit set, nothing to pay) and policy rules.
-        self.limiter: Limiter | None = None
+        self.limiter: Limiter | FleetLimiter | None = None
         if settings.limits.active:
             from .limiter import Limiter  # only when a limit is set
 
             self.limiter = Limiter.from_settings(settings.limits, self.pool.nodes)
+        # Fleet mode (state.redis_url): limits and node knowledge shared through Redis.
+        self.fleet: Fleet | None = None
+        self._syncer: Syncer | None = None
+        if settings.state.active:
+            self.fleet, self.limiter = _fleet_of(settings, self.gateway_key, self.limiter)
         self.rules = Rules.from_settings(settings.policy)
         # Message content in spans only on opt-in: read once, as OpenTelemetry's instrumentations do.
         self.capture_content = os.environ.get(CAPTURE_CONTENT_ENV, "").strip().lower() in ("1", "true", "yes", "on")
-        self.gateway_key = gateway_key_of(settings)  # ConfigError without a key or keys.pass_through
         self.aliases = dict(settings.model_aliases)
         # Secrets masked by exact value: the gateway key, and the provider keys swapped out at
         # run time (the most recently used ones only, so memory stays bounded).
         self.known_values = KnownValues(settings.redaction.remembered_keys)
         if settings.api_key:
             self.known_values.add(settings.api_key.get_secret_value(), pinned=True, any_shape=True)
+        password = _redis_password(settings)
+        if password:
+            self.known_values.add(password, pinned=True, any_shape=True)
         self.last_swapped: Collection[str] = ()
         self._lock = threading.Lock()
         self._checker: threading.Thread | None = None
@@ -119,12 +131,37 @@ class Runtime:
                 self._checker = new_checker(self)
                 self._checker.start()
 
+    def ensure_fleet_syncer(self) -> None:
+        """Fleet mode: start the syncer with the first call, which waits (briefly) for the fleet's view."""
+        if self._syncer is not None or self.fleet is None:
+            return
+        with self._lock:
+            if self._syncer is not None:
+                return
+            from .fleet import FleetLimiter, Syncer
+
+            self._syncer = syncer = Syncer(
+                self.fleet,
+                self.pool,
+                self.budget,
+                self.limiter if isinstance(self.limiter, FleetLimiter) else None,
+                self.settings.limits.max_hold_seconds,
+                alive=self.syncer_is,
+            )
+            syncer.start()
+        syncer.wait_ready(2 * self.fleet.timeout + 0.05)
+
+    def syncer_is(self, syncer: Syncer) -> bool:
+        """Is ``syncer`` this runtime's still (not stopped, not from before a fork)?"""
+        return self._syncer is syncer
+
     def checker_is(self, thread: threading.Thread) -> bool:
         """Is ``thread`` this runtime's health checker still (not stopped)?"""
         return self._checker is thread
 
     def stop(self) -> None:
         self._checker = None  # the checker thread sees it is no longer this runtime's and ends
+        self._syncer = None  # so does the fleet syncer
 
     def reset_after_fork(self) -> None:
         self.pool.reset()
@@ -136,6 +173,50 @@ class Runtime:
         self._lock = threading.Lock()
         self.known_values.after_fork()
         self._checker = None  # threads do not survive fork; a new one starts on first use
+        if self.fleet is not None:
+            self.fleet.after_fork()  # a process of its own in the fleet, with its own connections
+            self._syncer = None
+
+
+def _fleet_of(
+    settings: Settings, gateway_key: bytes | None, limiter: Limiter | None
+) -> tuple[Fleet, Limiter | FleetLimiter | None]:
+    """The fleet link (no I/O yet), and the limiter over it when a limit is set."""
+    try:
+        import redis  # noqa: F401  (the extra's package: named in the error when missing)
+    except ImportError:
+        raise ConfigError(
+            "invalid yibu-middleware settings:\n- state.redis_url is set (fleet mode), but the redis package is"
+            " not installed: pip install 'yibu-middleware[redis]' (or pip install redis), or unset"
+            " YIBU_STATE__REDIS_URL to keep every limit in the process."
+        ) from None
+    from .core.limits import Quota
+    from .fleet import Fleet, FleetLimiter
+
+    fleet = Fleet(settings.state, gateway_key)
+    if limiter is None:
+        return fleet, None
+    limits = settings.limits
+    quota = Quota(limits.max_concurrent, limits.requests_per_second, limits.tokens_per_minute)
+    per_model = {
+        model: Quota(spec.max_concurrent, spec.requests_per_second, spec.tokens_per_minute)
+        for model, spec in limits.per_model.items()
+    }
+    return fleet, FleetLimiter(fleet, limiter, quota, per_model)
+
+
+def _redis_password(settings: Settings) -> str | None:
+    """The password in state.redis_url, masked by value in every log line as the keys are."""
+    url = settings.state.redis_url
+    if url is None:
+        return None
+    from urllib.parse import unquote, urlsplit
+
+    try:
+        password = urlsplit(url.get_secret_value()).password
+    except ValueError:
+        return None
+    return unquote(password) if password and len(password) >= 4 else None
 
 
 def _unrouted_path(route: Route, segment: str) -> None:

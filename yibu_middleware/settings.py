@@ -438,6 +438,67 @@ class EgressSettings(BaseModel):
         return hosts
 
 
+class StateSettings(BaseModel):
+    """Fleet mode: limits, holds and node knowledge shared through Redis by every process of an app."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    redis_url: SecretStr | None = Field(
+        None,
+        description="Redis (or Valkey, or a Redis Cluster node) that every process of the app shares:"
+        " redis://, rediss:// (TLS) or unix://. Unset: every limit and all node knowledge stay in the"
+        " process. Needs the redis extra",
+    )
+    """Turns fleet mode on (see "Fleet mode"): `redis://host:6379/0`, `rediss://` for TLS, `unix:///path`; a
+    Redis Cluster is found on its own. Every process with the same URL and `namespace` shares the limits, the
+    gateway's holds, node ejections, latency estimates and the retry budget. A secret (it may hold a password):
+    masked in every log line and in `yibu doctor`. Needs `pip install yibu-middleware[redis]`."""
+    namespace: str = Field(
+        "yibu",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.:-]+$",
+        description="prefix of every Redis key, so that several apps or environments can share one Redis",
+    )
+    """The prefix of every key we write in Redis: apps or environments with different namespaces never see each
+    other's state. Within a namespace, each gateway key has its own state (keyed by a fingerprint, never the key)."""
+    timeout: float = Field(
+        0.05,
+        gt=0,
+        le=5,
+        description="seconds any Redis command may take before the process goes on alone (degraded mode)",
+    )
+    """The longest a call waits on Redis (connect or answer). Past it, the process goes on with its local limits
+    and knowledge (degraded mode: one warning, not one per call) until Redis answers again."""
+    lease_seconds: float = Field(
+        30.0,
+        ge=1,
+        le=600,
+        description="a concurrency slot held by a process that stopped renewing it (it died) comes back"
+        " after this long",
+    )
+    """Concurrency slots are leases a live process renews; a process that dies holding one loses it after this
+    long, so no slot is lost to a crash."""
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        """Only Redis URLs; the message never repeats the URL (it may hold a password)."""
+        if value is None or not value.get_secret_value().strip():
+            return None
+        scheme = value.get_secret_value().strip().partition("://")[0].lower()
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(
+                f"starts with {scheme[:12]!r}: give a redis://, rediss:// (TLS) or unix:// URL,"
+                " e.g. redis://localhost:6379/0"
+            )
+        return SecretStr(value.get_secret_value().strip())
+
+    @property
+    def active(self) -> bool:
+        return self.redis_url is not None
+
+
 class HookSwitch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -559,6 +620,9 @@ class Settings(BaseSettings):
     limits: LimitSettings = Field(LimitSettings(), description="client-side limits (off until a limit is set)")
     policy: PolicySettings = Field(PolicySettings(), description="client-side checks before sending")
     hooks: HookSettings = Field(HookSettings(), description="each client-library hook, and the logging patch")
+    state: StateSettings = Field(
+        StateSettings(), description="fleet mode: state shared through Redis by every process (off until redis_url)"
+    )
     egress: EgressSettings = Field(
         EgressSettings(), description="the egress guard: refuse provider traffic that bypasses the gateway"
     )

@@ -153,10 +153,14 @@ class Scope:
         self.model = model
         # The setting that configures this scope, for messages: limits / limits.per_model["m"].
         self.setting = "limits" if model is None else f'limits.per_model["{model}"]'
+        self.set_quota(quota)
+        self.reset()
+
+    def set_quota(self, quota: Quota) -> None:
+        """New limits for this scope; what is in flight or in the window stays counted."""
         self.max_concurrent = quota.max_concurrent
         self.interval = 1.0 / quota.requests_per_second if quota.requests_per_second else None
         self.tpm = quota.tokens_per_minute
-        self.reset()
 
     def reset(self) -> None:
         self.in_flight = 0
@@ -506,6 +510,13 @@ class Admission:
             if scope is not None:
                 return (self.root, scope)
         return (self.root,)
+
+    def set_quotas(self, quota: Quota, per_model: Mapping[str, Quota]) -> None:
+        """New limits for the configured scopes (fleet mode: a share of the fleet's limits while
+        Redis is away, the whole limits while it answers); pump afterwards, room may have grown."""
+        self.root.set_quota(quota)
+        for model, scope in self._models.items():
+            scope.set_quota(per_model.get(model, Quota()))
 
     def reset(self) -> None:
         """Forget every ticket and count (a forked child); tickets from before are ignored on release."""

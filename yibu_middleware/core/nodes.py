@@ -106,6 +106,7 @@ class NodePool:
         "eject_after",
         "eject_base",
         "eject_max",
+        "ejections",
         "nodes",
         "pinned",
         "tau",
@@ -136,6 +137,9 @@ class NodePool:
         self._clock = clock
         self._random = rng or random.Random()
         self._lock = threading.Lock()
+        # Fleet mode reads what this process learnt here, to tell the others: (node, seconds out
+        # or 0.0 for "back in", times ejected). None: nobody listens, nothing is kept.
+        self.ejections: list[tuple[Node, float, int]] | None = None
 
     # --- choosing ---------------------------------------------------------------------------
 
@@ -216,6 +220,8 @@ class NodePool:
             self._observe(node, sample, now)
             if ok:
                 node.failures_in_row = 0
+                if node.ejected_until and self.ejections is not None:
+                    self.ejections.append((node, 0.0, node.times_ejected))  # back in: tell the fleet
                 node.ejected_until = 0.0
                 return
             node.failed += 1
@@ -235,8 +241,11 @@ class NodePool:
     def _eject(self, node: Node, now: float) -> None:
         node.times_ejected += 1
         span = min(self.eject_base * node.times_ejected, self.eject_max)
-        node.ejected_until = now + span * self._random.uniform(0.8, 1.2)
+        span *= self._random.uniform(0.8, 1.2)
+        node.ejected_until = now + span
         node.failures_in_row = 0
+        if self.ejections is not None:
+            self.ejections.append((node, span, node.times_ejected))
 
     def blame(self, node: Node) -> None:
         """A failure found after the attempt ended (a stream cut mid-way)."""
@@ -251,8 +260,38 @@ class NodePool:
     def reinstate(self, node: Node) -> None:
         """An active health check saw the node answer: let it back at once."""
         with self._lock:
+            if node.ejected_until and self.ejections is not None:
+                self.ejections.append((node, 0.0, node.times_ejected))
             node.ejected_until = 0.0
             node.failures_in_row = 0
+
+    # --- what other processes learnt (fleet mode) -----------------------------------------------
+
+    def eject_for(self, node: Node, seconds: float, times: int) -> None:
+        """Another process ejected ``node`` for ``seconds`` more: out here too (not told back)."""
+        with self._lock:
+            node.ejected_until = self._clock() + max(seconds, 0.0)
+            node.times_ejected = max(node.times_ejected, times)
+            node.failures_in_row = 0
+
+    def let_back(self, node: Node) -> None:
+        """Another process's trial found ``node`` well again (not told back)."""
+        with self._lock:
+            node.ejected_until = 0.0
+            node.failures_in_row = 0
+
+    def seed(self, node: Node, estimate: float) -> None:
+        """The fleet's latency estimate for a node this process has no sample of yet."""
+        with self._lock:
+            if node.estimate is None:
+                node.estimate = estimate
+                node.stamp = self._clock()
+
+    def estimates(self) -> list[tuple[Node, float]]:
+        """This process's latency estimates as last learnt (not decayed while idle: an idle process
+        has no news of a node, which does not make it faster); nodes with a sample only."""
+        with self._lock:
+            return [(node, node.estimate) for node in self.nodes if node.estimate is not None]
 
     def ejected(self) -> list[Node]:
         now = self._clock()

@@ -135,7 +135,7 @@ class RetryBudget:
     still retry its occasional failure.
     """
 
-    __slots__ = ("_buckets", "_clock", "_lock", "floor", "ratio", "window")
+    __slots__ = ("_buckets", "_clock", "_lock", "floor", "others", "ratio", "window")
 
     def __init__(self, ratio: float = 0.2, floor: int = 10, window: int = 10, clock: Clock = time.monotonic) -> None:
         self.ratio = ratio
@@ -145,6 +145,15 @@ class RetryBudget:
         self._lock = threading.Lock()
         # second -> [requests, retries]
         self._buckets: dict[int, list[int]] = {}
+        # Fleet mode: the other processes' requests and retries in their windows, as last read
+        # from Redis; the budget is then the fleet's (fleet/sync.py keeps this fresh).
+        self.others = (0, 0)
+
+    def counts(self) -> tuple[int, int]:
+        """This process's requests and retries in the window."""
+        with self._lock:
+            self._bucket()
+            return sum(b[0] for b in self._buckets.values()), sum(b[1] for b in self._buckets.values())
 
     def _bucket(self) -> list[int]:
         second = int(self._clock())
@@ -168,8 +177,8 @@ class RetryBudget:
         """Take one retry from the budget if there is one left."""
         with self._lock:
             self._bucket()
-            requests = sum(bucket[0] for bucket in self._buckets.values())
-            retries = sum(bucket[1] for bucket in self._buckets.values())
+            requests = sum(bucket[0] for bucket in self._buckets.values()) + self.others[0]
+            retries = sum(bucket[1] for bucket in self._buckets.values()) + self.others[1]
             if retries >= max(self.floor, self.ratio * requests):
                 return False
             self._bucket()[1] += 1
@@ -178,3 +187,4 @@ class RetryBudget:
     def reset(self) -> None:
         self._lock = threading.Lock()
         self._buckets = {}
+        self.others = (0, 0)

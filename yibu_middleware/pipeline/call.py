@@ -36,6 +36,7 @@ from .observers import CallObserver, LimitsTurn, LogLine
 if TYPE_CHECKING:
     from types import ModuleType
 
+    from ..fleet import FleetPermit
     from ..limiter import Permit, QueueTimeout
     from ..telemetry import CallTelemetry
 
@@ -108,6 +109,7 @@ class Call:
         )
         note_swapped(self.gateway, runtime)
         runtime.ensure_health_checker()
+        runtime.ensure_fleet_syncer()
         deadline = self.gateway.sdk_read_timeout
         self.plan = CallPlan(
             runtime.pool,
@@ -173,7 +175,7 @@ class Call:
         wait = limiter.queue_timeout if left is None else min(limiter.queue_timeout, left)
         return self.gateway.model, estimate, wait
 
-    def admitted(self, permit: Permit) -> None:
+    def admitted(self, permit: Permit | FleetPermit) -> None:
         """The limits' turn was given: kept until ``finish``. The nodes the gateway asked to wait
         are tried last (the limiter was given the pool's nodes)."""
         self.observers.append(LimitsTurn(permit))

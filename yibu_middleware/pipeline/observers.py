@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from ..core.genai import ResponseFacts
     from ..core.nodes import Node
     from ..core.plan import Send
+    from ..fleet import FleetPermit
     from ..limiter import Permit
     from .call import Call
 
@@ -58,7 +59,7 @@ class LimitsTurn(CallObserver):
     """The call's turn under the client-side limits, given back when it ends, with the tokens the
     gateway reported (when it did; else the estimate it was admitted with stands)."""
 
-    def __init__(self, permit: Permit) -> None:
+    def __init__(self, permit: Permit | FleetPermit) -> None:
         self.permit = permit
 
     def ended(self, call: Call, facts: ResponseFacts | None, error_type: str | None) -> None:
