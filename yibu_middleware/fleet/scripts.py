@@ -142,14 +142,15 @@ return 1
 """
 
 # A call ended. KEYS: 5 per scope; ARGV: call id, tokens it reserved (its estimate), tokens it used
-# (-1: unknown, the estimate stands), then per scope the same limits as ADMIT.
+# (-1: unknown, the estimate stands), 0 (unused: the scope limits start at ARGV[5] as in ADMIT),
+# then per scope the same limits as ADMIT.
 RELEASE = (
     _PRELUDE
     + f"""
 local call, need, used = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 for i = 0, #KEYS / {KEYS_PER_SCOPE} - 1 do
   local state, leases, window = KEYS[i*5+1], KEYS[i*5+2], KEYS[i*5+5]
-  local tpm = num(ARGV[5+i*3])
+  local tpm = num(ARGV[7+i*3])
   redis.call('ZREM', leases, call)
   if tpm then
     local want = math.min(need, tpm)

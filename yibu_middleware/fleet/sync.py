@@ -71,6 +71,7 @@ class Syncer:
         self.holds: list[tuple[str | None, Node | None, float]] = []  # 429 holds to tell: model, node, seconds
         self._last_event = "0-0"
         self._ticks = 0
+        self._renewed = 0.0
         self._nodes_by_label = {node.label: node for node in pool.nodes}
         self._ready = threading.Event()  # set after the first exchange (or the first failure)
         pool.ejections = []
@@ -147,6 +148,10 @@ class Syncer:
                     self._apply(fields, server_ms - int(entry_id.split("-")[0]))
         if slow or first:
             self._slow_exchange(client, server_ms)
+        now = time.monotonic()
+        if self.limiter is not None and now - self._renewed >= self.fleet.lease_ms / 3000:
+            self._renewed = now  # three renewals per lease: one lost to a slow answer does no harm
+            self.limiter.renew()
 
     def _slow_exchange(self, client: Any, server_ms: int) -> None:
         layout = self.fleet.layout
@@ -165,8 +170,6 @@ class Syncer:
         self.fleet.live_processes = max(int(answers[2]), 1)
         self._learn_latency(answers[-3], server_ms, client)
         self._learn_budget(answers[-1], server_ms, client)
-        if self.limiter is not None and self._ticks % max(int(self.fleet.lease_ms / 3000 / TICK), 1) == 0:
-            self.limiter.renew()
 
     # --- telling ---------------------------------------------------------------------------------
 
