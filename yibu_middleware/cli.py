@@ -34,6 +34,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .doctor import doctor as run_doctor
 
         return run_doctor(timeout=args.timeout)
+    if args.command == "status":
+        from .fleet.status import status
+
+        return status(watch=args.watch)
     from .demo import demo as run_demo
 
     return run_demo(args.app)
@@ -51,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     about = "show settings, hooked client libraries and node health"
     doctor = commands.add_parser("doctor", help=about, description=about)
     doctor.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for each node (default 3)")
+    about = "fleet mode: the live view shared through Redis (processes, nodes out, limits in use, holds)"
+    status = commands.add_parser("status", help=about, description=about)
+    status.add_argument(
+        "--watch", type=float, nargs="?", const=2.0, default=None, metavar="SECONDS", help="refresh (every 2 s)"
+    )
     about = "run an example app against a local three-node gateway simulator"
     demo = commands.add_parser("demo", help=about, description=about)
     demo.add_argument("--app", default="openai_async_app", help="example app from integrations/ (default %(default)s)")

@@ -82,6 +82,8 @@ def doctor(timeout: float = 3.0) -> int:
     masking = "on" if "logging" in enabled else "OFF (hooks.logging.enabled or redaction.enabled is false)"
     print(f"  {'(log records)':<29} keys masked in every log record: {masking}")
 
+    _fleet_section(settings)
+
     print("\nGateway nodes")
     probes = [_probe(url, settings, timeout) for url in settings.gateway_nodes]
     for url, probe in zip(settings.gateway_nodes, probes, strict=True):
@@ -93,6 +95,35 @@ def doctor(timeout: float = 3.0) -> int:
     if _key_missing(settings):
         return 2
     return 1 if any(probe.wrong for probe in probes) or not any(probe.reachable for probe in probes) else 0
+
+
+def _fleet_section(settings: Settings) -> None:
+    """Fleet mode: whether Redis answers, and the fleet's live view (as ``yibu status``)."""
+    if not settings.state.active:
+        print("\nFleet mode: off (state.redis_url unset): limits and node knowledge are per process")
+        return
+    print("\nFleet mode (state.redis_url)")
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        print("  the redis package is not installed: pip install 'yibu-middleware[redis]'")
+        return
+    from .fleet import Fleet
+    from .fleet.status import fleet_report
+
+    try:
+        key = gateway_key_of(settings)
+    except ConfigError:
+        key = None
+    fleet = Fleet(settings.state, key)
+    fleet.timeout = max(fleet.timeout, 1.0)
+    answered, lines = fleet_report(settings, fleet)
+    for line in lines:
+        print(_safe("  " + line.lstrip() if line.startswith("Redis") else line))
+    if not answered:
+        print(
+            "  Calls would not fail: each process would go on alone with its share of each limit until Redis answers."
+        )
 
 
 def _routing(settings: Settings) -> tuple[bool, str]:
