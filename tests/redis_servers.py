@@ -5,7 +5,6 @@ test are Redis's own. ``scripts/test`` installs Debian's redis-server when it is
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import signal
 import socket
@@ -26,12 +25,26 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (the port + 10000) is free and valid too."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
 class RedisServer:
     """One redis-server on loopback, with no persistence: a restart starts empty."""
 
     def __init__(self, folder: Path, port: int | None = None, *, cluster: bool = False) -> None:
         self.folder = folder
-        self.port = port or free_port()
+        self.port = port or (free_cluster_port() if cluster else free_port())
         self.cluster = cluster
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -116,7 +129,6 @@ def redis_cluster(folder: Path, size: int = 3) -> Iterator[list[RedisServer]]:
             check=True,
             capture_output=True,
             timeout=60,
-            env={**os.environ, "REDISCLI_AUTH": ""},
         )
         client = servers[0].client()
         deadline = time.monotonic() + 20

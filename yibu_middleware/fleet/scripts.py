@@ -189,3 +189,9 @@ end
 return 1
 """
 )
+
+# The server's clock, in ms, read on the node that holds KEYS[1] (a cluster has no keyless TIME).
+NOW = """
+local t = redis.call('TIME')
+return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""

@@ -24,10 +24,9 @@ def fleet_report(settings: Settings, fleet: Fleet) -> tuple[bool, list[str]]:
     """(Redis answered, the lines to print)."""
     try:
         client = fleet.client()
-        seconds, micros = client.time()
+        now_ms = fleet.server_ms()
     except Exception as exc:
         return False, [f"Redis at {fleet.where}: NO ANSWER within {fleet.timeout:g} s ({type(exc).__name__})"]
-    now_ms = int(seconds) * 1000 + int(micros) // 1000
     layout = fleet.layout
     lines = [f"Redis at {fleet.where}: answers; namespace {settings.state.namespace!r}, key scope {layout.prefix}"]
     live = client.zrangebyscore(layout.processes, now_ms - LIVE_MS, "+inf")

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.redact import mask_userinfo
 from .layout import Layout, fingerprint
-from .scripts import ADMIT, LEAVE, RELEASE, RENEW
+from .scripts import ADMIT, LEAVE, NOW, RELEASE, RENEW
 
 if TYPE_CHECKING:
     from ..settings import StateSettings
@@ -88,12 +88,7 @@ class Fleet:
         return RedisCluster.from_url(self._url, **options)
 
     def _options(self) -> dict[str, Any]:
-        return {
-            "socket_timeout": self.timeout,
-            "socket_connect_timeout": self.timeout,
-            "decode_responses": True,
-            "retry_on_timeout": False,
-        }
+        return {"socket_timeout": self.timeout, "socket_connect_timeout": self.timeout, "decode_responses": True}
 
     def _script(self, source: str) -> Any:
         script = self._scripts.get(source)
@@ -168,6 +163,10 @@ class Fleet:
     def renew(self, keys: Sequence[str], args: Sequence[object]) -> None:
         self.run(RENEW, keys, args)
 
+    def server_ms(self) -> int:
+        """The Redis server's clock (raises on failure: for the syncer and the status view)."""
+        return int(self._script(NOW)(keys=[self.layout.processes], args=[]))
+
     # --- up and down -----------------------------------------------------------------------------
 
     def went_down(self, exc: BaseException) -> None:
@@ -175,15 +174,20 @@ class Fleet:
             if not self.up:
                 return
             self.up = False
+        what = (
+            f"did not answer within state.timeout ({self.timeout:g} s)"
+            if isinstance(exc, OSError) or any(word in type(exc).__name__ for word in ("Timeout", "Connection"))
+            else "failed"
+        )
         log.warning(
-            "yibu-middleware: Redis at %s did not answer within state.timeout (%g s): %s. Fleet limits and"
-            " node knowledge are this process's own until it answers again: each fleet limit is shared"
-            " out as a 1/%d part (the live processes last seen).",
+            "yibu-middleware: Redis at %s %s (%s). Fleet limits and node knowledge are this process's own"
+            " until it answers again: each fleet limit is shared out as a 1/%d part (the live processes last seen).",
             self.where,
-            self.timeout,
+            what,
             type(exc).__name__,
             self.live_processes,
         )
+        log.debug("yibu-middleware: the Redis failure", exc_info=exc)
         _degraded_counter().add(1)
         self._tell(False)
 

@@ -124,8 +124,9 @@ class Syncer:
         slow = self._ticks % SLOW_EVERY == 0
         self._ticks += 1
         told = self._take_news()
+        server_ms = self.fleet.server_ms()
+        self._offset_ms = server_ms - int(time.monotonic() * 1000)
         pipe = client.pipeline(transaction=False)
-        pipe.time()
         for fields in told:
             pipe.xadd(layout.events, fields, maxlen=STREAM_LENGTH, approximate=True)
             self._mirror(pipe, fields)
@@ -135,8 +136,6 @@ class Syncer:
         else:
             pipe.xread({layout.events: self._last_event}, count=500)
         answers = pipe.execute()
-        server_ms = _server_ms(answers[0])
-        self._offset_ms = server_ms - int(time.monotonic() * 1000)
         if first:
             self._apply_ejection_table(answers[-2], server_ms)
             latest = answers[-1]
@@ -283,8 +282,3 @@ class Syncer:
         self.budget.others = (requests, retries)
         if stale:
             client.hdel(self.fleet.layout.budget, *stale)
-
-
-def _server_ms(time_answer: Any) -> int:
-    seconds, micros = time_answer
-    return int(seconds) * 1000 + int(micros) // 1000
