@@ -330,7 +330,7 @@ def test_redis_killed_then_back_empty_calls_never_fail(
         permit.release()
     own_redis.start()  # back, empty
     deadline = time.monotonic() + 3
-    while not one.fleet.up:
+    while not (one.fleet.up and two.fleet.up):
         assert time.monotonic() < deadline, "the process did not notice Redis was back"
         time.sleep(0.05)
     held = [one.limiter.acquire(None) for _ in range(4)]  # the whole limit again, through Redis
