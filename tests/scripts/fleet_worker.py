@@ -32,7 +32,7 @@ if args.skew:
 
 import openai  # noqa: E402  (after the clock is set, as the app's would be)
 
-results = {"ok": 0, "failed": 0, "errors": []}
+results = {"ok": 0, "failed": 0, "tokens": 0, "errors": []}
 lock = threading.Lock()
 end = time.monotonic() + args.seconds
 messages = [{"role": "user", "content": "hello from a fleet worker"}]
@@ -42,9 +42,10 @@ def more(done: int) -> bool:
     return done < args.calls if args.calls else time.monotonic() < end
 
 
-def note(ok: bool, error: BaseException | None = None) -> None:
+def note(ok: bool, error: BaseException | None = None, tokens: int = 0) -> None:
     with lock:
         results["ok" if ok else "failed"] += 1  # type: ignore[operator]
+        results["tokens"] += tokens  # type: ignore[operator]
         if error is not None and len(results["errors"]) < 5:  # type: ignore[arg-type]
             results["errors"].append(f"{type(error).__name__}: {error}"[:300])  # type: ignore[union-attr]
 
@@ -59,9 +60,10 @@ def sync_caller() -> None:
                     model=args.model, messages=messages, max_tokens=args.max_tokens, stream=True
                 ):
                     pass
+                note(True)
             else:
-                client.chat.completions.create(model=args.model, messages=messages, max_tokens=args.max_tokens)
-            note(True)
+                reply = client.chat.completions.create(model=args.model, messages=messages, max_tokens=args.max_tokens)
+                note(True, tokens=reply.usage.total_tokens if reply.usage else 0)
         except Exception as exc:
             note(False, exc)
         done += 1
@@ -74,8 +76,10 @@ async def async_callers() -> None:
         done = 0
         while more(done):
             try:
-                await client.chat.completions.create(model=args.model, messages=messages, max_tokens=args.max_tokens)
-                note(True)
+                reply = await client.chat.completions.create(
+                    model=args.model, messages=messages, max_tokens=args.max_tokens
+                )
+                note(True, tokens=reply.usage.total_tokens if reply.usage else 0)
             except Exception as exc:
                 note(False, exc)
             done += 1
