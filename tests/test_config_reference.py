@@ -116,7 +116,7 @@ def test_every_setting_has_a_row_with_its_meaning() -> None:
     # A top-level section (retry, limits, ...) is not a row of its own; its fields are.
     sections = [name for name, info in Settings.model_fields.items() if f"`{name}`" not in rows]
     expected = ["keys", "retry", "ejection", "health_check", "stream", "hedge", "redaction", "limits", "policy"]
-    assert sections == [*expected, "hooks", "egress"]
+    assert sections == [*expected, "hooks", "state", "egress"]
 
 
 @pytest.mark.parametrize(

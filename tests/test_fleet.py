@@ -391,3 +391,91 @@ def test_async_callers_share_the_same_fleet(
     for thread in threads:
         thread.join()
     assert peak == 3
+
+
+# --- settings, start-up and the command line -------------------------------------------------------
+
+
+def _run_cli(env: dict[str, str], *args: str) -> Any:
+    import os
+    import subprocess
+    import sys
+
+    full = {k: v for k, v in os.environ.items() if not k.startswith("YIBU_")}
+    full.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "yibu_middleware.cli", *args], env=full, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_process_mode_never_imports_redis() -> None:
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, yibu_middleware; yibu_middleware.install({'api_key': 'sk-gw-x-0123456789abcdef',"
+        " 'limits': {'max_concurrent': 2}}); print('redis' in sys.modules)"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("YIBU_")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+def test_a_bad_redis_url_is_named_without_its_password() -> None:
+    out = _run_cli(
+        {"YIBU_API_KEY": "sk-gw-x-0123456789abcdef", "YIBU_STATE__REDIS_URL": "http://user:hunter2secret@cache:6379"},
+        "status",
+    )
+    assert out.returncode == 2
+    assert "state.redis_url" in out.stdout and "redis://" in out.stdout
+    assert "hunter2secret" not in out.stdout + out.stderr
+
+
+def test_yibu_status_shows_the_fleet_and_no_secret(
+    shared_redis: RedisServer, namespace: str, processes: list[Process]
+) -> None:
+    quota = Quota(max_concurrent=3, requests_per_second=40)
+    process = Process(shared_redis.url, namespace, quota)
+    processes.append(process)
+    held = process.limiter.acquire(None)
+    for _ in range(process.pool.eject_after):
+        process.pool.finished(process.node(1), 0.01, False)
+    process.limiter.observe("gpt-4o", 429, {"retry-after": "20"}, process.node(0))
+    time.sleep(1.2)
+    password_url = shared_redis.url  # no password on the test server: the gateway key is the secret here
+    out = _run_cli(
+        {
+            "YIBU_API_KEY": GATEWAY_KEY.decode(),
+            "YIBU_NODES": ",".join(NODES),
+            "YIBU_STATE__REDIS_URL": password_url,
+            "YIBU_STATE__NAMESPACE": namespace,
+            "YIBU_LIMITS__MAX_CONCURRENT": "3",
+            "YIBU_LIMITS__REQUESTS_PER_SECOND": "40",
+        },
+        "status",
+    )
+    held.release()
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = out.stdout
+    assert "live processes: 1" in text
+    assert "nodes out: 127.0.0.1:2" in text
+    assert "max_concurrent: 1 in flight, limit 3" in text
+    assert "requests_per_second:" in text and "limit 40" in text
+    assert "gpt-4o on 127.0.0.1:1" in text
+    assert GATEWAY_KEY.decode() not in text
+
+
+def test_yibu_status_when_redis_does_not_answer_or_fleet_mode_is_off() -> None:
+    from redis_servers import free_port
+
+    base = {"YIBU_API_KEY": "sk-gw-x-0123456789abcdef"}
+    off = _run_cli(base, "status")
+    assert off.returncode == 2 and "Fleet mode is off" in off.stdout
+    down = _run_cli({**base, "YIBU_STATE__REDIS_URL": f"redis://:s3cretpass@127.0.0.1:{free_port()}/0"}, "status")
+    assert down.returncode == 1
+    assert "NO ANSWER" in down.stdout
+    assert "s3cretpass" not in down.stdout + down.stderr
+    doctor = _run_cli({**base, "YIBU_STATE__REDIS_URL": f"redis://:s3cretpass@127.0.0.1:{free_port()}/0"}, "doctor")
+    assert "Fleet mode (state.redis_url)" in doctor.stdout and "Calls would not fail" in doctor.stdout
+    assert "s3cretpass" not in doctor.stdout + doctor.stderr

@@ -106,7 +106,7 @@ def _fleet_section(settings: Settings) -> None:
     try:
         import redis  # noqa: F401
     except ImportError:
-        print("  the redis package is not installed: pip install 'yibu-middleware[redis]'")
+        print("  the redis package is not installed: pip install redis (the package's redis extra)")
         return
     from .fleet import Fleet
     from .fleet.status import fleet_report

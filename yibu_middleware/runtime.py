@@ -187,7 +187,7 @@ def _fleet_of(
     except ImportError:
         raise ConfigError(
             "invalid yibu-middleware settings:\n- state.redis_url is set (fleet mode), but the redis package is"
-            " not installed: pip install 'yibu-middleware[redis]' (or pip install redis), or unset"
+            " not installed: pip install redis (what the package's redis extra installs), or unset"
             " YIBU_STATE__REDIS_URL to keep every limit in the process."
         ) from None
     from .core.limits import Quota

@@ -452,7 +452,8 @@ class StateSettings(BaseModel):
     """Turns fleet mode on (see "Fleet mode"): `redis://host:6379/0`, `rediss://` for TLS, `unix:///path`; a
     Redis Cluster is found on its own. Every process with the same URL and `namespace` shares the limits, the
     gateway's holds, node ejections, latency estimates and the retry budget. A secret (it may hold a password):
-    masked in every log line and in `yibu doctor`. Needs `pip install yibu-middleware[redis]`."""
+    masked in every log line and in `yibu doctor`. Needs the `redis` extra (`pip install '/path/to/checkout[redis]'`,
+    or `pip install redis`)."""
     namespace: str = Field(
         "yibu",
         min_length=1,

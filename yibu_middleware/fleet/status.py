@@ -120,7 +120,7 @@ def status(watch: float | None = None) -> int:
     try:
         import redis  # noqa: F401
     except ImportError:
-        print("Fleet mode needs the redis package: pip install 'yibu-middleware[redis]'")
+        print("Fleet mode needs the redis package: pip install redis (the package's redis extra)")
         return 2
     fleet = Fleet(settings.state, key)
     fleet.timeout = max(fleet.timeout, 1.0)  # a person is waiting, not a call: give Redis a second
