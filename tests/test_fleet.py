@@ -479,3 +479,20 @@ def test_yibu_status_when_redis_does_not_answer_or_fleet_mode_is_off() -> None:
     doctor = _run_cli({**base, "YIBU_STATE__REDIS_URL": f"redis://:s3cretpass@127.0.0.1:{free_port()}/0"}, "doctor")
     assert "Fleet mode (state.redis_url)" in doctor.stdout and "Calls would not fail" in doctor.stdout
     assert "s3cretpass" not in doctor.stdout + doctor.stderr
+
+
+def test_a_call_that_gives_up_leaves_the_fleet_queue(
+    shared_redis: RedisServer, namespace: str, processes: list[Process]
+) -> None:
+    quota = Quota(max_concurrent=1)
+    holder, quitter = Process(shared_redis.url, namespace, quota), Process(shared_redis.url, namespace, quota)
+    processes += [holder, quitter]
+    permit = holder.limiter.acquire(None)
+    with pytest.raises(QueueTimeout):
+        quitter.limiter.acquire(None, timeout=0.2)
+    queue = holder.limiter._global.keys[2] if holder.limiter._global else ""
+    deadline = time.monotonic() + 2
+    while shared_redis.client().zcard(queue):
+        assert time.monotonic() < deadline, "the call that gave up still heads the fleet queue"
+        time.sleep(0.02)
+    permit.release()

@@ -88,6 +88,77 @@ class FleetPermit:
         self.release()
 
 
+class _Turn:
+    """One call's way through the fleet's admission: what to ask Redis next, how long to pause,
+    and the permit at the end. No I/O: ``acquire`` (a thread) and ``acquire_async`` (a task)
+    run the same steps, each with its own way to ask and to wait."""
+
+    __slots__ = (
+        "args",
+        "call",
+        "deadline",
+        "done",
+        "keys",
+        "limiter",
+        "local",
+        "model",
+        "permit",
+        "scopes",
+        "started",
+        "tokens",
+    )
+
+    def __init__(
+        self,
+        limiter: FleetLimiter,
+        call: str,
+        scopes: tuple[FleetScope, ...],
+        model: str | None,
+        tokens: int,
+        deadline: float,
+        local: Permit,
+    ) -> None:
+        self.limiter = limiter
+        self.call = call
+        self.scopes = scopes
+        self.model = model
+        self.tokens = tokens
+        self.deadline = deadline
+        self.local = local
+        self.started = time.monotonic()
+        self.done = False
+        self.permit: Permit | FleetPermit = local
+        self.keys = [key for scope in scopes for key in scope.keys]
+        self.args: list[object] = [call, limiter.fleet.lease_ms, tokens, 0]
+        for scope in scopes:
+            self.args.extend(scope.args)
+
+    def ask(self) -> tuple[list[str], list[object]]:
+        """The admission script's keys and arguments; the longest delay is what is left of the deadline."""
+        self.args[3] = math.floor(max(self.deadline - time.monotonic(), 0.0) * 1000)
+        return self.keys, self.args
+
+    def answered(self, answer: list[object] | None) -> float:
+        """Seconds to pause: before asking again, or (done) before the call may go. QueueTimeout
+        when the deadline is past or cannot be met."""
+        if answer is None:  # Redis is away: the process's own (shared-out) limits decide
+            self.done = True
+            return 0.0
+        if int(str(answer[0])) == 1:
+            self.done = True
+            self.limiter._started(self.call, self.scopes, self.tokens)
+            self.permit = FleetPermit(self.limiter, self.local, self.call, self.scopes, self.tokens)
+            return int(str(answer[1])) / 1000.0  # its rate slot, reserved
+        index, limit, retry_ms, first = int(str(answer[1])), str(answer[2]), int(str(answer[3])), int(str(answer[4]))
+        poll = POLL_FIRST if first else POLL_OTHERS
+        pause = max(retry_ms / 1000.0, poll) if retry_ms >= 0 else poll
+        left = self.deadline - time.monotonic()
+        if left <= 0 or (retry_ms >= 0 and retry_ms / 1000.0 > left and limit != "queue"):
+            waited = self.local.waited + time.monotonic() - self.started
+            raise _fleet_timeout(self.scopes[index], limit, self.model, waited, self.limiter)
+        return min(pause, left)
+
+
 class FleetLimiter:
     """The limiter interface of ``limiter.Limiter`` (what the pipeline uses), for a fleet."""
 
@@ -109,7 +180,7 @@ class FleetLimiter:
         self.tell_hold: Callable[[str | None, Any, float | None], None] | None = None  # set by the syncer
         fleet.on_change.append(self._fleet_changed)
 
-    # --- the limiter interface ------------------------------------------------------------------
+    # --- the limiter interface: a thread sleeps, a task awaits; the steps are the _Turn's ---------
 
     def acquire(
         self, model: str | None, estimated_tokens: int = 0, timeout: float | None = None
@@ -117,30 +188,18 @@ class FleetLimiter:
         timeout = self.queue_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         local = self.local.acquire(model, estimated_tokens, timeout)
-        scopes = self._scopes(model)
-        if not scopes or not self.fleet.up:
+        turn = self._turn(model, estimated_tokens, deadline, local)
+        if turn is None:
             return local
-        call = self._new_call()
-        started = time.monotonic()
-        keys, args = self._admit_request(call, scopes, estimated_tokens)
         try:
-            while True:
-                args[3] = _ms(max(deadline - time.monotonic(), 0.0))
-                answer = self.fleet.admit(keys, args)
-                if answer is None:  # Redis is away: the process's own (shared-out) limits decide
-                    return local
-                pause = self._verdict(answer, deadline, started, scopes, model, local, call, keys)
-                if pause is None:
-                    self._started(call, scopes, estimated_tokens)
-                    delay = int(answer[1]) / 1000.0
-                    if delay > 0:
-                        time.sleep(delay)
-                    return FleetPermit(self, local, call, scopes, estimated_tokens)
-                time.sleep(pause)
-        except BaseException:
-            self.fleet.leave(keys, call)
-            local.release(0)
+            while not turn.done:
+                pause = turn.answered(self.fleet.admit(*turn.ask()))
+                if pause:
+                    time.sleep(pause)
+        except BaseException:  # QueueTimeout, KeyboardInterrupt: nothing held is kept
+            self._abandoned(turn)
             raise
+        return turn.permit
 
     async def acquire_async(
         self, model: str | None, estimated_tokens: int = 0, timeout: float | None = None
@@ -150,31 +209,18 @@ class FleetLimiter:
         timeout = self.queue_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         local = await self.local.acquire_async(model, estimated_tokens, timeout)
-        scopes = self._scopes(model)
-        if not scopes or not self.fleet.up:
+        turn = self._turn(model, estimated_tokens, deadline, local)
+        if turn is None:
             return local
-        call = self._new_call()
-        started = time.monotonic()
-        keys, args = self._admit_request(call, scopes, estimated_tokens)
         try:
-            while True:
-                args[3] = _ms(max(deadline - time.monotonic(), 0.0))
-                answer = await self.fleet.admit_async(keys, args)
-                if answer is None:
-                    return local
-                pause = self._verdict(answer, deadline, started, scopes, model, local, call, keys)
-                if pause is None:
-                    self._started(call, scopes, estimated_tokens)
-                    delay = int(answer[1]) / 1000.0
-                    if delay > 0:
-                        await anyio.sleep(delay)
-                    return FleetPermit(self, local, call, scopes, estimated_tokens)
-                await anyio.sleep(pause)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self.fleet.leave_async(keys, call)
-            local.release(0)
+            while not turn.done:
+                pause = turn.answered(await self.fleet.admit_async(*turn.ask()))
+                if pause:
+                    await anyio.sleep(pause)
+        except BaseException:  # CancelledError above all: nothing held is kept
+            self._abandoned(turn)
             raise
+        return turn.permit
 
     def observe(self, model: str | None, status: int, headers: Mapping[str, str], node: Hashable = None) -> None:
         self.local.observe(model, status, headers, node)
@@ -198,41 +244,19 @@ class FleetLimiter:
             scopes += (scope,)
         return scopes
 
-    def _new_call(self) -> str:
-        return f"{self.fleet.process_id}:{next(self._ids)}"
-
-    def _admit_request(self, call: str, scopes: tuple[FleetScope, ...], tokens: int) -> tuple[list[str], list[object]]:
-        keys = [key for scope in scopes for key in scope.keys]
-        args: list[object] = [call, self.fleet.lease_ms, tokens, 0]
-        for scope in scopes:
-            args.extend(scope.args)
-        return keys, args
-
-    def _verdict(
-        self,
-        answer: list[object],
-        deadline: float,
-        started: float,
-        scopes: tuple[FleetScope, ...],
-        model: str | None,
-        local: Permit,
-        call: str,
-        keys: list[str],
-    ) -> float | None:
-        """None: admitted. Else the pause before asking again; QueueTimeout when the deadline is
-        past (the call has left the fleet queue and given its local turn back)."""
-        if int(str(answer[0])) == 1:
+    def _turn(self, model: str | None, tokens: int, deadline: float, local: Permit) -> _Turn | None:
+        """The call's way through the fleet's admission; None when no fleet limit applies to it or
+        Redis is away (then its process's own turn is all it needs)."""
+        scopes = self._scopes(model)
+        if not scopes or not self.fleet.up:
             return None
-        retry_ms = int(str(answer[3]))
-        poll = POLL_FIRST if int(str(answer[4])) else POLL_OTHERS
-        pause = max(retry_ms / 1000.0, poll) if retry_ms >= 0 else poll
-        left = deadline - time.monotonic()
-        if left <= 0 or (retry_ms >= 0 and retry_ms / 1000.0 > left and str(answer[2]) != "queue"):
-            self.fleet.leave(keys, call)
-            local.release(0)
-            scope = scopes[int(str(answer[1]))]
-            raise _fleet_timeout(scope, str(answer[2]), model, local.waited + time.monotonic() - started, self)
-        return min(pause, left)
+        return _Turn(self, f"{self.fleet.process_id}:{next(self._ids)}", scopes, model, tokens, deadline, local)
+
+    def _abandoned(self, turn: _Turn) -> None:
+        """A call that will not go: its local turn back at once; in the fleet, its place in the
+        queues or its slot, through the syncer (no I/O here: this runs while being cancelled)."""
+        turn.local.release(0)
+        self.ended(turn.call, turn.scopes, turn.tokens, 0)
 
     def _started(self, call: str, scopes: tuple[FleetScope, ...], tokens: int) -> None:
         with self._lock:
@@ -300,10 +324,6 @@ def _share(quota: Quota, parts: int) -> Quota:
 
 def _arg(value: float | None) -> str:
     return "" if value is None else repr(float(value)) if not float(value).is_integer() else str(int(value))
-
-
-def _ms(seconds: float) -> int:
-    return math.floor(seconds * 1000)
 
 
 def _fleet_timeout(

@@ -132,16 +132,8 @@ return {{1, delay}}
 """
 )
 
-# A waiter that gives up (timeout, cancelled): it leaves every queue. KEYS: 5 per scope; ARGV: call id.
-LEAVE = f"""
-for i = 0, #KEYS / {KEYS_PER_SCOPE} - 1 do
-  redis.call('ZREM', KEYS[i*5+3], ARGV[1])
-  redis.call('HDEL', KEYS[i*5+4], ARGV[1])
-end
-return 1
-"""
-
-# A call ended. KEYS: 5 per scope; ARGV: call id, tokens it reserved (its estimate), tokens it used
+# A call ended, or gave up waiting (it leaves the queues; 0 tokens used). KEYS: 5 per scope;
+# ARGV: call id, tokens it reserved (its estimate), tokens it used
 # (-1: unknown, the estimate stands), 0 (unused: the scope limits start at ARGV[5] as in ADMIT),
 # then per scope the same limits as ADMIT.
 RELEASE = (
@@ -149,8 +141,10 @@ RELEASE = (
     + f"""
 local call, need, used = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 for i = 0, #KEYS / {KEYS_PER_SCOPE} - 1 do
-  local state, leases, window = KEYS[i*5+1], KEYS[i*5+2], KEYS[i*5+5]
+  local state, leases, queue, polls, window = KEYS[i*5+1], KEYS[i*5+2], KEYS[i*5+3], KEYS[i*5+4], KEYS[i*5+5]
   local tpm = num(ARGV[7+i*3])
+  redis.call('ZREM', queue, call)
+  redis.call('HDEL', polls, call)
   redis.call('ZREM', leases, call)
   if tpm then
     local want = math.min(need, tpm)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.redact import mask_userinfo
 from .layout import Layout, fingerprint
-from .scripts import ADMIT, LEAVE, NOW, RELEASE, RENEW
+from .scripts import ADMIT, NOW, RELEASE, RENEW
 
 if TYPE_CHECKING:
     from ..settings import StateSettings
@@ -150,12 +150,6 @@ class Fleet:
 
     async def admit_async(self, keys: Sequence[str], args: Sequence[object]) -> Answer | None:
         return await self.run_async(ADMIT, keys, args)
-
-    def leave(self, keys: Sequence[str], call: str) -> None:
-        self.run(LEAVE, keys, [call])
-
-    async def leave_async(self, keys: Sequence[str], call: str) -> None:
-        await self.run_async(LEAVE, keys, [call])
 
     def release(self, keys: Sequence[str], args: Sequence[object]) -> None:
         self.run(RELEASE, keys, args)
