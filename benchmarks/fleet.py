@@ -139,24 +139,39 @@ def scenario_rate(sim: GatewaySimulator, redis: RedisServer, seconds: float) -> 
         )
 
 
+def usage_at_gateway(record: Any) -> int:
+    """The tokens the simulator reported for a chat call (its own rule: words in, its reply's words out)."""
+    from yibu_middleware.simulator.responses import count_words, reply_words
+
+    body = record.body if isinstance(record.body, dict) else {}
+    return count_words(body.get("messages")) + len(reply_words(record.node))
+
+
+def busiest_minute(records: list[Any]) -> int:
+    """The most tokens the gateway reported in any 60 s (the limit's own sliding window)."""
+    calls = sorted((r.started, usage_at_gateway(r)) for r in records)
+    best = 0
+    for i, (start, _) in enumerate(calls):
+        best = max(best, sum(tokens for t, tokens in calls[i:] if t < start + 60.0))
+    return best
+
+
 def scenario_tokens(sim: GatewaySimulator, redis: RedisServer, seconds: float) -> None:
+    # Calls are started for --seconds; those still waiting for the window then go as it slides
+    # (queue_timeout 120 s, so none gives up): the busiest 60 s at the gateway is the measure.
     limit = 20000
-    r = side_by_side(
-        sim,
-        redis,
-        {"limits__tokens_per_minute": str(limit)},
-        "--threads",
-        "2",
-        "--tasks",
-        "8",
-        "--seconds",
-        str(seconds),
-    )
-    for mode in ("fleet", "process"):
-        m = r[mode]
+    settings = {"limits__tokens_per_minute": str(limit), "limits__queue_timeout": "120"}
+    out = {}
+    for mode, url in (("fleet", redis.url), ("process", None)):
+        sim.clear()
+        results = run_workers(
+            env_for(sim, url, **settings), 4, "--threads", "2", "--tasks", "8", "--seconds", str(seconds)
+        )
+        out[mode] = (busiest_minute(chat(sim)), sum(r["ok"] for r in results), sum(r["failed"] for r in results))
+    for mode, (tokens, ok, failed) in out.items():
         print(
-            f"  {mode:<8} {m['tokens']:6d} tokens reported in {seconds:g} s (x{m['tokens'] / limit:.3f} the limit of"
-            f" {limit} a minute); {m['ok']} ok, {m['failed']} failed"
+            f"  {mode:<8} {tokens:6d} tokens in the busiest 60 s at the gateway (x{tokens / limit:.3f} the limit"
+            f" of {limit}); {ok} ok, {failed} failed"
         )
 
 
