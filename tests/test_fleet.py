@@ -496,3 +496,26 @@ def test_a_call_that_gives_up_leaves_the_fleet_queue(
         assert time.monotonic() < deadline, "the call that gave up still heads the fleet queue"
         time.sleep(0.02)
     permit.release()
+
+
+def test_the_gateways_remaining_budget_is_shared_out_among_live_processes(
+    shared_redis: RedisServer, namespace: str, processes: list[Process]
+) -> None:
+    quota = Quota(requests_per_second=1000)
+    members = [Process(shared_redis.url, namespace, quota) for _ in range(2)]
+    processes += members
+    deadline = time.monotonic() + 3
+    while members[0].fleet.live_processes != 2:
+        assert time.monotonic() < deadline, "the heartbeats did not show two live processes"
+        time.sleep(0.05)
+    one = members[0]
+    # No limit header: what is left does not refill before the reset, so the count is exact.
+    headers = {"x-ratelimit-remaining-requests": "4", "x-ratelimit-reset-requests": "20s"}
+    for node in one.pool.nodes:
+        one.limiter.observe("gpt-4o", 200, headers, node)
+    admitted = 0
+    with pytest.raises(QueueTimeout):
+        for _ in range(5):
+            one.limiter.acquire("gpt-4o", timeout=0.1).release()
+            admitted += 1
+    assert admitted == 2  # its half of the 4 left, not all 4 (the other process has the other half)

@@ -223,6 +223,11 @@ class FleetLimiter:
         return turn.permit
 
     def observe(self, model: str | None, status: int, headers: Mapping[str, str], node: Hashable = None) -> None:
+        parts = self.fleet.live_processes
+        if parts > 1 and any(name in headers for name in _BUDGET_HEADERS):
+            # What the gateway says is left is left for the whole fleet: this process paces its
+            # own calls on its share (every process reads the same budgets from its own answers).
+            headers = _shared_budgets(headers, parts)
         self.local.observe(model, status, headers, node)
         if status == 429 and self.tell_hold is not None:  # one worker's 429 holds every worker
             self.tell_hold(model, node, retry_after(headers))
@@ -308,6 +313,34 @@ class FleetLimiter:
         self.local.set_quotas(
             _share(self._quota, share), {model: _share(q, share) for model, q in self._per_model.items()}
         )
+
+
+_BUDGET_HEADERS = tuple(
+    name
+    for kind in ("requests", "tokens")
+    for name in (
+        f"x-ratelimit-remaining-{kind}",
+        f"x-ratelimit-limit-{kind}",
+        f"anthropic-ratelimit-{kind}-remaining",
+        f"anthropic-ratelimit-{kind}-limit",
+    )
+)
+
+
+def _shared_budgets(headers: Mapping[str, str], parts: int) -> dict[str, str]:
+    """The answer's headers with each budget (remaining and limit) divided among ``parts`` processes."""
+    shared = {name.lower(): value for name, value in headers.items()}
+    for name in _BUDGET_HEADERS:
+        value = shared.get(name)
+        if value is None:
+            continue
+        try:
+            number = float(value)
+        except ValueError:
+            continue  # not a number: left as it is, for core.limits to refuse
+        if number == number and number >= 0:  # not nan
+            shared[name] = str(math.floor(number / parts))
+    return shared
 
 
 def _limited(quota: Quota) -> bool:

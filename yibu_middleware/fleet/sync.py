@@ -14,7 +14,7 @@ fleet what this process learnt, every ``TICK`` (and at once when a call gives a 
 - the gateway's 429 holds (``retry-after``), through the same stream: one worker's 429 holds
   every worker's calls to that node for what is left of it. (The ``x-ratelimit-remaining-*``
   budgets are not passed on: every process reads them from its own answers, in which the gateway
-  counts every process's calls.);
+  counts every process's calls, and paces on its share: ``FleetLimiter.observe``);
 - latency estimates (peak-EWMA), per node and process; a node this process has no sample of yet
   starts from the fleet's mean, so a new process does not send its first calls to a slow node;
 - the retry budget: each process's requests and retries in its window; the budget is the fleet's;
