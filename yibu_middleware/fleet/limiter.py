@@ -282,13 +282,18 @@ class FleetLimiter:
         return ending
 
     def give_back(self) -> None:
-        """Run by the syncer: the leases of the calls that ended go back to the fleet."""
-        for call, scopes, tokens, actual in self.take_ended():
+        """Run by the syncer: the leases of the calls that ended go back to the fleet. Those Redis
+        did not take (it went away) are kept and given back when it answers again."""
+        ending = self.take_ended()
+        for done, (call, scopes, tokens, actual) in enumerate(ending):
             keys = [key for scope in scopes for key in scope.keys]
             args: list[object] = [call, tokens, -1 if actual is None else actual, 0]
             for scope in scopes:
                 args.extend(scope.args)
-            self.fleet.release(keys, args)
+            if not self.fleet.release(keys, args):
+                with self._lock:
+                    self._ending[:0] = ending[done:]
+                return
 
     def renew(self) -> None:
         """Run by the syncer: the leases of this process's calls in flight go on."""

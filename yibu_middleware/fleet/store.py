@@ -151,8 +151,11 @@ class Fleet:
     async def admit_async(self, keys: Sequence[str], args: Sequence[object]) -> Answer | None:
         return await self.run_async(ADMIT, keys, args)
 
-    def release(self, keys: Sequence[str], args: Sequence[object]) -> None:
-        self.run(RELEASE, keys, args)
+    def release(self, keys: Sequence[str], args: Sequence[object]) -> bool:
+        """False when Redis did not take it (the caller keeps it for later)."""
+        # One script call each, not a pipeline: a cluster's pipeline does not load a script a
+        # node lacks (after a restart), where a plain call falls back to sending it whole.
+        return self.run(RELEASE, keys, args) is not None
 
     def renew(self, keys: Sequence[str], args: Sequence[object]) -> None:
         self.run(RENEW, keys, args)

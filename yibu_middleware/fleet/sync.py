@@ -92,28 +92,25 @@ class Syncer:
     # --- the loop ------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        last_ping = 0.0
+        last_ping = next_exchange = 0.0
         while self._alive(self):
+            now = time.monotonic()
             try:
                 if not self.fleet.up:
-                    self._ready.set()
-                    now = time.monotonic()
                     if now - last_ping >= 1.0:
                         last_ping = now
                         if self.fleet.ping():
-                            self._last_event = "0-0" if self._last_event == "0-0" else self._last_event
                             self.fleet.came_back()
-                    self.wake.wait(TICK)
-                    self.wake.clear()
-                    continue
-                if self.limiter is not None:
-                    self.limiter.give_back()
-                self.exchange()
-                self._ready.set()
+                else:
+                    if self.limiter is not None:
+                        self.limiter.give_back()  # woken by a call's end: its slot goes back now
+                    if now >= next_exchange:
+                        next_exchange = now + TICK
+                        self.exchange()
             except Exception as exc:  # a failure of Redis mid-exchange: the fleet is down
                 self.fleet.went_down(exc)
-                self._ready.set()
-            self.wake.wait(TICK)
+            self._ready.set()
+            self.wake.wait(max(next_exchange - time.monotonic(), 0.001) if self.fleet.up else TICK)
             self.wake.clear()
 
     def exchange(self) -> None:
