@@ -22,6 +22,11 @@ with one of them ("panic mode"): trying a bad node beats failing every call.
 A pinned node (the gateway's "manual node switch") takes all traffic while it is
 healthy; the others are only its fallback.
 
+Affinity (``choose_affine``, see ``core/affinity.py``): a call with an affinity key is sent
+first to the key's node on the consistent-hashing ring, passed over (for the next node on the
+ring) when that node is ejected, slow (its peak-EWMA estimate well over the pool's median) or
+at its bounded load; retries and hedges choose as above.
+
 Plain classes with ``__slots__`` rather than dataclasses: these are built at
 interpreter start, whose cost is budgeted.
 """
@@ -34,6 +39,8 @@ import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from urllib.parse import urlsplit
+
+from .affinity import LoadView, Ring, pick, slow_nodes
 
 Clock = Callable[[], float]
 
@@ -106,8 +113,12 @@ class NodePool:
         "eject_after",
         "eject_base",
         "eject_max",
+        "load_factor",
+        "loads",
         "nodes",
         "pinned",
+        "ring",
+        "slow_factor",
         "tau",
     )
 
@@ -123,6 +134,8 @@ class NodePool:
         eject_max: float = 300.0,
         clock: Clock = time.monotonic,
         rng: random.Random | None = None,
+        load_factor: float = 1.25,
+        slow_factor: float = 3.0,
     ) -> None:
         if not urls:
             raise ValueError("a node pool needs at least one node")
@@ -136,6 +149,12 @@ class NodePool:
         self._clock = clock
         self._random = rng or random.Random()
         self._lock = threading.Lock()
+        # Affinity: the ring is the nodes' URLs hashed, the same in every process.
+        self.ring: Ring[Node] = Ring(self.nodes, [node.base_url for node in self.nodes], [n.weight for n in self.nodes])
+        self.load_factor = load_factor
+        self.slow_factor = slow_factor
+        # The load the bound counts (the seam for a fleet-wide view); None: this process's in-flight calls.
+        self.loads: LoadView[Node] | None = None
 
     # --- choosing ---------------------------------------------------------------------------
 
@@ -163,6 +182,40 @@ class NodePool:
             first, second = pool[i], pool[j + 1 if j >= i else j]
             chosen = first if self._cost(first, now) <= self._cost(second, now) else second
             return self._take(chosen, now)
+
+    def choose_affine(
+        self, point: int, exclude: Collection[Node] = (), follow: Node | None = None
+    ) -> tuple[Node | None, bool]:
+        """The node for a call's first attempt by its affinity key's ``point`` (``follow``: the
+        node remembered for the Responses turn it continues, preferred to the ring's), and
+        whether it is the preferred node. Falls back to ``choose`` when no node on the ring
+        qualifies (all ejected, slow or full)."""
+        order = self.ring.order(point)
+        if follow is not None:
+            order.remove(follow)
+            order.insert(0, follow)
+        preferred = order[0]
+        with self._lock:
+            now = self._clock()
+            pinned = self.pinned
+            healthy = [node for node in self.nodes if node.ejected_until == 0.0 or self._admits(node, now)]
+            eligible = [node for node in healthy if node not in exclude] if exclude else healthy
+            if eligible and (pinned is None or pinned not in eligible):  # a healthy pin overrides affinity
+                loads = self.loads(eligible) if self.loads is not None else [node.in_flight for node in eligible]
+                # Slow is against the healthy pool, whatever this call excludes.
+                estimates = {node: self._decayed(node, now) for node in healthy}
+                chosen = pick(
+                    order,
+                    eligible,
+                    dict(zip(eligible, loads, strict=True)),
+                    {node: node.weight for node in eligible},
+                    slow_nodes(estimates, self.slow_factor),
+                    self.load_factor,
+                )
+                if chosen is not None:
+                    return self._take(chosen, now), chosen is preferred
+        chosen = self.choose(exclude)
+        return chosen, chosen is preferred
 
     def _admits(self, node: Node, now: float) -> bool:
         if node.ejected_until == 0.0:

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 from . import responses
 from .faults import FAULT_FIELDS, NodeFaults
+from .prompt_cache import PromptCache
 
 __all__ = ["GatewaySimulator", "NodeFaults", "Record", "SimNode"]
 
@@ -77,6 +78,8 @@ class Record:
     """The ``x-request-id`` header value the simulator sent back."""
     connection: int = 0
     """Serial number of the TCP connection it came on (equal numbers = a reused keep-alive connection)."""
+    cached_tokens: int = 0
+    """Prompt tokens the node read from its prompt cache (reported in the answer's usage)."""
 
 
 class _BadRequest(Exception):
@@ -116,6 +119,8 @@ class _Ctx:
     model: str | None
     stream: bool
     request_id: str = field(default_factory=lambda: "req_" + uuid.uuid4().hex)
+    cached: int = 0
+    """Prompt tokens read from the node's prompt cache (chat and messages requests)."""
 
 
 class SimNode:
@@ -127,6 +132,7 @@ class SimNode:
         self._sim = sim
         self._port = port
         self._rng = random.Random(faults.seed)
+        self.prompt_cache = PromptCache(faults.prompt_cache_size)
         self._server: asyncio.Server | None = None  # set while listening
         self._reserve: socket.socket | None = None  # bound, not listening: set while refusing
         self._conns: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
@@ -485,6 +491,14 @@ class GatewaySimulator:
             delay += node._rng.uniform(0.0, faults.latency_jitter)
         if delay > 0:
             fault = "latency"
+        if model is not None and path in ("/v1/chat/completions", "/v1/messages") and req.method == "POST":
+            # The node's prompt cache: a cached prefix is reported in usage and prefilled at no cost.
+            node.prompt_cache.size = faults.prompt_cache_size
+            system = fields.get("system") if ctx.anthropic else None
+            read = node.prompt_cache.read(model, fields.get("messages"), system)
+            ctx.cached = read.cached_tokens
+            delay += faults.prefill_per_token * (read.prompt_tokens - read.cached_tokens)
+        if delay > 0:
             await asyncio.sleep(delay)
 
         if faults.status_override is not None and faults.status_text is not None:
@@ -527,9 +541,9 @@ class GatewaySimulator:
     async def _chat(self, ctx: _Ctx, writer: asyncio.StreamWriter, fault: str | None) -> bool:
         assert ctx.model is not None
         if ctx.stream:
-            events = responses.chat_stream_events(ctx.node.name, ctx.model, ctx.body)
+            events = responses.chat_stream_events(ctx.node.name, ctx.model, ctx.body, ctx.cached)
             return await self._send_stream(ctx, writer, events, fault)
-        payload = responses.chat_completion(ctx.node.name, ctx.model, ctx.body)
+        payload = responses.chat_completion(ctx.node.name, ctx.model, ctx.body, ctx.cached)
         return await self._send_json(ctx, writer, 200, payload, fault)
 
     async def _embeddings(self, ctx: _Ctx, writer: asyncio.StreamWriter, fault: str | None) -> bool:
@@ -552,9 +566,9 @@ class GatewaySimulator:
     async def _messages(self, ctx: _Ctx, writer: asyncio.StreamWriter, fault: str | None) -> bool:
         assert ctx.model is not None
         if ctx.stream:
-            events = responses.anthropic_stream_events(ctx.node.name, ctx.model, ctx.body)
+            events = responses.anthropic_stream_events(ctx.node.name, ctx.model, ctx.body, ctx.cached)
             return await self._send_stream(ctx, writer, events, fault)
-        payload = responses.anthropic_message(ctx.node.name, ctx.model, ctx.body)
+        payload = responses.anthropic_message(ctx.node.name, ctx.model, ctx.body, ctx.cached)
         return await self._send_json(ctx, writer, 200, payload, fault)
 
     async def _count_tokens(self, ctx: _Ctx, writer: asyncio.StreamWriter, fault: str | None) -> bool:
@@ -584,6 +598,7 @@ class GatewaySimulator:
             elapsed=time.monotonic() - req.started,
             request_id=ctx.request_id,
             connection=req.connection,
+            cached_tokens=ctx.cached,
         )
         with self._records_lock:
             self._records.append((next(self._seq), record))
