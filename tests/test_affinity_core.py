@@ -317,3 +317,31 @@ def test_bound_holds_with_weights(load_factor: float) -> None:
         loads[node] += 1
         for url in URLS:
             assert loads[url] <= math.ceil(load_factor * (placed + 1) * weights[url] / 4.0)
+
+
+def test_a_node_back_from_ejection_is_judged_by_its_trial_not_its_failures() -> None:
+    """Its failures counted as 1 s answers: without the trial's exemption it would look slow and
+    its conversations would stay away until that decayed (tens of seconds)."""
+    clock = FakeClock()
+    pool = NodePool(URLS, clock=clock, eject_after=1, eject_base=0.1)
+    point = 11
+    home, second, _ = pool.ring.order(point)
+    pool.finished(pool.choose_affine(point)[0], 0.01, False)  # home fails: ejected, estimate 1 s
+    for _ in range(3):
+        node, _ = pool.choose_affine(point)
+        assert node is second
+        pool.finished(node, 0.01, True)
+    clock.now += 0.2  # the ejection is over; home's estimate is still about 1 s
+    trial, preferred = pool.choose_affine(point)
+    assert trial is home and preferred
+    pool.finished(trial, 0.01, True)
+    assert home.estimate == 0.01  # restarted by the trial's success
+    assert pool.choose_affine(point)[0] is home
+
+
+def test_a_node_let_back_by_a_health_check_starts_afresh() -> None:
+    pool = NodePool(URLS, clock=FakeClock(), eject_after=1)
+    node = pool.nodes[0]
+    pool.finished(pool._take(node, 1000.0), 0.01, False)
+    pool.reinstate(node)
+    assert node.estimate is None and node.ejected_until == 0.0

@@ -202,14 +202,23 @@ class NodePool:
             eligible = [node for node in healthy if node not in exclude] if exclude else healthy
             if eligible and (pinned is None or pinned not in eligible):  # a healthy pin overrides affinity
                 loads = self.loads(eligible) if self.loads is not None else [node.in_flight for node in eligible]
-                # Slow is against the healthy pool, whatever this call excludes.
-                estimates = {node: self._decayed(node, now) for node in healthy}
+                # Slow is against the healthy pool, whatever this call excludes. A node with no answer
+                # yet counts as fast (DEFAULT_ESTIMATE), not at the pool's mean as in ``choose``: else a
+                # slow first node would look like every other and keep its conversations until all
+                # nodes had been tried by other calls.
+                estimates = {
+                    node: DEFAULT_ESTIMATE if node.estimate is None and not node.in_flight else self._decayed(node, now)
+                    for node in healthy
+                }
+                # A node back from ejection for its one trial is not judged by the failures that
+                # ejected it: the trial decides (and, if it succeeds, restarts its estimate).
+                slow = {node for node in slow_nodes(estimates, self.slow_factor) if not node.ejected_until}
                 chosen = pick(
                     order,
                     eligible,
                     dict(zip(eligible, loads, strict=True)),
                     {node: node.weight for node in eligible},
-                    slow_nodes(estimates, self.slow_factor),
+                    slow,
                     self.load_factor,
                 )
                 if chosen is not None:
@@ -268,6 +277,8 @@ class NodePool:
             sample = seconds if ok and seconds is not None else max(FAILURE_PENALTY, seconds or 0.0)
             self._observe(node, sample, now)
             if ok:
+                if was_trial:  # back from ejection: the failures that ejected it are not its latency
+                    node.estimate = sample
                 node.failures_in_row = 0
                 node.ejected_until = 0.0
                 return
@@ -302,8 +313,10 @@ class NodePool:
                 self._eject(node, now)
 
     def reinstate(self, node: Node) -> None:
-        """An active health check saw the node answer: let it back at once."""
+        """An active health check saw the node answer: let it back at once, with no latency
+        estimate (as a new node): the failures that ejected it are not its latency."""
         with self._lock:
+            node.estimate = None
             node.ejected_until = 0.0
             node.failures_in_row = 0
 
