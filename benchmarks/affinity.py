@@ -2,10 +2,11 @@
 
 Scenarios (the gateway simulator runs in this process, on loopback; each node has a prompt
 cache, and an uncached prompt token costs ``--prefill-us`` microseconds before the first token):
-  spread    60 conversations x 8 turns over 3 healthy nodes, 12 conversations at a time, every
-            turn streamed and sending the whole history: the share of turns 2-8 whose previous
-            turn was cached on the node that served it (target >= 90 % on, about 33 % off), the
-            max/mean calls per node (target <= 1.25), and the p50 time to first token.
+  spread    60 conversations x 8 turns over 3 healthy nodes, 12 calls at a time (the
+            conversations' turns interleave), every turn streamed and sending the whole history:
+            the share of turns 2-8 whose previous turn was cached on the node that served it
+            (target >= 90 % on, about 33 % off), the max/mean calls per node (target <= 1.25),
+            and the p50 time to first token.
   eject     the same with affinity on, one node refusing connections from a third of the calls
             to two thirds (the active health check lets it back): failed calls (target 0), and
             how many of its conversations moved away and came back.
@@ -24,29 +25,33 @@ import itertools
 import json
 import random
 import statistics
+import subprocess
+import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import openai
 
 import yibu_middleware
 from yibu_middleware.core.affinity import affinity_key
-from yibu_middleware.simulator import GatewaySimulator, NodeFaults, Record
+from yibu_middleware.simulator import GatewaySimulator, NodeFaults
 
 KEY = "sk-bench-gateway-key-000000000000"
 PROVIDER_KEY = "sk-proj-provider-key-not-real-000000"
 WORDS = ("the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven", "wizards")
+NODES = ("a", "b", "c")
 SYSTEM = "You are a helpful assistant for a travel company. " * 20  # ~180 words, shared by every conversation
 
 
 @contextmanager
-def gateway(prefill: float, nodes: int = 3, **settings: Any) -> Iterator[GatewaySimulator]:
+def gateway(prefill: float, **settings: Any) -> Iterator[GatewaySimulator]:
+    """Three simulated nodes in this process (the eject scenario switches one off and on)."""
     simulator = GatewaySimulator(accepted_keys={KEY})
-    for index in range(nodes):
-        simulator.add_node(chr(ord("a") + index), NodeFaults(prefill_per_token=prefill, latency=0.002))
+    for name in NODES:
+        simulator.add_node(name, NodeFaults(prefill_per_token=prefill, latency=0.002, prompt_cache_size=4096))
     with simulator:
         yibu_middleware.install({"nodes": [node.base_url for node in simulator.nodes], "api_key": KEY, **settings})
         try:
@@ -55,15 +60,44 @@ def gateway(prefill: float, nodes: int = 3, **settings: Any) -> Iterator[Gateway
             yibu_middleware.uninstall()
 
 
+@contextmanager
+def gateway_process(prefill: float, **settings: Any) -> Iterator[None]:
+    """Three simulated nodes in a process of their own: the SDK's calls and the nodes' work do not
+    share one interpreter lock, so a time to first token is not mostly the other calls' turn."""
+    spec = f"prefill_per_token={prefill},latency=0.002,prompt_cache_size=4096"
+    command = [sys.executable, "-m", "yibu_middleware.simulator", "-q", "--key", KEY]
+    for name in NODES:
+        command += ["--node", f"{name}:{spec}"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert process.stdout is not None
+        urls = [process.stdout.readline().split()[1] for _ in NODES]  # "name  url  faults", one line a node
+        yibu_middleware.install({"nodes": urls, "api_key": KEY, **settings})
+        yield
+    finally:
+        yibu_middleware.uninstall()
+        process.terminate()
+        process.wait(10)
+
+
 def sentence(rng: random.Random, words: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(words))
 
 
+class Turn(NamedTuple):
+    conversation: int
+    started: float  # time.monotonic()
+    node: str  # the node that answered (it names itself in the reply)
+    prompt_tokens: int
+    cached_tokens: int
+    ttft: float  # seconds to the first content
+
+
 class Run:
-    """One run of the conversations: what each turn cost and where it went."""
+    """One run of the conversations: what each turn cost and where it went, as the client saw it."""
 
     def __init__(self) -> None:
-        self.ttft: list[float] = []
+        self.turns: list[Turn] = []
         self.failed = 0
         self.done = 0
 
@@ -75,58 +109,51 @@ class Run:
             {"role": "system", "content": SYSTEM},
             {"role": "user", "content": f"conversation {number}: " + sentence(rng, 40)},
         ]
-        async with limit:  # a conversation holds its slot for all its turns, as a user at a chat window
-            for _ in range(turns):
+        for _ in range(turns):
+            async with limit:  # calls in flight at once, over every conversation's turns
                 started = time.perf_counter()
+                at = time.monotonic()
                 first: float | None = None
                 parts: list[str] = []
+                usage: Any = None
                 try:
                     stream = await client.chat.completions.create(
                         model="gpt-5.2",
                         messages=history,  # type: ignore[arg-type]
                         stream=True,
+                        stream_options={"include_usage": True},
                     )
                     async for chunk in stream:
                         if chunk.choices and chunk.choices[0].delta.content:
                             if first is None:
                                 first = time.perf_counter() - started
                             parts.append(chunk.choices[0].delta.content)
+                        if chunk.usage is not None:
+                            usage = chunk.usage
                 except openai.APIError:
                     self.failed += 1
                     return
                 finally:
                     self.done += 1
-                if first is not None:
-                    self.ttft.append(first)
-                history.append({"role": "assistant", "content": "".join(parts) + " " + sentence(rng, 30)})
+                reply = "".join(parts)
+                node = reply.split("'")[1]  # "Hello from yibu simulator node 'a'."
+                cached = usage.prompt_tokens_details.cached_tokens
+                self.turns.append(Turn(number, at, node, usage.prompt_tokens, cached, first or 0.0))
+                history.append({"role": "assistant", "content": reply + " " + sentence(rng, 30)})
                 history.append({"role": "user", "content": sentence(rng, 30)})
 
-
-def conversation_of(record: Record) -> int:
-    return int(record.body["messages"][1]["content"].split(":")[0].split()[1])
-
-
-def hits(records: list[Record]) -> tuple[float, float]:
-    """(share of turns 2+ that found the previous turn's whole prompt cached on their node,
-    share of those turns' prompt words read from a cache)."""
-    by_conversation: dict[int, list[Record]] = defaultdict(list)
-    for record in records:
-        if record.status == 200:
-            by_conversation[conversation_of(record)].append(record)
-    full = later = cached = prompt = 0
-    for turns in by_conversation.values():
-        turns.sort(key=lambda r: len(r.body["messages"]))
-        for before, record in itertools.pairwise(turns):
-            later += 1
-            previous_prompt = words(before.body["messages"])
-            full += record.cached_tokens >= previous_prompt
-            cached += record.cached_tokens
-            prompt += words(record.body["messages"])
-    return full / max(later, 1), cached / max(prompt, 1)
-
-
-def words(messages: list[dict[str, str]]) -> int:
-    return sum(len(str(message.get("content", "")).split()) for message in messages)
+    def hit_rate(self) -> float:
+        """The share of turns 2+ that found the previous turn's whole prompt cached on their node."""
+        by_conversation: dict[int, list[Turn]] = defaultdict(list)
+        for turn in self.turns:
+            by_conversation[turn.conversation].append(turn)
+        full = later = 0
+        for turns in by_conversation.values():
+            turns.sort(key=lambda turn: turn.prompt_tokens)
+            for before, turn in itertools.pairwise(turns):
+                later += 1
+                full += turn.cached_tokens >= before.prompt_tokens
+        return full / max(later, 1)
 
 
 async def run_conversations(run: Run, conversations: int, turns: int, at_once: int, seed: int) -> None:
@@ -136,39 +163,43 @@ async def run_conversations(run: Run, conversations: int, turns: int, at_once: i
 
 
 def spread(args: argparse.Namespace) -> None:
-    results = {}
-    for label, enabled in (("off", False), ("on", True)):
-        with gateway(args.prefill_us / 1e6, affinity={"enabled": enabled}) as simulator:
-            run = Run()
-            started = time.perf_counter()
-            asyncio.run(run_conversations(run, args.conversations, args.turns, args.at_once, args.seed))
-            elapsed = time.perf_counter() - started
-            records = simulator.records
-        per_node = Counter(record.node for record in records if record.status == 200)
-        full, share = hits(records)
-        load = max(per_node.values()) / statistics.mean(per_node.values())
-        results[label] = (full, share, load, statistics.median(run.ttft) * 1000, run.failed, dict(per_node), elapsed)
-    for label, (full, share, load, p50, failed, per_node, elapsed) in results.items():
-        print(
-            f"spread   affinity {label:3}: previous turn cached on turns 2-{args.turns} {full:6.1%}"
-            f" (prompt words read from cache {share:5.1%}); max/mean calls per node {load:.2f} {per_node};"
-            f" p50 TTFT {p50:6.1f} ms; failed {failed}; {elapsed:.1f} s"
-        )
-    off, on = results["off"], results["on"]
+    """Off and on alternate for ``--rounds`` rounds (a loaded machine's pauses land on both); each
+    figure is the median over the rounds."""
+    results: dict[str, list[tuple[float, float, float, float, int]]] = {"off": [], "on": []}
+    for _ in range(args.rounds):
+        for label, enabled in (("off", False), ("on", True)):
+            with gateway_process(args.prefill_us / 1e6, affinity={"enabled": enabled}):
+                run = Run()
+                asyncio.run(run_conversations(run, args.conversations, args.turns, args.at_once, args.seed))
+            per_node = Counter(turn.node for turn in run.turns)
+            load = max(per_node.values()) / statistics.mean(per_node.values())
+            # What the simulator's prefill model alone makes a call wait, on average.
+            uncached = statistics.mean(turn.prompt_tokens - turn.cached_tokens for turn in run.turns)
+            prefill = uncached * args.prefill_us / 1000
+            p50 = statistics.median(turn.ttft for turn in run.turns) * 1000
+            results[label].append((run.hit_rate(), load, p50, prefill, run.failed))
+            print(
+                f"spread   affinity {label:3}: previous turn cached on turns 2-{args.turns} {run.hit_rate():6.1%};"
+                f" max/mean calls per node {load:.2f} {dict(sorted(per_node.items()))}; p50 TTFT {p50:6.1f} ms;"
+                f" uncached prompt tokens per call {uncached:.0f} ({prefill:.1f} ms of prefill); failed {run.failed}"
+            )
+    off, on = ([statistics.median(values) for values in zip(*results[label], strict=True)] for label in ("off", "on"))
     print(
-        f"spread   {args.conversations} conversations x {args.turns} turns, {args.at_once} at a time, seed {args.seed}:"
-        f" hit rate {off[0]:.1%} -> {on[0]:.1%} (target >= 90 %), max/mean load {on[2]:.2f} (target <= 1.25),"
-        f" p50 TTFT {off[3]:.1f} -> {on[3]:.1f} ms (x{on[3] / off[3]:.2f})"
+        f"spread   {args.conversations} conversations x {args.turns} turns, {args.at_once} calls at a time,"
+        f" seed {args.seed}, median of {args.rounds} rounds: hit rate {off[0]:.1%} -> {on[0]:.1%} (target >= 90 %),"
+        f" max/mean load {off[1]:.2f} -> {on[1]:.2f} (target <= 1.25), p50 TTFT {off[2]:.1f} -> {on[2]:.1f} ms"
+        f" ({on[2] - off[2]:+.1f} ms; the prefill model's mean saving {on[3] - off[3]:+.1f} ms);"
+        f" failed calls {sum(r[4] for r in results['off'] + results['on'])}"
     )
 
 
 def eject(args: argparse.Namespace) -> None:
     total = args.conversations * args.turns
     settings = {"health_check": {"interval": 0.1}, "ejection": {"consecutive_failures": 1}}
+    victim = "b"
+    phases: list[tuple[float, float]] = []
+    run = Run()
     with gateway(args.prefill_us / 1e6, **settings) as simulator:
-        run = Run()
-        victim = "b"
-        phases: list[tuple[float, float]] = []
 
         async def switch() -> None:
             while run.done < total // 3:
@@ -186,25 +217,26 @@ def eject(args: argparse.Namespace) -> None:
             )
 
         asyncio.run(main())
-        records = [r for r in simulator.records if r.status == 200 and r.path == "/v1/chat/completions"]
     (down_at, up_at), *_ = phases
     homes: dict[int, str] = {}
     moved: set[int] = set()
     back: set[int] = set()
-    for record in sorted(records, key=lambda r: r.started):
-        number = conversation_of(record)
-        homes.setdefault(number, record.node)
+    later: set[int] = set()  # conversations with a turn after the node came back
+    for turn in sorted(run.turns, key=lambda turn: turn.started):
+        number = turn.conversation
+        homes.setdefault(number, turn.node)
         if homes[number] != victim:
             continue
-        if down_at <= record.started < up_at and record.node != victim:
+        if down_at <= turn.started < up_at and turn.node != victim:
             moved.add(number)
-        elif record.started >= up_at and record.node == victim and number in moved:
-            back.add(number)
-    full, _ = hits(records)
+        elif turn.started >= up_at:
+            later.add(number)
+            if turn.node == victim and number in moved:
+                back.add(number)
     print(
         f"eject    node {victim} refusing from call {total // 3} to {2 * total // 3} of {total}: failed calls"
-        f" {run.failed} (target 0); its conversations that moved {len(moved)}, that came back {len(back)};"
-        f" hit rate {full:.1%}"
+        f" {run.failed} (target 0); of its conversations, {len(moved)} moved while it was out and"
+        f" {len(back)} of the {len(moved & later)} with turns left came back; hit rate {run.hit_rate():.1%}"
     )
 
 
@@ -258,7 +290,8 @@ def main() -> None:
     parser.add_argument("--conversations", type=int, default=60)
     parser.add_argument("--turns", type=int, default=8)
     parser.add_argument("--at-once", type=int, default=12)
-    parser.add_argument("--prefill-us", type=float, default=20.0, help="microseconds per uncached prompt token")
+    parser.add_argument("--prefill-us", type=float, default=200.0, help="microseconds per uncached prompt token")
+    parser.add_argument("--rounds", type=int, default=3, help="spread: rounds of off and on, alternating")
     parser.add_argument("--calls", type=int, default=20, help="keycost: calls per block")
     parser.add_argument("--blocks", type=int, default=6, help="keycost: blocks each way, alternating")
     args = parser.parse_args()

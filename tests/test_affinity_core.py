@@ -23,6 +23,7 @@ from yibu_middleware.core.affinity import (
     affinity_key,
     capacity,
     pick,
+    place,
     slow_nodes,
     with_prompt_cache_key,
 )
@@ -345,3 +346,41 @@ def test_a_node_let_back_by_a_health_check_starts_afresh() -> None:
     pool.finished(pool._take(node, 1000.0), 0.01, False)
     pool.reinstate(node)
     assert node.estimate is None and node.ejected_until == 0.0
+
+
+def test_a_conversation_spilled_for_load_stays_where_it_went() -> None:
+    """Going back the moment its node has room would cost a second cache miss."""
+    weights = dict.fromkeys(URLS, 1.0)
+    home, other, _ = URLS
+    full = {home: 5, other: 0, URLS[2]: 0}  # 5 in flight: at its bound (ceil(1.25 * 6 / 3) = 3)
+    node, spill = place(URLS, URLS, full, weights, (), 1.25)
+    assert node == other and spill == (other, home)
+    idle = dict.fromkeys(URLS, 0)
+    assert place(URLS, URLS, idle, weights, (), 1.25, spill) == (other, spill)  # stays, though home has room
+    # Its node out: the spill is forgotten, and the ring decides again.
+    assert place(URLS, [home, URLS[2]], idle, weights, (), 1.25, spill) == (home, None)
+
+
+def test_a_conversation_moved_off_an_ejected_node_is_no_spill_and_goes_back() -> None:
+    weights = dict.fromkeys(URLS, 1.0)
+    idle = dict.fromkeys(URLS, 0)
+    home, other, _ = URLS
+    node, spill = place(URLS, [other, URLS[2]], idle, weights, (), 1.25)  # home ejected
+    assert node == other and spill is None
+    assert place(URLS, URLS, idle, weights, (), 1.25, spill)[0] == home  # healthy again: back home
+    # A spill made while home was out names another natural node: forgotten once home is back.
+    stale = (URLS[2], other)
+    assert place(URLS, URLS, idle, weights, (), 1.25, stale) == (home, None)
+
+
+def test_pool_keeps_a_spilled_conversation_on_its_new_node() -> None:
+    pool = NodePool(URLS, clock=FakeClock())
+    point = 21
+    home, second, _ = pool.ring.order(point)
+    held = [pool._take(home, 1000.0) for _ in range(4)]  # home busy with other calls
+    node, preferred = pool.choose_affine(point)
+    assert node is second and not preferred
+    for busy in held:
+        pool.finished(busy, None, None)
+    pool.finished(node, None, None)
+    assert pool.choose_affine(point)[0] is second  # home is idle now, but the conversation stays

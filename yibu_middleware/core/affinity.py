@@ -40,7 +40,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 HEAD_BYTES = 16 * 1024  # the body's first bytes walked for the stable prefix and the explicit fields
 TAIL_BYTES = 64 * 1024  # the body's last bytes searched for explicit fields written after the messages
-POINTS_PER_WEIGHT = 64  # virtual points of a node of weight 1 on the ring
+POINTS_PER_WEIGHT = 160  # virtual points of a node of weight 1 on the ring
 
 # Key sources, as the span records them.
 PROMPT_CACHE_KEY = "prompt_cache_key"
@@ -67,12 +67,12 @@ def _skip(text: str, i: int) -> int:
     return i if found is None else found.end()
 
 
-# An explicit field written after the messages, as a client serialises it. The key's quote must
-# not be escaped (that would be text inside a string); the value is a plain JSON string (a
-# Responses ``conversation`` may be ``{"id": "..."}``). The last match wins: the top-level
-# field comes after every message.
+# An explicit field written after the messages, as a client serialises it: the value is a plain
+# JSON string (a Responses ``conversation`` may be ``{"id": "..."}``). A key whose quote is escaped
+# is text inside a string, not a field (checked apart: a look-behind here would cost the search
+# its fast scan for the quote). The last match wins: the top-level field comes after every message.
 _TAIL_FIELD = re.compile(
-    rb'(?<!\\)"(prompt_cache_key|user|user_id|previous_response_id|conversation)"\s*:\s*'
+    rb'"(prompt_cache_key|user|user_id|previous_response_id|conversation)"\s*:\s*'
     rb'(?:\{\s*"id"\s*:\s*)?"((?:[^"\\]|\\.){1,512})"'
 )
 _TAIL_NAMES = {
@@ -223,7 +223,8 @@ def _tail_fields(body: bytes, fields: dict[str, str]) -> None:
     """Explicit fields in the body's last bytes (past the head window), the last of each name."""
     found: dict[str, bytes] = {}
     for match in _TAIL_FIELD.finditer(body, max(HEAD_BYTES, len(body) - TAIL_BYTES)):
-        found[_TAIL_NAMES[match.group(1)]] = match.group(2)
+        if not _escaped(body, match.start()):
+            found[_TAIL_NAMES[match.group(1)]] = match.group(2)
     for source, raw in found.items():
         if source in fields:
             continue  # the head's reading is exact: it wins
@@ -232,6 +233,14 @@ def _tail_fields(body: bytes, fields: dict[str, str]) -> None:
             with contextlib.suppress(ValueError):
                 value = json.loads(b'"' + raw + b'"')
         fields[source] = value
+
+
+def _escaped(body: bytes, quote: int) -> bool:
+    """Is the quote at ``quote`` escaped (preceded by an odd number of backslashes)?"""
+    start = quote
+    while start > 0 and body[start - 1] == 0x5C:  # a backslash
+        start -= 1
+    return (quote - start) % 2 == 1
 
 
 _FIELD_START = re.compile(rb"\{\s*")
@@ -294,6 +303,50 @@ def capacity(load_factor: float, total_load: float, weight: float, total_weight:
     return -(-load_factor * (total_load + 1) * weight // total_weight)  # ceil, on floats
 
 
+Spill = tuple[N, N]
+"""A conversation placed off its node for load: (where it went, the node it would have gone to)."""
+
+
+def place(
+    order: Sequence[N],
+    eligible: Collection[N],
+    load: Mapping[N, float],
+    weight: Mapping[N, float],
+    slow: Collection[N],
+    load_factor: float,
+    spilled: Spill[N] | None = None,
+) -> tuple[N | None, Spill[N] | None]:
+    """The node for a call by its key's ring ``order``, and what to remember of a spill.
+
+    The key's *natural* node is the first of ``order`` that is eligible (healthy, not excluded)
+    and not slow. The call goes there when it is under its bounded load, else to the next such
+    node on the ring that is; None when none is (the caller then chooses by latency alone).
+    The load that counts is the eligible nodes' (an ejected node's calls are not the others' to
+    share).
+
+    A conversation spilled for load (``spilled``) stays where it went while that node is still
+    valid and under the bound and its natural node is the same: going back the moment the
+    natural node has room would cost a second cache miss for a balance already within the
+    bound. One moved because its node was ejected or slow is not a spill: when that node is
+    healthy again it is the natural node again, and the conversation goes back to it."""
+    total_load = sum(load[node] for node in eligible)
+    total_weight = sum(weight[node] for node in eligible)
+
+    def usable(node: N) -> bool:
+        fits = load[node] + 1 <= capacity(load_factor, total_load, weight[node], total_weight)
+        return fits and node in eligible and node not in slow
+
+    natural = next((node for node in order if node in eligible and node not in slow), None)
+    if natural is None:
+        return None, None
+    if spilled is not None and spilled[1] is natural and spilled[0] in eligible and usable(spilled[0]):
+        return spilled[0], spilled
+    for node in order:
+        if node in eligible and usable(node):
+            return node, None if node is natural else (node, natural)
+    return None, None
+
+
 def pick(
     order: Sequence[N],
     eligible: Collection[N],
@@ -302,18 +355,8 @@ def pick(
     slow: Collection[N],
     load_factor: float,
 ) -> N | None:
-    """The first node of ``order`` that is eligible (healthy, not excluded), not slow, and under
-    its bounded load; None when there is none (the caller then chooses by latency alone).
-
-    The load that counts is the eligible nodes' (an ejected node's calls are not the others'
-    to share)."""
-    total_load = sum(load[node] for node in eligible)
-    total_weight = sum(weight[node] for node in eligible)
-    for node in order:
-        fits = node in eligible and load[node] + 1 <= capacity(load_factor, total_load, weight[node], total_weight)
-        if fits and node not in slow:
-            return node
-    return None
+    """``place`` for a call with nothing remembered: the first usable node of ``order``."""
+    return place(order, eligible, load, weight, slow, load_factor)[0]
 
 
 def slow_nodes(estimates: Mapping[N, float], slow_factor: float) -> set[N]:
@@ -353,6 +396,10 @@ class Remembered(Generic[K, V]):
             self._items.move_to_end(key)
             if len(self._items) > self.size:
                 self._items.popitem(last=False)
+
+    def forget(self, key: K) -> None:
+        with self._lock:
+            self._items.pop(key, None)
 
     def clear(self) -> None:
         """Forget everything; called in a forked child (whose lock is made anew)."""

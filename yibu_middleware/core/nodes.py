@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from urllib.parse import urlsplit
 
-from .affinity import LoadView, Ring, pick, slow_nodes
+from .affinity import LoadView, Remembered, Ring, Spill, place, slow_nodes
 
 Clock = Callable[[], float]
 
@@ -110,6 +110,7 @@ class NodePool:
         "_clock",
         "_lock",
         "_random",
+        "_ring",
         "eject_after",
         "eject_base",
         "eject_max",
@@ -117,8 +118,8 @@ class NodePool:
         "loads",
         "nodes",
         "pinned",
-        "ring",
         "slow_factor",
+        "spills",
         "tau",
     )
 
@@ -149,12 +150,23 @@ class NodePool:
         self._clock = clock
         self._random = rng or random.Random()
         self._lock = threading.Lock()
-        # Affinity: the ring is the nodes' URLs hashed, the same in every process.
-        self.ring: Ring[Node] = Ring(self.nodes, [node.base_url for node in self.nodes], [n.weight for n in self.nodes])
+        # Affinity: the ring is the nodes' URLs hashed, the same in every process; made on first use
+        # (hundreds of hashes: not at interpreter start).
+        self._ring: Ring[Node] | None = None
         self.load_factor = load_factor
         self.slow_factor = slow_factor
         # The load the bound counts (the seam for a fleet-wide view); None: this process's in-flight calls.
         self.loads: LoadView[Node] | None = None
+        # Conversations placed off their node for load, by key: they stay where they went (see place).
+        self.spills: Remembered[int, Spill[Node]] = Remembered(4096)
+
+    @property
+    def ring(self) -> Ring[Node]:
+        ring = self._ring
+        if ring is None:
+            nodes = self.nodes
+            self._ring = ring = Ring(nodes, [node.base_url for node in nodes], [node.weight for node in nodes])
+        return ring
 
     # --- choosing ---------------------------------------------------------------------------
 
@@ -213,14 +225,21 @@ class NodePool:
                 # A node back from ejection for its one trial is not judged by the failures that
                 # ejected it: the trial decides (and, if it succeeds, restarts its estimate).
                 slow = {node for node in slow_nodes(estimates, self.slow_factor) if not node.ejected_until}
-                chosen = pick(
+                spilled = self.spills.get(point) if follow is None else None
+                chosen, spill = place(
                     order,
                     eligible,
                     dict(zip(eligible, loads, strict=True)),
                     {node: node.weight for node in eligible},
                     slow,
                     self.load_factor,
+                    spilled,
                 )
+                if spill is not spilled:
+                    if spill is None:
+                        self.spills.forget(point)
+                    else:
+                        self.spills.put(point, spill)
                 if chosen is not None:
                     return self._take(chosen, now), chosen is preferred
         chosen = self.choose(exclude)
@@ -328,5 +347,6 @@ class NodePool:
         """Forget per-process state; called in a forked child."""
         self._lock = threading.Lock()
         self._random = random.Random()
+        self.spills.clear()
         for node in self.nodes:
             node.reset()
