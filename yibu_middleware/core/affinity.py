@@ -62,9 +62,17 @@ _SPACE = re.compile(r"[ \t\n\r]*")
 
 
 def _skip(text: str, i: int) -> int:
-    """Past the JSON whitespace at ``i``."""
+    """Past the JSON whitespace at ``i`` (most often none, or one space: no regex for those)."""
+    char = text[i : i + 1]
+    if char not in _BLANKS or not char:
+        return i
+    if text[i + 1 : i + 2] not in _BLANKS:
+        return i + 1
     found = _SPACE.match(text, i)
     return i if found is None else found.end()
+
+
+_BLANKS = " \t\n\r"
 
 
 # An explicit field written after the messages, as a client serialises it: the value is a plain
