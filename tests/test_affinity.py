@@ -143,3 +143,23 @@ def test_no_prompt_cache_key_is_added_by_default(gateway: GatewaySimulator) -> N
         model="gpt-5.2", messages=[{"role": "user", "content": "plain"}]
     )
     assert "prompt_cache_key" not in gateway.records[-1].body
+
+
+def test_a_responses_turn_goes_to_the_node_that_produced_the_response_it_continues(
+    gateway: GatewaySimulator,
+) -> None:
+    """Every second turn sends the same input ("go on"): by its prefix alone all of them would map
+    to one node; they follow their previous_response_id to the node that answered it."""
+    install_for(gateway)
+    client = openai.OpenAI(api_key=OPENAI_KEY)
+    firsts = {}
+    for topic in ("rivers", "mountains", "deserts", "forests", "oceans", "glaciers", "caves", "islands"):
+        first = client.responses.create(model="gpt-5.2", input=topic, instructions="Be brief.")
+        firsts[first.id] = gateway.records[-1].node
+    assert len(set(firsts.values())) > 1
+    for response_id, node in firsts.items():
+        second = client.responses.create(
+            model="gpt-5.2", input="go on", instructions="Be brief.", previous_response_id=response_id
+        )
+        assert gateway.records[-1].node == node
+        assert second.usage is not None and second.usage.input_tokens_details.cached_tokens > 0

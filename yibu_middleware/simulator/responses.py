@@ -304,3 +304,56 @@ def stream_error_event(anthropic: bool) -> bytes:
         }
     }
     return b"data: " + json.dumps(error).encode() + b"\n\n"
+
+
+# ---- OpenAI Responses -----------------------------------------------------------------------------------
+
+
+def responses_prompt(body: dict[str, Any], stored: dict[str, list[Any]]) -> list[Any]:
+    """The messages a Responses request puts before the model: the stored conversation its
+    ``previous_response_id`` continues, then its ``input`` (a string is one user message)."""
+    previous = body.get("previous_response_id")
+    history = list(stored.get(previous, ())) if isinstance(previous, str) else []
+    given = body.get("input")
+    if isinstance(given, str):
+        return [*history, {"role": "user", "content": given}]
+    if isinstance(given, list):
+        return [*history, *(item for item in given if isinstance(item, dict))]
+    return history
+
+
+def response_object(node: str, model: str, body: dict[str, Any], prompt: list[Any], cached: int = 0) -> dict[str, Any]:
+    """A completed Responses API answer (unstreamed); ``cached``: input tokens read from the node's cache."""
+    prompt_tokens = count_words(prompt, body.get("instructions"))
+    output = len(reply_words(node))
+    return {
+        "id": new_id("resp_"),
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": "completed",
+        "model": model,
+        "instructions": body.get("instructions"),
+        "previous_response_id": body.get("previous_response_id"),
+        "output": [
+            {
+                "type": "message",
+                "id": new_id("msg_"),
+                "status": "completed",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": reply_text(node), "annotations": []}],
+            }
+        ],
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "error": None,
+        "incomplete_details": None,
+        "metadata": {},
+        "usage": {
+            "input_tokens": prompt_tokens,
+            "input_tokens_details": {"cached_tokens": cached},
+            "output_tokens": output,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": prompt_tokens + output,
+        },
+    }
