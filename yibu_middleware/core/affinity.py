@@ -145,44 +145,46 @@ def _walk(head: str) -> tuple[dict[str, str], list[tuple[str, str]], bool]:
     """Walk the top-level members of the JSON object that ``head`` starts (maybe cut short).
 
     Returns the explicit fields found, the prefix parts (name, raw JSON text), and whether the
-    object ended within ``head`` (then nothing is left to search)."""
+    object ended within ``head`` (then nothing is left to search). One regex match reads each
+    member's name (with the comma and colon around it), one C scan its value: this runs on
+    every chat call, so Python-level steps are few."""
     fields: dict[str, str] = {}
     parts: list[tuple[str, str]] = []
-    end = len(head)
+    member = _MEMBER.match
     i = _skip(head, 0) + 1  # past the "{"
-    try:
-        while True:
-            i = _skip(head, i)
-            if i >= end:
-                return fields, parts, False
-            char = head[i]
-            if char == "}":
-                return fields, parts, True
-            if char == ",":
-                i += 1
-                continue
-            if char != '"':
-                return fields, parts, False  # not JSON we understand: what was found stands
-            name, i = scanstring(head, i + 1)
-            i = _skip(head, i)
-            if head[i : i + 1] != ":":
-                return fields, parts, False
-            i = _skip(head, i + 1)
-            if name in ("messages", "input") and head[i : i + 1] == "[":
-                i, finished = _first_messages(head, i, parts)
-                if not finished:
-                    return fields, parts, False
-                continue
+    while True:
+        found = member(head, i)
+        if found is None:
+            closed = _CLOSE.match(head, i)
+            return fields, parts, closed is not None and closed.group(1) == "}"
+        name = found.group(1)
+        if "\\" in name:  # a name spelt with escapes: decoded as the gateway reads it
             try:
-                value, after = _scan(head, i)
-            except (StopIteration, ValueError):  # the value runs past the window
-                if name in _PREFIX_FIELDS or name == "input":
-                    parts.append((name, head[i:]))  # what the window holds of it: the same every turn
+                name = json.loads(f'"{name}"')
+            except ValueError:
                 return fields, parts, False
+        i = found.end()
+        if (name == "messages" or name == "input") and head.startswith("[", i):
+            i, finished = _first_messages(head, i, parts)
+            if not finished:
+                return fields, parts, False
+            continue
+        try:
+            value, after = _scan(head, i)
+        except (StopIteration, ValueError):  # the value runs past the window
+            if name in _PREFIX_FIELDS or name == "input":
+                parts.append((name, head[i:]))  # what the window holds of it: the same every turn
+            return fields, parts, False
+        if name in _NOTED:
             _note(name, value, head[i:after], fields, parts)
-            i = after
-    except (ValueError, IndexError):  # a malformed key: what was found stands
-        return fields, parts, False
+        i = after
+
+
+# A member's name, after the "{" or the previous value: the comma, the name, the colon.
+_MEMBER = re.compile(r'[ \t\n\r]*,?[ \t\n\r]*"((?:[^"\\]|\\.)*)"[ \t\n\r]*:[ \t\n\r]*')
+_CLOSE = re.compile(r"[ \t\n\r]*([}\]])")
+_ITEM = re.compile(r"[ \t\n\r]*,?[ \t\n\r]*")  # before an array's element: the comma
+_NOTED = frozenset({*_PREFIX_FIELDS, "input", PROMPT_CACHE_KEY, USER, PREVIOUS_RESPONSE_ID, "conversation", "metadata"})
 
 
 def _note(name: str, value: object, raw: str, fields: dict[str, str], parts: list[tuple[str, str]]) -> None:
@@ -203,15 +205,13 @@ def _first_messages(head: str, i: int, parts: list[tuple[str, str]]) -> tuple[in
     developer messages and the first other one are prefix parts; the rest is skipped over while
     the window lasts. Returns where the walk ended and whether the array ended in the window."""
     collecting = True
+    item = _ITEM.match
     i += 1
     while True:
-        i = _skip(head, i)
+        i = item(head, i).end()  # type: ignore[union-attr]  # it matches the empty string
         char = head[i : i + 1]
         if char == "]":
             return i + 1, True
-        if char == ",":
-            i += 1
-            continue
         if not char:
             return i, False
         try:
@@ -222,7 +222,7 @@ def _first_messages(head: str, i: int, parts: list[tuple[str, str]]) -> tuple[in
             return i, False
         if collecting:
             parts.append(("message", head[i:after]))
-            role = message.get("role") if isinstance(message, dict) else None
+            role = message.get("role") if message.__class__ is dict else None
             collecting = role in _LEADING_ROLES
         i = after
 
@@ -278,7 +278,7 @@ class Ring(Generic[N]):
 
     ``names``: how each node is named on the ring (its base URL): the same in every process."""
 
-    __slots__ = ("_owners", "_points", "nodes")
+    __slots__ = ("_orders", "_owners", "_points", "nodes")
 
     def __init__(self, nodes: Sequence[N], names: Sequence[str], weights: Sequence[float]) -> None:
         points: list[tuple[int, int]] = []
@@ -289,9 +289,19 @@ class Ring(Generic[N]):
         self.nodes = list(nodes)
         self._points = [point for point, _ in points]
         self._owners = [owner for _, owner in points]
+        # The order of each point seen lately: a conversation asks for the same one every turn.
+        self._orders: dict[int, tuple[N, ...]] = {}
 
-    def order(self, point: int) -> list[N]:
+    def order(self, point: int) -> tuple[N, ...]:
         """Every node, in the order a key at ``point`` tries them: its own first, then clockwise."""
+        found = self._orders.get(point)
+        if found is None:
+            if len(self._orders) >= 4096:
+                self._orders.clear()  # bounded; refilled by the conversations still going
+            found = self._orders[point] = self._walk(point)
+        return found
+
+    def _walk(self, point: int) -> tuple[N, ...]:
         points, owners, nodes = self._points, self._owners, self.nodes
         count = len(points)
         start = bisect.bisect_left(points, point)
@@ -302,7 +312,7 @@ class Ring(Generic[N]):
                 seen.append(owner)
                 if len(seen) == len(nodes):
                     break
-        return [nodes[index] for index in seen]
+        return tuple(nodes[index] for index in seen)
 
 
 def capacity(load_factor: float, total_load: float, weight: float, total_weight: float) -> float:

@@ -204,8 +204,7 @@ class NodePool:
         qualifies (all ejected, slow or full)."""
         order = self.ring.order(point)
         if follow is not None:
-            order.remove(follow)
-            order.insert(0, follow)
+            order = (follow, *(node for node in order if node is not follow))
         preferred = order[0]
         with self._lock:
             now = self._clock()
@@ -224,7 +223,10 @@ class NodePool:
                 }
                 # A node back from ejection for its one trial is not judged by the failures that
                 # ejected it: the trial decides (and, if it succeeds, restarts its estimate).
-                slow = {node for node in slow_nodes(estimates, self.slow_factor) if not node.ejected_until}
+                values = estimates.values()
+                slow: Collection[Node] = ()
+                if max(values) > self.slow_factor * min(values):  # else none is slow: no sort
+                    slow = {node for node in slow_nodes(estimates, self.slow_factor) if not node.ejected_until}
                 spilled = self.spills.get(point) if follow is None else None
                 chosen, spill = place(
                     order,
