@@ -13,8 +13,11 @@ cache, and an uncached prompt token costs ``--prefill-us`` microseconds before t
   keycost   a 100-message, 400 KB conversation sent sequentially by the openai SDK, with
             affinity off and on in alternating blocks: the per-call ratio (target under 1.05x),
             and the key's own cost measured alone, as a share of the call.
+  callcost  (only when asked: it needs valgrind and takes minutes) a small chat call through the
+            middleware, as overhead.py's "through" side makes it, with affinity off and on:
+            instructions per call, counted by callgrind, which machine load does not move.
 
-Usage: python benchmarks/affinity.py [--only spread,eject,keycost] [--seed 1]
+Usage: python benchmarks/affinity.py [--only spread,eject,keycost,callcost] [--seed 1]
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -283,6 +287,31 @@ def keycost(args: argparse.Namespace) -> None:
     )
 
 
+def callcost(args: argparse.Namespace) -> None:
+    import callgrind  # benchmarks/callgrind.py, beside this script
+
+    overhead = os.path.join(os.path.dirname(os.path.abspath(__file__)), "overhead.py")
+    command = [sys.executable, "-m", "yibu_middleware.simulator", "--node", "bench", "-q"]
+    simulator = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert simulator.stdout is not None
+        url = simulator.stdout.readline().split()[1]
+        per_call = {}
+        for label, switch in (("off", "0"), ("on", "1")):
+            env = {**os.environ, "YIBU_AFFINITY__ENABLED": switch}
+            child = [sys.executable, overhead, "--child", "through", "--node", url, "--calls"]
+            few, many = (callgrind.count([*child, str(calls)], env=env)[0] for calls in (100, 400))
+            per_call[label] = (many - few) / 300
+    finally:
+        simulator.terminate()
+        simulator.wait(10)
+    added = per_call["on"] - per_call["off"]
+    print(
+        f"callcost a small chat call through the middleware: {per_call['off']:,.0f} instructions per call with"
+        f" affinity off, {per_call['on']:,.0f} on: {added:+,.0f} (x{per_call['on'] / per_call['off']:.4f})"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", default="spread,eject,keycost")
@@ -302,6 +331,8 @@ def main() -> None:
         eject(args)
     if "keycost" in chosen:
         keycost(args)
+    if "callcost" in chosen:
+        callcost(args)
 
 
 if __name__ == "__main__":
