@@ -519,3 +519,23 @@ def test_the_gateways_remaining_budget_is_shared_out_among_live_processes(
             one.limiter.acquire("gpt-4o", timeout=0.1).release()
             admitted += 1
     assert admitted == 2  # its half of the 4 left, not all 4 (the other process has the other half)
+
+
+def test_affinitys_load_bound_counts_the_fleets_calls_in_flight(
+    shared_redis: RedisServer, namespace: str, processes: list[Process]
+) -> None:
+    busy, other = Process(shared_redis.url, namespace, Quota()), Process(shared_redis.url, namespace, Quota())
+    processes += [busy, other]
+    node = busy.node(0)
+    taken = [busy.pool.choose(exclude=[busy.node(1)]) for _ in range(3)]
+    assert taken == [node] * 3
+    deadline = time.monotonic() + 2
+    while other.pool.loads is None or other.pool.loads(other.pool.nodes)[0] != 3:
+        assert time.monotonic() < deadline, "the other process does not count the busy one's calls"
+        time.sleep(0.05)
+    for _ in taken:
+        busy.pool.finished(node, 0.01, True)
+    deadline = time.monotonic() + 2
+    while other.pool.loads(other.pool.nodes)[0] != 0:
+        assert time.monotonic() < deadline, "the calls that ended are still counted"
+        time.sleep(0.05)

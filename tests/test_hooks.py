@@ -236,14 +236,15 @@ def test_isinstance_checks_still_hold(gateway: GatewaySimulator) -> None:
     assert type(httpx2.HTTPTransport()) is httpx2.HTTPTransport
 
 
-def test_slow_node_gets_less_traffic(gateway: GatewaySimulator) -> None:
+@pytest.mark.parametrize("affinity", [False, True])
+def test_slow_node_gets_less_traffic(gateway: GatewaySimulator, affinity: bool) -> None:
     # 200 ms: far above any pause a loaded machine puts on the other two nodes' answers (a
     # 50 ms one made a or b look as slow as c for the rest of the test, once in many runs).
     gateway.set_faults("c", latency=0.2)
-    install_for(gateway)
+    install_for(gateway, affinity={"enabled": affinity})
     client = openai.OpenAI(api_key=OPENAI_KEY, max_retries=0)
-    for _ in range(30):
-        chat(client)
+    for number in range(30):  # with affinity: 30 conversations, each on its ring node unless that is slow
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": f"hi {number}"}])
     nodes = [r.node for r in gateway.records]
     assert len(nodes) == 30 and nodes.count("c") < nodes.count("a") and nodes.count("c") < nodes.count("b")
 

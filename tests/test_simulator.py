@@ -831,3 +831,18 @@ def test_cli_parses_the_stream_fault_fields() -> None:
     assert (faults.stall_stream_after, faults.stall_max, faults.latency_jitter) == (0, 2.5, 0.1)
     assert faults.stream_error_after == 3 and faults.truncate_stream_after is None
     assert parse_node_spec("t:truncate_stream_after=4")[1].truncate_stream_after == 4
+
+
+def test_prompt_cache_reports_the_longest_remembered_prefix() -> None:
+    from yibu_middleware.simulator.prompt_cache import PromptCache
+
+    cache = PromptCache(size=4)
+    first = [{"role": "user", "content": "one two three"}]
+    longer = [*first, {"role": "assistant", "content": "four"}, {"role": "user", "content": "five six"}]
+    assert cache.read("m", first) == (3, 0)  # never seen
+    assert cache.read("m", longer) == (6, 3)  # its first message was
+    assert cache.read("other-model", longer) == (6, 0)  # per model
+    assert cache.read("m", longer, system="sys tem") == (8, 0)  # another start: nothing shared
+    cache.read("m", [{"role": "user", "content": "x"}, {"role": "user", "content": "y"}])
+    assert cache.read("m", longer) == (6, 0)  # bounded: evicted, least recently used first
+    assert PromptCache(size=0).read("m", first) == (3, 0)

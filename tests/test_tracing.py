@@ -438,3 +438,35 @@ def test_an_apps_own_traceparent_is_replaced_by_the_calls_never_sent_twice(gatew
     assert gateway.records[-1].headers["traceparent"] == (
         f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
     )
+
+
+def test_span_tells_the_affinity_key_and_the_cache_read(gateway: GatewaySimulator) -> None:
+    """The key's source, whether the call went to its preferred node, and the cached input the
+    answer reports (gen_ai.usage.cache_read.input_tokens), for OpenAI and Anthropic alike."""
+    install_for(gateway)
+    client = openai.OpenAI(api_key=OPENAI_KEY, max_retries=0)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "a question"}]
+    client.chat.completions.create(model="gpt-5.2", messages=messages)  # type: ignore[arg-type]
+    client.chat.completions.create(model="gpt-5.2", messages=messages, user="someone")  # type: ignore[arg-type]
+    stream = client.chat.completions.create(
+        model="gpt-5.2",
+        messages=[*messages, {"role": "assistant", "content": "ok"}, {"role": "user", "content": "more"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    for _ in stream:
+        pass
+    first, by_user, streamed = (dict(span.attributes or {}) for span in genai_spans())
+    assert first["yibu.affinity.key_source"] == "prefix" and first["yibu.affinity.preferred_node"] is True
+    assert "gen_ai.usage.cache_read.input_tokens" in first  # the simulator reports it, 0 or more
+    assert by_user["yibu.affinity.key_source"] == "user"
+    assert streamed["yibu.affinity.preferred_node"] is True
+    assert streamed["gen_ai.usage.cache_read.input_tokens"] == gateway.records[-1].cached_tokens > 0
+    messages_client = anthropic.Anthropic(api_key=ANTHROPIC_KEY, base_url="https://api.anthropic.com", max_retries=0)
+    for _ in range(2):
+        messages_client.messages.create(
+            model="claude-sonnet-4-5", max_tokens=5, messages=[{"role": "user", "content": "cached?"}]
+        )
+    last = dict(genai_spans()[-1].attributes or {})
+    assert last["gen_ai.usage.cache_read.input_tokens"] == gateway.records[-1].cached_tokens > 0
+    assert last["gen_ai.usage.input_tokens"] == 1  # cached input counted in, as the conventions want

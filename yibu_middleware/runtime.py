@@ -15,7 +15,8 @@ import threading
 from collections.abc import Collection
 from typing import TYPE_CHECKING
 
-from .core.nodes import NodePool
+from .core.affinity import Remembered
+from .core.nodes import Node, NodePool
 from .core.plan import Hedging, RetryPolicy
 from .core.policy import Rules
 from .core.redact import KnownValues, redact_text
@@ -40,6 +41,7 @@ class Runtime:
         "_extra_patterns",
         "_lock",
         "_syncer",
+        "affinity",
         "aliases",
         "budget",
         "capture_content",
@@ -76,7 +78,12 @@ class Runtime:
             eject_after=ejection.consecutive_failures,
             eject_base=ejection.base_seconds,
             eject_max=ejection.max_seconds,
+            load_factor=settings.affinity.load_factor,
+            slow_factor=settings.affinity.slow_factor,
         )
+        # Context affinity: which node produced a Responses answer, or served a conversation's
+        # last turn (a later turn that names it goes there); None: affinity is off.
+        self.affinity: Remembered[str, Node] | None = Remembered(4096) if settings.affinity.enabled else None
         retry = settings.retry
         self.policy = RetryPolicy(retry.max_attempts, retry.backoff_base, retry.backoff_max, retry.max_retry_after)
         self.budget = RetryBudget(retry.budget_ratio, retry.budget_floor)
@@ -165,6 +172,8 @@ class Runtime:
 
     def reset_after_fork(self) -> None:
         self.pool.reset()
+        if self.affinity is not None:
+            self.affinity.clear()
         self.budget.reset()
         if self.hedging is not None:
             self.hedging.reset()

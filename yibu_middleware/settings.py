@@ -187,6 +187,45 @@ class HedgeSettings(BaseModel):
     """Answers observed before the first hedge."""
 
 
+class AffinitySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    enabled: Switch = Field(
+        True,
+        description="send a conversation's calls to the node that already holds its prefix (chat, Responses"
+        " and Anthropic messages calls), by consistent hashing with bounded loads",
+    )
+    """Context affinity for chat, Responses and Anthropic messages calls: a conversation's first attempts go to the
+    node that already holds its prompt prefix in cache (see "Context affinity"). The key is the request's
+    `prompt_cache_key`, else `user`, else `metadata.user_id`, else a Responses `conversation`, else a hash of the
+    model and the conversation's first messages; it is mapped to a node by consistent hashing with bounded loads.
+    Retries and hedges still go to other nodes. `false`: every call is spread by latency alone."""
+    load_factor: float = Field(
+        1.25,
+        ge=1.0,
+        le=10.0,
+        description="a node takes at most this many times the mean in-flight load before its"
+        " conversations spill to the next node on the ring",
+    )
+    """A node takes at most this many times its share of the calls in flight (the call being placed counted)
+    before a conversation that maps to it goes to the next node on the ring ("Consistent Hashing with Bounded
+    Loads"): lower spreads load more evenly, higher keeps conversations together more often."""
+    slow_factor: float = Field(
+        3.0,
+        gt=1.0,
+        description="a node whose latency estimate is over this many times the median node's is passed over",
+    )
+    """A node whose latency estimate (the peak-EWMA of "Choosing a node") is over this many times the median
+    node's is passed over for the next node on the ring until it is fast again."""
+    set_prompt_cache_key: Switch = Field(
+        False,
+        description="add prompt_cache_key, from the affinity key, to OpenAI chat and Responses requests that have none",
+    )
+    """Add `prompt_cache_key` (`yibu-` and 16 hex digits of the affinity key's hash, never the prompt or the user
+    id in clear) to OpenAI chat and Responses requests that have none, so the gateway's upstream keeps the prefix
+    in one cache too. A body that has one is never changed."""
+
+
 class RedactionSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -617,6 +656,9 @@ class Settings(BaseSettings):
     health_check: HealthCheckSettings = Field(HealthCheckSettings(), description="active health checks")
     stream: StreamSettings = Field(StreamSettings(), description="streamed responses")
     hedge: HedgeSettings = Field(HedgeSettings(), description="hedged requests (off by default)")
+    affinity: AffinitySettings = Field(
+        AffinitySettings(), description="context affinity: a conversation's calls to the node holding its prefix"
+    )
     redaction: RedactionSettings = Field(RedactionSettings(), description="masking keys in logs")
     limits: LimitSettings = Field(LimitSettings(), description="client-side limits (off until a limit is set)")
     policy: PolicySettings = Field(PolicySettings(), description="client-side checks before sending")

@@ -50,6 +50,7 @@ RESPONSE_MODEL = "gen_ai.response.model"
 FINISH_REASONS = "gen_ai.response.finish_reasons"
 INPUT_TOKENS = "gen_ai.usage.input_tokens"
 OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
+CACHE_READ_INPUT_TOKENS = "gen_ai.usage.cache_read.input_tokens"
 TIME_TO_FIRST_CHUNK = "gen_ai.response.time_to_first_chunk"
 INPUT_MESSAGES = "gen_ai.input.messages"
 TOKEN_TYPE = "gen_ai.token.type"
@@ -65,6 +66,8 @@ YIBU_ATTEMPT_EVENT = "yibu.attempt"
 YIBU_OUTCOME = "yibu.outcome"
 YIBU_RETRY_REASON = "yibu.retry_reason"
 YIBU_WAIT = "yibu.wait_s"
+YIBU_AFFINITY_SOURCE = "yibu.affinity.key_source"
+YIBU_AFFINITY_PREFERRED = "yibu.affinity.preferred_node"
 
 _tracer: trace.Tracer | None = None
 _instruments: tuple[metrics.Histogram, metrics.Histogram, metrics.Histogram] | None = None
@@ -188,6 +191,13 @@ class CallTelemetry(CallObserver):
             found[INPUT_TOKENS] = facts.input_tokens
         if facts.output_tokens is not None:
             found[OUTPUT_TOKENS] = facts.output_tokens
+        if facts.cache_read_tokens is not None:
+            found[CACHE_READ_INPUT_TOKENS] = facts.cache_read_tokens
+        affinity = call.affinity
+        if affinity is not None:  # where the call's affinity key came from, and whether it was kept
+            found[YIBU_AFFINITY_SOURCE] = affinity.source
+            if call.plan.preferred is not None:
+                found[YIBU_AFFINITY_PREFERRED] = call.plan.preferred
         first_chunk_after = None if reader.first_chunk is None or not reader.sse else reader.first_chunk - self._started
         if first_chunk_after is not None:
             found[TIME_TO_FIRST_CHUNK] = first_chunk_after

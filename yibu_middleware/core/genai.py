@@ -62,7 +62,7 @@ def operation_name(path: str) -> str | None:
 class ResponseFacts:
     """Accumulates what a response says about itself, from one JSON body or many stream events."""
 
-    __slots__ = ("finish_reasons", "input_tokens", "model", "output_tokens", "response_id")
+    __slots__ = ("cache_read_tokens", "finish_reasons", "input_tokens", "model", "output_tokens", "response_id")
 
     def __init__(self) -> None:
         self.response_id: str | None = None
@@ -70,6 +70,7 @@ class ResponseFacts:
         self.finish_reasons: list[str] = []
         self.input_tokens: int | None = None
         self.output_tokens: int | None = None
+        self.cache_read_tokens: int | None = None  # input tokens read from the provider's prompt cache
 
     def read_body(self, body: bytes) -> None:
         document = _decode(body)
@@ -120,10 +121,18 @@ class ResponseFacts:
                 self.input_tokens = prompt
             if completion.__class__ is int:
                 self.output_tokens = completion
+            details = usage.get("prompt_tokens_details")
+            if details.__class__ is dict:  # OpenAI chat: cached_tokens
+                self.cache_read_tokens = _int(details.get("cached_tokens"), self.cache_read_tokens)
             return
         if "input_tokens" in usage:
             # Anthropic counts cached input apart; the conventions want it all in input.
             cached = _int(usage.get("cache_read_input_tokens"), 0) or 0
+            details = usage.get("input_tokens_details")  # the Responses API's
+            if "cache_read_input_tokens" in usage:
+                self.cache_read_tokens = cached
+            elif details.__class__ is dict:
+                self.cache_read_tokens = _int(details.get("cached_tokens"), self.cache_read_tokens)
             created = _int(usage.get("cache_creation_input_tokens"), 0) or 0
             base = _int(usage.get("input_tokens"), None)
             if base is not None:

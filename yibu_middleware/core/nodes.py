@@ -22,6 +22,11 @@ with one of them ("panic mode"): trying a bad node beats failing every call.
 A pinned node (the gateway's "manual node switch") takes all traffic while it is
 healthy; the others are only its fallback.
 
+Affinity (``choose_affine``, see ``core/affinity.py``): a call with an affinity key is sent
+first to the key's node on the consistent-hashing ring, passed over (for the next node on the
+ring) when that node is ejected, slow (its peak-EWMA estimate well over the pool's median) or
+at its bounded load; retries and hedges choose as above.
+
 Plain classes with ``__slots__`` rather than dataclasses: these are built at
 interpreter start, whose cost is budgeted.
 """
@@ -34,6 +39,8 @@ import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from urllib.parse import urlsplit
+
+from .affinity import LoadView, Remembered, Ring, Spill, place, slow_nodes
 
 Clock = Callable[[], float]
 
@@ -103,12 +110,17 @@ class NodePool:
         "_clock",
         "_lock",
         "_random",
+        "_ring",
         "eject_after",
         "eject_base",
         "eject_max",
         "ejections",
+        "load_factor",
+        "loads",
         "nodes",
         "pinned",
+        "slow_factor",
+        "spills",
         "tau",
     )
 
@@ -124,6 +136,8 @@ class NodePool:
         eject_max: float = 300.0,
         clock: Clock = time.monotonic,
         rng: random.Random | None = None,
+        load_factor: float = 1.25,
+        slow_factor: float = 3.0,
     ) -> None:
         if not urls:
             raise ValueError("a node pool needs at least one node")
@@ -140,6 +154,23 @@ class NodePool:
         # Fleet mode reads what this process learnt here, to tell the others: (node, seconds out
         # or 0.0 for "back in", times ejected). None: nobody listens, nothing is kept.
         self.ejections: list[tuple[Node, float, int]] | None = None
+        # Affinity: the ring is the nodes' URLs hashed, the same in every process; made on first use
+        # (hundreds of hashes: not at interpreter start).
+        self._ring: Ring[Node] | None = None
+        self.load_factor = load_factor
+        self.slow_factor = slow_factor
+        # The load the bound counts (the seam for a fleet-wide view); None: this process's in-flight calls.
+        self.loads: LoadView[Node] | None = None
+        # Conversations placed off their node for load, by key: they stay where they went (see place).
+        self.spills: Remembered[int, Spill[Node]] = Remembered(4096)
+
+    @property
+    def ring(self) -> Ring[Node]:
+        ring = self._ring
+        if ring is None:
+            nodes = self.nodes
+            self._ring = ring = Ring(nodes, [node.base_url for node in nodes], [node.weight for node in nodes])
+        return ring
 
     # --- choosing ---------------------------------------------------------------------------
 
@@ -167,6 +198,58 @@ class NodePool:
             first, second = pool[i], pool[j + 1 if j >= i else j]
             chosen = first if self._cost(first, now) <= self._cost(second, now) else second
             return self._take(chosen, now)
+
+    def choose_affine(
+        self, point: int, exclude: Collection[Node] = (), follow: Node | None = None
+    ) -> tuple[Node | None, bool]:
+        """The node for a call's first attempt by its affinity key's ``point`` (``follow``: the
+        node remembered for the Responses turn it continues, preferred to the ring's), and
+        whether it is the preferred node. Falls back to ``choose`` when no node on the ring
+        qualifies (all ejected, slow or full)."""
+        order = self.ring.order(point)
+        if follow is not None:
+            order = (follow, *(node for node in order if node is not follow))
+        preferred = order[0]
+        with self._lock:
+            now = self._clock()
+            pinned = self.pinned
+            healthy = [node for node in self.nodes if node.ejected_until == 0.0 or self._admits(node, now)]
+            eligible = [node for node in healthy if node not in exclude] if exclude else healthy
+            if eligible and (pinned is None or pinned not in eligible):  # a healthy pin overrides affinity
+                loads = self.loads(eligible) if self.loads is not None else [node.in_flight for node in eligible]
+                # Slow is against the healthy pool, whatever this call excludes. A node with no answer
+                # yet counts as fast (DEFAULT_ESTIMATE), not at the pool's mean as in ``choose``: else a
+                # slow first node would look like every other and keep its conversations until all
+                # nodes had been tried by other calls.
+                estimates = {
+                    node: DEFAULT_ESTIMATE if node.estimate is None and not node.in_flight else self._decayed(node, now)
+                    for node in healthy
+                }
+                # A node back from ejection for its one trial is not judged by the failures that
+                # ejected it: the trial decides (and, if it succeeds, restarts its estimate).
+                values = estimates.values()
+                slow: Collection[Node] = ()
+                if max(values) > self.slow_factor * min(values):  # else none is slow: no sort
+                    slow = {node for node in slow_nodes(estimates, self.slow_factor) if not node.ejected_until}
+                spilled = self.spills.get(point) if follow is None else None
+                chosen, spill = place(
+                    order,
+                    eligible,
+                    dict(zip(eligible, loads, strict=True)),
+                    {node: node.weight for node in eligible},
+                    slow,
+                    self.load_factor,
+                    spilled,
+                )
+                if spill is not spilled:
+                    if spill is None:
+                        self.spills.forget(point)
+                    else:
+                        self.spills.put(point, spill)
+                if chosen is not None:
+                    return self._take(chosen, now), chosen is preferred
+        chosen = self.choose(exclude)
+        return chosen, chosen is preferred
 
     def _admits(self, node: Node, now: float) -> bool:
         if node.ejected_until == 0.0:
@@ -219,6 +302,8 @@ class NodePool:
             sample = seconds if ok and seconds is not None else max(FAILURE_PENALTY, seconds or 0.0)
             self._observe(node, sample, now)
             if ok:
+                if was_trial:  # back from ejection: the failures that ejected it are not its latency
+                    node.estimate = sample
                 node.failures_in_row = 0
                 if node.ejected_until and self.ejections is not None:
                     self.ejections.append((node, 0.0, node.times_ejected))  # back in: tell the fleet
@@ -258,10 +343,12 @@ class NodePool:
                 self._eject(node, now)
 
     def reinstate(self, node: Node) -> None:
-        """An active health check saw the node answer: let it back at once."""
+        """An active health check saw the node answer: let it back at once, with no latency
+        estimate (as a new node): the failures that ejected it are not its latency."""
         with self._lock:
             if node.ejected_until and self.ejections is not None:
                 self.ejections.append((node, 0.0, node.times_ejected))
+            node.estimate = None
             node.ejected_until = 0.0
             node.failures_in_row = 0
 
@@ -275,8 +362,10 @@ class NodePool:
             node.failures_in_row = 0
 
     def let_back(self, node: Node) -> None:
-        """Another process's trial found ``node`` well again (not told back)."""
+        """Another process's trial found ``node`` well again (not told back); as ``reinstate``, with
+        no latency estimate of its own (the fleet's, or its first answer, gives it one)."""
         with self._lock:
+            node.estimate = None
             node.ejected_until = 0.0
             node.failures_in_row = 0
 
@@ -301,5 +390,6 @@ class NodePool:
         """Forget per-process state; called in a forked child."""
         self._lock = threading.Lock()
         self._random = random.Random()
+        self.spills.clear()
         for node in self.nodes:
             node.reset()

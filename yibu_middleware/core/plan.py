@@ -149,7 +149,10 @@ class CallPlan:
         "_replayable",
         "_rng",
         "_starts",
+        "affinity",
         "avoid",
+        "follow",
+        "preferred",
         "steps",
     )
 
@@ -164,6 +167,8 @@ class CallPlan:
         clock: Clock = time.monotonic,
         rng: random.Random | None = None,
         hedging: Hedging | None = None,
+        affinity: int | None = None,
+        follow: Node | None = None,
     ) -> None:
         self._pool = pool
         self._budget = budget
@@ -179,6 +184,11 @@ class CallPlan:
         self.steps: list[Step] = []
         # Nodes tried only when no other is left: those the gateway asked to wait (set on admission).
         self.avoid: frozenset[Node] = frozenset()
+        # Context affinity (core/affinity.py): the call's point on the ring, and the node that
+        # produced the Responses answer it continues; they choose the first attempt only.
+        self.affinity = affinity
+        self.follow = follow
+        self.preferred: bool | None = None  # the first attempt went to the key's preferred node
         budget.record_request()
         if hedging is not None:
             hedging.record_request()
@@ -186,9 +196,19 @@ class CallPlan:
     # --- actions ------------------------------------------------------------------------------
 
     def start(self) -> Send | GiveUp:
+        if self.affinity is not None:
+            return self._start_affine(self.affinity)
         node = self._pool.choose(exclude=self.avoid) if self.avoid else None
         if node is None:  # no node but held ones (or none held)
             node = self._pool.choose()
+        if node is None:
+            return GiveUp(Kind.NOT_SENT, "no gateway node is configured")
+        return self._send(node, 0.0, "")
+
+    def _start_affine(self, point: int) -> Send | GiveUp:
+        node, self.preferred = self._pool.choose_affine(point, self.avoid, self.follow)
+        if node is None and self.avoid:  # no node but held ones
+            node, self.preferred = self._pool.choose_affine(point, (), self.follow)
         if node is None:
             return GiveUp(Kind.NOT_SENT, "no gateway node is configured")
         return self._send(node, 0.0, "")

@@ -62,6 +62,10 @@ class Layout:
         return f"{self.prefix}:latency"  # hash: "node|process" -> "estimate_s|server_ms"
 
     @property
+    def load(self) -> str:
+        return f"{self.prefix}:load"  # hash: "node|process" -> "in_flight|server_ms" (affinity's bound)
+
+    @property
     def budget(self) -> str:
         return f"{self.prefix}:retry-budget"  # hash: "second|req" / "second|ret" -> count
 

@@ -15,6 +15,9 @@ fleet what this process learnt, every ``TICK`` (and at once when a call gives a 
   every worker's calls to that node for what is left of it. (The ``x-ratelimit-remaining-*``
   budgets are not passed on: every process reads them from its own answers, in which the gateway
   counts every process's calls, and paces on its share: ``FleetLimiter.observe``);
+- calls in flight per node and process, every tick: context affinity's load bound counts the
+  fleet's (``NodePool.loads``), so one process does not pile conversations on a node that the
+  others already keep busy;
 - latency estimates (peak-EWMA), per node and process; a node this process has no sample of yet
   starts from the fleet's mean, so a new process does not send its first calls to a slow node;
 - the retry budget: each process's requests and retries in its window; the budget is the fleet's;
@@ -28,7 +31,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..core.limits import NO_HINT_HOLD
@@ -75,6 +78,8 @@ class Syncer:
         self._nodes_by_label = {node.label: node for node in pool.nodes}
         self._ready = threading.Event()  # set after the first exchange (or the first failure)
         pool.ejections = []
+        self._elsewhere: dict[str, int] = {}  # node label -> calls in flight in the other processes
+        pool.loads = self.fleet_loads
         self._offset_ms = 0  # the server's clock minus this process's monotonic clock, in ms
         if limiter is not None:
             limiter._wake_syncer = self.wake
@@ -127,12 +132,17 @@ class Syncer:
         for fields in told:
             pipe.xadd(layout.events, fields, maxlen=STREAM_LENGTH, approximate=True)
             self._mirror(pipe, fields)
+        me = self.fleet.process_id
+        for node in self.pool.nodes:
+            pipe.hset(layout.load, f"{node.label}|{me}", f"{node.in_flight}|{server_ms}")
+        pipe.hgetall(layout.load)
         if first:
             pipe.hgetall(layout.ejections)
             pipe.xrevrange(layout.events, count=1)
         else:
             pipe.xread({layout.events: self._last_event}, count=500)
         answers = pipe.execute()
+        self._learn_loads(answers[-3 if first else -2], server_ms, client)
         if first:
             self._apply_ejection_table(answers[-2], server_ms)
             latest = answers[-1]
@@ -236,6 +246,31 @@ class Syncer:
                 continue
             if node is not None and left > 0:
                 self.pool.eject_for(node, left + TRIAL_LEAD, int(times))
+
+    def fleet_loads(self, nodes: Sequence[Node]) -> list[float]:
+        """The calls in flight on each node in the whole fleet: here now, elsewhere as last seen."""
+        elsewhere = self._elsewhere
+        return [node.in_flight + elsewhere.get(node.label, 0) for node in nodes]
+
+    def _learn_loads(self, table: dict[str, str], server_ms: int, client: Any) -> None:
+        me = self.fleet.process_id
+        elsewhere: dict[str, int] = {}
+        stale = []
+        for field, value in (table or {}).items():
+            label, _, process = field.partition("|")
+            try:
+                count, stamp = value.split("|")
+                age = server_ms - int(stamp)
+            except ValueError:
+                stale.append(field)
+                continue
+            if age > LIVE_MS:
+                stale.append(field)  # a process that stopped telling: its calls are gone with it
+            elif process != me:
+                elsewhere[label] = elsewhere.get(label, 0) + int(count)
+        self._elsewhere = elsewhere
+        if stale:
+            client.hdel(self.fleet.layout.load, *stale)
 
     def _learn_latency(self, table: dict[str, str], server_ms: int, client: Any) -> None:
         me = self.fleet.process_id

@@ -20,6 +20,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 from urllib.parse import urljoin, urlsplit
 
+from ..core.affinity import AffinityKey, affinity_key, with_prompt_cache_key
 from ..core.error_bodies import annotate, error_body
 from ..core.genai import ResponseReader
 from ..core.nodes import Node
@@ -31,7 +32,7 @@ from ..core.routes import Route
 from ..core.sse import StreamWatch
 from ..runtime import Runtime
 from .adapter import Adapter, content_type, is_event_stream
-from .observers import CallObserver, LimitsTurn, LogLine
+from .observers import AffinityNote, CallObserver, LimitsTurn, LogLine
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -73,6 +74,7 @@ class Call:
         "_over",
         "_parsed",
         "adapter",
+        "affinity",
         "gateway",
         "headers",
         "observers",
@@ -110,6 +112,16 @@ class Call:
         note_swapped(self.gateway, runtime)
         runtime.ensure_health_checker()
         runtime.ensure_fleet_syncer()
+        # Context affinity: the conversation's key picks the first attempt's node (core/affinity.py).
+        self.affinity: AffinityKey | None = None
+        follow: Node | None = None
+        remembered = runtime.affinity
+        if remembered is not None and self.gateway.method == "POST":
+            self.affinity = key = affinity_key(self.gateway.path, self.gateway.body, self.gateway.model)
+            if key is not None:
+                follow = remembered.get(key.follow) if key.follow else None
+                if runtime.settings.affinity.set_prompt_cache_key:
+                    self.gateway = with_cache_key(self.gateway, key)
         deadline = self.gateway.sdk_read_timeout
         self.plan = CallPlan(
             runtime.pool,
@@ -118,12 +130,17 @@ class Call:
             replayable=body is not None,
             timeout=deadline if deadline is not None else adapter.own_timeout(),
             hedging=runtime.hedging,
+            affinity=None if self.affinity is None else self.affinity.point,
+            follow=follow,
         )
         self.ttft = runtime.settings.stream.first_token_timeout if self.gateway.stream else None
         self.timed_out = False  # the last failure was a timeout: see give_up
         # The response is read for its usage (and ids) when a span or a token limit wants it.
         limiter = runtime.limiter
         self.reader = ResponseReader() if limiter is not None and limiter.counts_tokens else None
+        note = AffinityNote.for_call(self.gateway, self.affinity, remembered)
+        if note is not None and self.reader is None:
+            self.reader = ResponseReader()  # the answer's id: the node a later turn names
         telemetry, trace_headers = start_tracing(self.gateway, runtime, self.reader)
         # The headers every attempt sends: the gateway's, with the call's trace context in place
         # of any the app sent itself (an outer instrumentation's ``traceparent``), never twice.
@@ -135,6 +152,8 @@ class Call:
             self.observers.append(telemetry)
         if log.isEnabledFor(logging.INFO):
             self.observers.append(LogLine())
+        if note is not None:
+            self.observers.append(note)
 
     @property
     def where(self) -> str:
@@ -400,6 +419,22 @@ class Call:
             f"yibu-middleware: the stream of {self.where} from gateway node {node.label} broke after its first content"
             f" ({detail}); the answer is incomplete and was not retried, to avoid repeating what was already read"
         )
+
+
+def with_cache_key(gateway: GatewayRequest, key: AffinityKey) -> GatewayRequest:
+    """The request with ``prompt_cache_key`` added from the affinity key (``affinity.set_prompt_cache_key``):
+    OpenAI chat and Responses bodies only, and never one that has the field anywhere (the key
+    reads only the body's head and tail: the whole body is searched before it is changed)."""
+    body = gateway.body
+    if (
+        key.has_cache_key
+        or body is None
+        or gateway.route.provider != "openai"
+        or not gateway.path.endswith(("/chat/completions", "/responses"))
+        or b'"prompt_cache_key"' in body
+    ):
+        return gateway
+    return gateway._replace(body=with_prompt_cache_key(body, key.cache_key))
 
 
 def retry_hints(adapter: Adapter, response: Any) -> Mapping[str, str]:

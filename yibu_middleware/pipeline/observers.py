@@ -14,10 +14,12 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from ..core.affinity import AffinityKey, Remembered
     from ..core.genai import ResponseFacts
     from ..core.nodes import Node
     from ..core.plan import Send
     from ..fleet import FleetPermit
+    from ..core.request import GatewayRequest
     from ..limiter import Permit
     from .call import Call
 
@@ -64,3 +66,39 @@ class LimitsTurn(CallObserver):
 
     def ended(self, call: Call, facts: ResponseFacts | None, error_type: str | None) -> None:
         self.permit.release(call.reader.total_tokens() if call.reader is not None else None)
+
+
+class AffinityNote(CallObserver):
+    """Remembers the node that answered a Responses call: its answer's id (which a later turn
+    names as ``previous_response_id``) and its ``conversation``, so that the next turn goes
+    where the conversation's state and cache are (see ``core/affinity.py``)."""
+
+    __slots__ = ("_conversation", "_node", "_remembered")
+
+    def __init__(self, remembered: Remembered[str, Node], conversation: str | None) -> None:
+        self._remembered = remembered
+        self._conversation = conversation
+        self._node: Node | None = None
+
+    @classmethod
+    def for_call(
+        cls, gateway: GatewayRequest, key: AffinityKey | None, remembered: Remembered[str, Node] | None
+    ) -> AffinityNote | None:
+        """One for a Responses call under affinity; None for any other call."""
+        if remembered is None or key is None or not gateway.path.endswith("/responses"):
+            return None
+        from ..core.affinity import CONVERSATION
+
+        return cls(remembered, key.follow if key.source == CONVERSATION else None)
+
+    def answered(self, call: Call, node: Node, status: int, event_stream: bool) -> None:
+        self._node = node if status < 400 else None
+
+    def ended(self, call: Call, facts: ResponseFacts | None, error_type: str | None) -> None:
+        node = self._node
+        if node is None or error_type is not None:
+            return
+        if facts is not None and facts.response_id:
+            self._remembered.put(facts.response_id, node)
+        if self._conversation:
+            self._remembered.put(self._conversation, node)

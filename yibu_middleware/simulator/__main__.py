@@ -34,6 +34,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "stall_max": float,
     "status_override": int,
     "seed": int,
+    "prompt_cache_size": int,
+    "prefill_per_token": float,
 }
 assert set(_PARSERS) <= set(FAULT_FIELDS)
 

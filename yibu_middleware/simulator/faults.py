@@ -57,10 +57,17 @@ class NodeFaults:
     JSON, whatever its status)."""
     seed: int = 0
     """Seed of the node's own random generator, so error/rate-limit draws are reproducible."""
+    prompt_cache_size: int = 1024
+    """Prompt prefixes the node remembers per model (a bounded LRU; 0: no prompt cache). A chat or messages
+    request's longest remembered prefix of whole messages is reported as cached input
+    (``prompt_tokens_details.cached_tokens`` / ``cache_read_input_tokens``)."""
+    prefill_per_token: float = 0.0
+    """Seconds per prompt token (word) not read from the prompt cache, waited before the response headers: the
+    time to first token a cached prefix saves."""
 
     def validate(self) -> None:
         """Raise ValueError on values that would make the node misbehave in confusing ways."""
-        for name in ("latency", "latency_jitter", "retry_after", "stall_max"):
+        for name in ("latency", "latency_jitter", "retry_after", "stall_max", "prefill_per_token"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -86,6 +93,9 @@ class NodeFaults:
             raise ValueError("status_body must be None or a dict")
         if self.status_text is not None and (not isinstance(self.status_text, str) or self.status_body is not None):
             raise ValueError("status_text must be None or a str, and not set with status_body")
+        size = self.prompt_cache_size
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ValueError(f"prompt_cache_size must be an int >= 0, got {size!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
 

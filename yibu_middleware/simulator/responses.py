@@ -91,11 +91,17 @@ def count_words(messages: Any, extra: Any = None) -> int:
 # ---- OpenAI chat completions ---------------------------------------------------------------------------
 
 
-def _usage(prompt: int, completion: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+def _usage(prompt: int, completion: int, cached: int = 0) -> dict[str, Any]:
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }
 
 
-def chat_completion(node: str, model: str, body: dict[str, Any]) -> dict[str, Any]:
+def chat_completion(node: str, model: str, body: dict[str, Any], cached: int = 0) -> dict[str, Any]:
+    """``cached``: prompt tokens read from the node's prompt cache (see ``prompt_cache.py``)."""
     prompt = count_words(body.get("messages"))
     completion = len(reply_words(node))
     return {
@@ -112,11 +118,11 @@ def chat_completion(node: str, model: str, body: dict[str, Any]) -> dict[str, An
                 "finish_reason": "stop",
             }
         ],
-        "usage": _usage(prompt, completion),
+        "usage": _usage(prompt, completion, cached),
     }
 
 
-def chat_stream_events(node: str, model: str, body: dict[str, Any]) -> list[bytes]:
+def chat_stream_events(node: str, model: str, body: dict[str, Any], cached: int = 0) -> list[bytes]:
     """SSE events of a streamed chat completion: a role-only chunk (empty content, as OpenAI sends it), one
     chunk per word, optional usage chunk, ``[DONE]``."""
     chat_id, created = new_id("chatcmpl-"), int(time.time())
@@ -149,7 +155,7 @@ def chat_stream_events(node: str, model: str, body: dict[str, Any]) -> list[byte
         events.append(b"data: " + dumps(chunk) + b"\n\n")
     if include_usage:
         prompt = count_words(body.get("messages"))
-        usage = _usage(prompt, len(words))
+        usage = _usage(prompt, len(words), cached)
         chunk = {
             "id": chat_id,
             "object": "chat.completion.chunk",
@@ -222,7 +228,8 @@ def models_list() -> dict[str, Any]:
 # ---- Anthropic messages --------------------------------------------------------------------------------
 
 
-def anthropic_message(node: str, model: str, body: dict[str, Any]) -> dict[str, Any]:
+def anthropic_message(node: str, model: str, body: dict[str, Any], cached: int = 0) -> dict[str, Any]:
+    """``cached``: input tokens read from the node's prompt cache, apart from ``input_tokens`` as Anthropic counts."""
     return {
         "id": new_id("msg_"),
         "type": "message",
@@ -232,8 +239,10 @@ def anthropic_message(node: str, model: str, body: dict[str, Any]) -> dict[str, 
         "stop_reason": "end_turn",
         "stop_sequence": None,
         "usage": {
-            "input_tokens": count_words(body.get("messages"), body.get("system")),
+            "input_tokens": count_words(body.get("messages"), body.get("system")) - cached,
             "output_tokens": len(reply_words(node)),
+            "cache_read_input_tokens": cached,
+            "cache_creation_input_tokens": 0,
         },
     }
 
@@ -242,12 +251,12 @@ def _sse(event: str, data: dict[str, Any]) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + dumps(data) + b"\n\n"
 
 
-def anthropic_stream_events(node: str, model: str, body: dict[str, Any]) -> list[bytes]:
+def anthropic_stream_events(node: str, model: str, body: dict[str, Any], cached: int = 0) -> list[bytes]:
     """The Anthropic Messages streaming sequence, one ``content_block_delta`` per word."""
     words = reply_words(node)
-    start = anthropic_message(node, model, body)
+    start = anthropic_message(node, model, body, cached)
     start.update(content=[], stop_reason=None)
-    start["usage"] = {"input_tokens": start["usage"]["input_tokens"], "output_tokens": 1}
+    start["usage"] = {**start["usage"], "output_tokens": 1}
     events = [
         _sse("message_start", {"type": "message_start", "message": start}),
         _sse(
@@ -295,3 +304,56 @@ def stream_error_event(anthropic: bool) -> bytes:
         }
     }
     return b"data: " + json.dumps(error).encode() + b"\n\n"
+
+
+# ---- OpenAI Responses -----------------------------------------------------------------------------------
+
+
+def responses_prompt(body: dict[str, Any], stored: dict[str, list[Any]]) -> list[Any]:
+    """The messages a Responses request puts before the model: the stored conversation its
+    ``previous_response_id`` continues, then its ``input`` (a string is one user message)."""
+    previous = body.get("previous_response_id")
+    history = list(stored.get(previous, ())) if isinstance(previous, str) else []
+    given = body.get("input")
+    if isinstance(given, str):
+        return [*history, {"role": "user", "content": given}]
+    if isinstance(given, list):
+        return [*history, *(item for item in given if isinstance(item, dict))]
+    return history
+
+
+def response_object(node: str, model: str, body: dict[str, Any], prompt: list[Any], cached: int = 0) -> dict[str, Any]:
+    """A completed Responses API answer (unstreamed); ``cached``: input tokens read from the node's cache."""
+    prompt_tokens = count_words(prompt, body.get("instructions"))
+    output = len(reply_words(node))
+    return {
+        "id": new_id("resp_"),
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": "completed",
+        "model": model,
+        "instructions": body.get("instructions"),
+        "previous_response_id": body.get("previous_response_id"),
+        "output": [
+            {
+                "type": "message",
+                "id": new_id("msg_"),
+                "status": "completed",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": reply_text(node), "annotations": []}],
+            }
+        ],
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "error": None,
+        "incomplete_details": None,
+        "metadata": {},
+        "usage": {
+            "input_tokens": prompt_tokens,
+            "input_tokens_details": {"cached_tokens": cached},
+            "output_tokens": output,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": prompt_tokens + output,
+        },
+    }

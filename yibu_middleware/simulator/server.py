@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 from . import responses
 from .faults import FAULT_FIELDS, NodeFaults
+from .prompt_cache import PromptCache
 
 __all__ = ["GatewaySimulator", "NodeFaults", "Record", "SimNode"]
 
@@ -77,6 +78,8 @@ class Record:
     """The ``x-request-id`` header value the simulator sent back."""
     connection: int = 0
     """Serial number of the TCP connection it came on (equal numbers = a reused keep-alive connection)."""
+    cached_tokens: int = 0
+    """Prompt tokens the node read from its prompt cache (reported in the answer's usage)."""
 
 
 class _BadRequest(Exception):
@@ -116,6 +119,10 @@ class _Ctx:
     model: str | None
     stream: bool
     request_id: str = field(default_factory=lambda: "req_" + uuid.uuid4().hex)
+    cached: int = 0
+    """Prompt tokens read from the node's prompt cache (chat, messages and Responses requests)."""
+    prompt: Any = None
+    """The prompt's messages (for a Responses request, the stored conversation it continues first)."""
 
 
 class SimNode:
@@ -127,6 +134,7 @@ class SimNode:
         self._sim = sim
         self._port = port
         self._rng = random.Random(faults.seed)
+        self.prompt_cache = PromptCache(faults.prompt_cache_size)
         self._server: asyncio.Server | None = None  # set while listening
         self._reserve: socket.socket | None = None  # bound, not listening: set while refusing
         self._conns: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
@@ -186,6 +194,9 @@ class GatewaySimulator:
         self._records_lock = threading.Lock()
         self._seq = itertools.count()
         self._conn_seq = itertools.count(1)
+        # Responses the nodes answered, by id: the conversation a later ``previous_response_id``
+        # continues. Shared by every node, as a provider's store is behind a gateway.
+        self._stored: dict[str, list[Any]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -485,6 +496,19 @@ class GatewaySimulator:
             delay += node._rng.uniform(0.0, faults.latency_jitter)
         if delay > 0:
             fault = "latency"
+        if model is not None and path in _CACHED_PATHS and req.method == "POST":
+            # The node's prompt cache: a cached prefix is reported in usage and prefilled at no cost.
+            node.prompt_cache.size = faults.prompt_cache_size
+            if path == "/v1/responses":
+                ctx.prompt = responses.responses_prompt(fields, self._stored)
+                system = fields.get("instructions")
+            else:
+                ctx.prompt = fields.get("messages")
+                system = fields.get("system") if ctx.anthropic else None
+            read = node.prompt_cache.read(model, ctx.prompt, system)
+            ctx.cached = read.cached_tokens
+            delay += faults.prefill_per_token * (read.prompt_tokens - read.cached_tokens)
+        if delay > 0:
             await asyncio.sleep(delay)
 
         if faults.status_override is not None and faults.status_text is not None:
@@ -527,9 +551,9 @@ class GatewaySimulator:
     async def _chat(self, ctx: _Ctx, writer: asyncio.StreamWriter, fault: str | None) -> bool:
         assert ctx.model is not None
         if ctx.stream:
-            events = responses.chat_stream_events(ctx.node.name, ctx.model, ctx.body)
+            events = responses.chat_stream_events(ctx.node.name, ctx.model, ctx.body, ctx.cached)
             return await self._send_stream(ctx, writer, events, fault)
-        payload = responses.chat_completion(ctx.node.name, ctx.model, ctx.body)
+        payload = responses.chat_completion(ctx.node.name, ctx.model, ctx.body, ctx.cached)
         return await self._send_json(ctx, writer, 200, payload, fault)
 
     async def _embeddings(self, ctx: _Ctx, writer: asyncio.StreamWriter, fault: str | None) -> bool:
@@ -552,9 +576,23 @@ class GatewaySimulator:
     async def _messages(self, ctx: _Ctx, writer: asyncio.StreamWriter, fault: str | None) -> bool:
         assert ctx.model is not None
         if ctx.stream:
-            events = responses.anthropic_stream_events(ctx.node.name, ctx.model, ctx.body)
+            events = responses.anthropic_stream_events(ctx.node.name, ctx.model, ctx.body, ctx.cached)
             return await self._send_stream(ctx, writer, events, fault)
-        payload = responses.anthropic_message(ctx.node.name, ctx.model, ctx.body)
+        payload = responses.anthropic_message(ctx.node.name, ctx.model, ctx.body, ctx.cached)
+        return await self._send_json(ctx, writer, 200, payload, fault)
+
+    async def _responses(self, ctx: _Ctx, writer: asyncio.StreamWriter, fault: str | None) -> bool:
+        assert ctx.model is not None
+        if ctx.stream:
+            return await self._send_error(ctx, writer, 400, fault, "The simulator answers Responses calls unstreamed.")
+        previous = ctx.body.get("previous_response_id")
+        if previous is not None and previous not in self._stored:
+            return await self._send_error(ctx, writer, 400, fault, f"Previous response with id '{previous}' not found.")
+        prompt = ctx.prompt if isinstance(ctx.prompt, list) else []
+        payload = responses.response_object(ctx.node.name, ctx.model, ctx.body, prompt, ctx.cached)
+        self._stored[payload["id"]] = [*prompt, {"role": "assistant", "content": responses.reply_text(ctx.node.name)}]
+        while len(self._stored) > 10_000:
+            del self._stored[next(iter(self._stored))]
         return await self._send_json(ctx, writer, 200, payload, fault)
 
     async def _count_tokens(self, ctx: _Ctx, writer: asyncio.StreamWriter, fault: str | None) -> bool:
@@ -584,6 +622,7 @@ class GatewaySimulator:
             elapsed=time.monotonic() - req.started,
             request_id=ctx.request_id,
             connection=req.connection,
+            cached_tokens=ctx.cached,
         )
         with self._records_lock:
             self._records.append((next(self._seq), record))
@@ -701,7 +740,9 @@ _ROUTES: dict[str, tuple[str, _Handler]] = {
     "/v1/models": ("GET", GatewaySimulator._models),
     "/v1/messages": ("POST", GatewaySimulator._messages),
     "/v1/messages/count_tokens": ("POST", GatewaySimulator._count_tokens),
+    "/v1/responses": ("POST", GatewaySimulator._responses),
 }
+_CACHED_PATHS = frozenset({"/v1/chat/completions", "/v1/messages", "/v1/responses"})
 
 
 def _reason(status: int) -> str:
