@@ -18,8 +18,8 @@ if TYPE_CHECKING:
     from ..core.genai import ResponseFacts
     from ..core.nodes import Node
     from ..core.plan import Send
-    from ..fleet import FleetPermit
     from ..core.request import GatewayRequest
+    from ..fleet import FleetPermit
     from ..limiter import Permit
     from .call import Call
 
