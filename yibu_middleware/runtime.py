@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING
 
 from .core.nodes import NodePool
@@ -21,9 +21,11 @@ from .core.policy import Rules
 from .core.redact import KnownValues, redact_text
 from .core.retry import RetryBudget
 from .core.routes import Route, RouteTable, parse_route_key
-from .settings import Settings, gateway_key_of
+from .settings import Settings, default_keys_of, gateway_key_of, model_keys
 
 if TYPE_CHECKING:
+    from .core.keys import GatewayKey, KeyRing
+    from .keyfiles import KeyFiles
     from .limiter import Limiter
 
 log = logging.getLogger("yibu_middleware")
@@ -42,6 +44,8 @@ class Runtime:
         "capture_content",
         "gateway_key",
         "hedging",
+        "key_files",
+        "keys",
         "known_values",
         "last_swapped",
         "limiter",
@@ -94,9 +98,34 @@ class Runtime:
         self.known_values = KnownValues(settings.redaction.remembered_keys)
         if settings.api_key:
             self.known_values.add(settings.api_key.get_secret_value(), pinned=True, any_shape=True)
+        # A key pool (None: one key, or none; nothing to choose per attempt, nothing to pay).
+        self.keys: KeyRing | None = None
+        self.key_files: KeyFiles | None = None
+        if settings.api_keys or settings.api_key_file or settings.api_keys_file or settings.keys_by_model:
+            self._pool_keys(settings)
         self.last_swapped: Collection[str] = ()
         self._lock = threading.Lock()
         self._checker: threading.Thread | None = None
+
+    def _pool_keys(self, settings: Settings) -> None:
+        from .core.keys import KeyRing
+        from .keyfiles import KeyFiles
+
+        fixed = default_keys_of(settings, with_files=False)
+        by_model = model_keys(settings)
+        self.keys = KeyRing(fixed, by_model, settings.keys.bench_seconds)
+        self.pin_keys([*fixed, *(key for keys in by_model.values() for key in keys)])
+        files = [(field, path) for field in ("api_key_file", "api_keys_file") if (path := getattr(settings, field))]
+        if files:
+            self.key_files = KeyFiles(files, fixed, self.keys, self.pin_keys)
+            self.keys.replace_default(self.key_files.default_keys())
+        first = self.keys.first
+        self.gateway_key = first.value if first is not None else self.gateway_key
+
+    def pin_keys(self, keys: Iterable[GatewayKey]) -> None:
+        """Every gateway key, of every pool and file, is masked by value wherever it appears."""
+        for key in keys:
+            self.known_values.add(key.value.decode("ascii"), pinned=True, any_shape=True)
 
     def remember_swapped(self, keys: Collection[str]) -> None:
         """Called by every call with the provider keys it swapped out: cheap when the keys are
@@ -135,6 +164,10 @@ class Runtime:
             self.limiter.reset()  # the parent's waiters and slots are not this process's
         self._lock = threading.Lock()
         self.known_values.after_fork()
+        if self.keys is not None:
+            self.keys.bench.clear()  # the parent's bench: a fleet store would keep it, a process's does not
+        if self.key_files is not None:
+            self.key_files.after_fork()
         self._checker = None  # threads do not survive fork; a new one starts on first use
 
 

@@ -23,7 +23,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -44,12 +44,18 @@ from pydantic_settings.exceptions import SettingsError
 from .core.redact import mask, mask_userinfo, redact_text
 from .errors import ConfigError
 
+if TYPE_CHECKING:
+    from .core.keys import GatewayKey
+
 ENV_PREFIX = "YIBU_"
 CONFIG_ENV = "YIBU_CONFIG"
 """Path of the TOML settings file to read."""
 DEFAULT_BASE_URL = "https://api.yibuapi.com/v1"
 
 Provider = Literal["openai", "anthropic"]
+
+# Settings whose values are keys: never quoted in an error, shown only masked.
+SECRET_FIELDS = frozenset({"api_key", "api_keys", "keys_by_model"})
 
 # The words a switch accepts. YIBU_ENABLED is read by the one-line .pth file too, which
 # hands every value outside FALSE_WORDS to start-up, where anything else is an error:
@@ -234,9 +240,9 @@ class RedactionSettings(BaseModel):
 
 
 class KeySettings(BaseModel):
-    """Which key is sent to the gateway (key pools will join this section)."""
+    """Which key is sent to the gateway, and how a pool of keys is used."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     pass_through: Switch = Field(
         False,
@@ -245,6 +251,14 @@ class KeySettings(BaseModel):
     )
     """Start without `api_key`: each caller's own key is sent to the gateway unchanged, for apps already given
     gateway keys. Ignored when `api_key` is set."""
+    bench_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="seconds a key the gateway refused for quota (or rejected with a 401) is left out of its pool",
+    )
+    """Seconds a pooled key is left out after the gateway refused it for quota (`insufficient_user_quota`,
+    `pre_consume_token_quota_failed`, `insufficient_quota`) or rejected it (401); the call that met the refusal
+    is retried at once with the next key. Then the key is tried again. With a single key nothing is benched."""
 
 
 class ModelLimits(BaseModel):
@@ -498,6 +512,36 @@ class Settings(BaseSettings):
     Required: unset or empty, the middleware does not start unless `keys.pass_through` is set. Surrounding
     whitespace is dropped; other spaces, control and non-ASCII characters are an error. A secret: shown only
     masked (`sk-...a1b2`)."""
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        [],
+        description="more gateway keys, spread over with api_key: comma-separated or a JSON list; an item"
+        ' may be "key weight" or {"key": ..., "weight": 2}',
+    )
+    """More gateway keys, used with `api_key` as one pool: calls are spread over them by weight (smooth weighted
+    round robin), and a key the gateway refuses for quota or rejects is benched for `keys.bench_seconds` while
+    the call is retried at once with the next key (see "Gateway key pools"). Env: comma-separated or a JSON list;
+    an item is a key, `"key weight"` or `{"key": "sk-...", "weight": 2}` (default weight 1). Secrets: shown
+    only masked."""
+    api_key_file: Path | None = Field(
+        None, description="a file holding the gateway key (a mounted secret), re-read when it changes"
+    )
+    """A file holding the gateway key, such as a Kubernetes or Vault mounted secret; read at start and again
+    within a second of any change (a rotated secret takes effect without a restart; a call in flight keeps the key
+    it was sent with). Its keys join the pool of `api_key` and `api_keys`. A file that cannot be read, or holds no
+    key, is a settings error at start; later, the keys last read stay in use and a warning says why."""
+    api_keys_file: Path | None = Field(
+        None, description="a file of gateway keys, one a line ('key' or 'key weight'), re-read when it changes"
+    )
+    """A file of gateway keys, one a line (`key` or `key weight`; blank lines and `#` comments skipped), read and
+    re-read as `api_key_file` is, its keys joining the same pool."""
+    keys_by_model: Annotated[dict[str, list[SecretStr]], NoDecode] = Field(
+        {},
+        description="keys per model, for gateways that grant models per key: model pattern = list of keys."
+        " Env: JSON object",
+    )
+    """Keys per model, for gateways that grant models per key: `{"claude-*" = ["sk-...", "sk-..."]}` (TOML) or
+    a JSON object, model shell patterns (as sent, after `model_aliases`) to key lists, first match wins. A model
+    no pattern matches uses the pool of `api_key`, `api_keys` and the files. Secrets: shown only masked."""
     keys: KeySettings = Field(KeySettings(), description="which key is sent to the gateway")
     # Before the URLs: their validators read it.
     allow_insecure_nodes: Switch = Field(
@@ -609,6 +653,40 @@ class Settings(BaseSettings):
                 )
         return value
 
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        """A comma-separated or JSON list; an item ``"key weight"`` or ``{"key": ..., "weight": ...}``,
+        each checked as a key (the error names the item's place, never the key)."""
+        return _key_lines(value, "api_keys")
+
+    @field_validator("keys_by_model", mode="before")
+    @classmethod
+    def _parse_keys_by_model(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = _json_value(value, 'a JSON object of model pattern = list of keys, e.g. {"claude-*": ["sk-..."]}')
+        if not isinstance(value, Mapping):
+            raise ValueError("expected a table of model pattern = list of keys")
+        out = {}
+        for pattern, keys in value.items():
+            if not str(pattern).strip():
+                raise ValueError("a model pattern in keys_by_model is empty")
+            lines = _key_lines(keys, f"keys_by_model[{pattern!r}]")
+            if not lines:
+                raise ValueError(f"keys_by_model[{pattern!r}] holds no key")
+            out[str(pattern)] = lines
+        return out
+
+    @field_validator("api_key_file", "api_keys_file")
+    @classmethod
+    def _check_key_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        from .keyfiles import read_key_file
+
+        read_key_file(value.expanduser(), str(info.field_name))  # ValueError when unreadable or empty
+        return value.expanduser()
+
     @field_validator("base_url")
     @classmethod
     def _check_base_url(cls, value: str, info: ValidationInfo) -> str:
@@ -688,7 +766,41 @@ class Settings(BaseSettings):
         for name, value in super().__repr_args__():
             if name == "api_key" and value is not None:
                 value = mask(value.get_secret_value())
+            elif name == "api_keys":
+                value = [mask(item.get_secret_value()) for item in value]
+            elif name == "keys_by_model":
+                value = {pattern: [mask(item.get_secret_value()) for item in items] for pattern, items in value.items()}
             yield name, value
+
+
+def _key_lines(value: Any, setting: str) -> Any:
+    """Keys as a list of ``"key"`` / ``"key weight"`` strings, each checked (``core.keys.parse_key_line``)."""
+    from .core.keys import parse_key_line
+
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if isinstance(value, str):
+        value = _list_value(value, 'a JSON list of keys, e.g. ["sk-...", {"key": "sk-...", "weight": 2}]')
+    if not isinstance(value, list | tuple):
+        raise ValueError("expected a list of keys")
+    lines = []
+    for index, item in enumerate(value):
+        where = f"{setting}[{index}]"
+        if isinstance(item, SecretStr):
+            item = item.get_secret_value()
+        if isinstance(item, Mapping):
+            unknown = set(item) - {"key", "weight"}
+            if unknown or not isinstance(item.get("key"), str):
+                raise ValueError(f'{where}: expected {{"key": "sk-...", "weight": 2}} (weight optional)')
+            weight = item.get("weight", 1)
+            if isinstance(weight, bool) or not isinstance(weight, int | float):
+                raise ValueError(f"{where}: the weight must be a number greater than 0")
+            item = f"{item['key'].strip()} {weight}"
+        if not isinstance(item, str):
+            raise ValueError(f"{where}: expected a key (a string)")
+        if parse_key_line(item, where) is not None:  # ValueError naming the place on a malformed key
+            lines.append(item.strip())
+    return lines
 
 
 _TABLE_FORMS = {
@@ -927,6 +1039,16 @@ def gateway_key_of(settings: Settings) -> bytes | None:
     """
     if settings.api_key is not None:
         return settings.api_key.get_secret_value().encode("ascii")  # ASCII: checked at load
+    pooled = default_keys_of(settings)
+    if pooled:
+        return pooled[0].value
+    if settings.keys_by_model:
+        raise _settings_error(
+            [
+                "- keys_by_model is set, but no key is left for the models it does not match: set api_key,"
+                " api_keys, api_key_file or api_keys_file too (the default pool)."
+            ]
+        )
     if settings.keys.pass_through:
         return None
     origin = settings.origin("api_key")
@@ -938,6 +1060,51 @@ def gateway_key_of(settings: Settings) -> bytes | None:
             " set keys.pass_through = true (YIBU_KEYS__PASS_THROUGH=1)."
         ]
     )
+
+
+def default_keys_of(settings: Settings, with_files: bool = True) -> list[GatewayKey]:
+    """The default pool as configured: ``api_key``, ``api_keys``, then (``with_files``) the key
+    files' keys as they read now (``keyfiles.py`` re-reads them when they change)."""
+    from .core.keys import make_key, parse_key_line
+    from .keyfiles import read_key_file
+
+    keys = []
+    if settings.api_key is not None:
+        keys.append(make_key(settings.api_key.get_secret_value(), 1.0, "api_key"))
+    for index, secret in enumerate(settings.api_keys):
+        key = parse_key_line(secret.get_secret_value(), f"api_keys[{index}]")
+        if key is not None:
+            keys.append(key)
+    for field in ("api_key_file", "api_keys_file") if with_files else ():
+        path = getattr(settings, field)
+        if path is not None:
+            keys.extend(read_key_file(path, field))
+    return _unique(keys)
+
+
+def model_keys(settings: Settings) -> dict[str, list[GatewayKey]]:
+    """``keys_by_model`` as pools: pattern -> its keys."""
+    from .core.keys import parse_key_line
+
+    pools = {}
+    for pattern, secrets in settings.keys_by_model.items():
+        keys = [
+            parse_key_line(secret.get_secret_value(), f"keys_by_model[{pattern!r}][{index}]")
+            for index, secret in enumerate(secrets)
+        ]
+        pools[pattern] = _unique([key for key in keys if key is not None])
+    return pools
+
+
+def _unique(keys: list[GatewayKey]) -> list[GatewayKey]:
+    """A key listed twice is one key (the first place it is listed, its weight)."""
+    seen: set[bytes] = set()
+    out = []
+    for key in keys:
+        if key.value not in seen:
+            seen.add(key.value)
+            out.append(key)
+    return out
 
 
 def _env_names() -> dict[str, str]:
@@ -1044,7 +1211,7 @@ def _error_lines(exc: ValidationError, origins: Mapping[str, str], file: Setting
         message = mask_userinfo(redact_text(error["msg"].removeprefix("Value error, ")))
         if len(message) > 300:  # some messages quote the value: keep the report readable
             message = message[:297] + "..."
-        shown = "" if loc[0] == "api_key" else f" = {_shown(error.get('input'))}"
+        shown = "" if loc[0] in SECRET_FIELDS else f" = {_shown(error.get('input'))}"
         expected = _expected(loc)
         lines.append(
             f"- {dotted}{shown} (from {source}): {message}" + (f". [{dotted}: {expected}]" if expected else "")

@@ -22,10 +22,11 @@ from urllib.parse import urljoin, urlsplit
 
 from ..core.error_bodies import annotate, error_body
 from ..core.genai import ResponseReader
+from ..core.keys import key_refusal
 from ..core.nodes import Node
 from ..core.plan import AttemptLimits, CallPlan, Deliver, GiveUp, Send, attempt_limits
 from ..core.policy import ParsedBody, check, describe_gateway_refusal, needs_document
-from ..core.request import GatewayRequest, prepare
+from ..core.request import CREDENTIAL_HEADERS, GatewayRequest, prepare
 from ..core.retry import Kind, gateway_code
 from ..core.routes import Route
 from ..core.sse import StreamWatch
@@ -69,6 +70,7 @@ class Call:
     """The state one call carries between attempts, whatever library sent it."""
 
     __slots__ = (
+        "_keyed",
         "_over",
         "_parsed",
         "adapter",
@@ -90,6 +92,8 @@ class Call:
         self.started = time.perf_counter()
         self._over = False
         body = adapter.body
+        if runtime.key_files is not None:
+            runtime.key_files.check()  # a rotated key file: its keys before this call chooses one
         # One parse of the body, shared by aliasing and the policy checks (made only if needed),
         # for a call a rule has something to check in: a model allow-list, or a body that may
         # carry media. Any other call skips the checks.
@@ -116,6 +120,8 @@ class Call:
             replayable=body is not None,
             timeout=deadline if deadline is not None else adapter.own_timeout(),
             hedging=runtime.hedging,
+            keys=runtime.keys,
+            model=self.gateway.model,
         )
         self.ttft = runtime.settings.stream.first_token_timeout if self.gateway.stream else None
         self.timed_out = False  # the last failure was a timeout: see give_up
@@ -126,6 +132,8 @@ class Call:
         # The headers every attempt sends: the gateway's, with the call's trace context in place
         # of any the app sent itself (an outer instrumentation's ``traceparent``), never twice.
         self.headers = with_trace_headers(self.gateway.headers, trace_headers)
+        # A pooled key's headers, made when an attempt first sends that key (see headers_for).
+        self._keyed: dict[bytes, tuple[tuple[bytes, bytes], ...]] | None = None
         # What watches the call go by (see observers.py): its span, its log line, its turn.
         self.observers: list[CallObserver] = []
         if telemetry is not None:
@@ -138,6 +146,21 @@ class Call:
     def where(self) -> str:
         """The call in a few words, for log lines and error messages: "POST api.openai.com/v1/..."."""
         return f"{self.gateway.method} {self.gateway.route.host}{self.adapter.path}"
+
+    def headers_for(self, action: Send) -> tuple[tuple[bytes, bytes], ...]:
+        """The headers of one attempt: the call's, with the attempt's pooled key in every
+        credential header when it has one (the key is chosen per attempt, so that a retry after
+        the gateway refused a key sends the next one)."""
+        key = action.key
+        if key is None or key.value == self.runtime.gateway_key:
+            return self.headers
+        keyed = self._keyed
+        if keyed is None:
+            keyed = self._keyed = {}
+        headers = keyed.get(key.value)
+        if headers is None:
+            headers = keyed[key.value] = with_key(self.headers, key.value)
+        return headers
 
     # --- client-side limits and policy (the driver waits for a permit) -----------------------
 
@@ -283,8 +306,13 @@ class Call:
         if status < 400:
             return self.plan.answered(done.action, status, _NO_HINTS, None)
         # Error bodies are read before deciding: a gateway code can make a 5xx final.
+        body = self.adapter.error_body(done.response)
+        if done.action.key is not None:
+            refusal = key_refusal(status, gateway_code(body))
+            if refusal is not None:  # a spent or rejected pooled key: the next key, at once
+                return self.plan.key_refused(done.action, status, refusal)
         hints = retry_hints(self.adapter, done.response) if status == 429 else _NO_HINTS  # only a 429's hints count
-        return self.plan.answered(done.action, status, hints, self.adapter.error_body(done.response))
+        return self.plan.answered(done.action, status, hints, body)
 
     def abort(self) -> None:
         """The call was interrupted (cancelled, or an error we do not handle)."""
@@ -333,6 +361,9 @@ class Call:
         if self.reader is not None:
             self.reader.chunk(body)
         explained = describe_gateway_refusal(status, gateway_code(body))
+        keys = self.runtime.keys
+        if keys is not None and self.plan.keys_exhausted:
+            explained = (f"{explained} " if explained else "") + keys.explain_all_benched(self.plan.model)
         if explained is not None:
             # A quota or permission refusal: retrying cannot help, the log and span say what to do.
             explained = self.runtime.redact(explained)
@@ -448,6 +479,19 @@ def note_swapped(gateway: GatewayRequest, runtime: Runtime) -> None:
     runtime.remember_swapped(gateway.swapped_keys)
     if gateway.sdk_retried:
         runtime.budget.record_retry()
+
+
+def with_key(headers: tuple[tuple[bytes, bytes], ...], key: bytes) -> tuple[tuple[bytes, bytes], ...]:
+    """``headers`` with ``key`` in each credential header (``Authorization`` as a Bearer token)."""
+    out = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower == b"authorization":
+            value = b"Bearer " + key
+        elif lower in CREDENTIAL_HEADERS:
+            value = key
+        out.append((name, value))
+    return tuple(out)
 
 
 def with_trace_headers(

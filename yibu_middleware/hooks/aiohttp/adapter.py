@@ -152,7 +152,7 @@ class AiohttpAdapter(AsyncAdapter):
         request.__dict__.update(original.__dict__)
         url = _url(lib, action.node.url_for(gateway.path, gateway.query))
         headers = lib.multidict.CIMultiDict()
-        for name, value in call.headers:
+        for name, value in call.headers_for(action):
             headers.add(name.decode(), value.decode())
         headers["Host"] = url.host_port_subcomponent
         if gateway.body is not None and gateway.body is not self.body:
