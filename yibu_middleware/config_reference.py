@@ -175,7 +175,14 @@ def _plain_type(annotation: Any) -> str:
         return f"list of {_plain_type(item)}s"
     if origin is dict:
         return "table"
-    names = {bool: "boolean", int: "integer", float: "number", str: "string", SecretStr: "string (secret)", Path: "path"}
+    names = {
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+        str: "string",
+        SecretStr: "string (secret)",
+        Path: "path",
+    }
     return names.get(annotation, getattr(annotation, "__name__", str(annotation)))
 
 
