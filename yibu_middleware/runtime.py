@@ -24,9 +24,11 @@ from .core.routes import Route, RouteTable, parse_route_key
 from .settings import Settings, default_keys_of, gateway_key_of, model_keys
 
 if TYPE_CHECKING:
+    from .core.fallbacks import Fallbacks
     from .core.keys import GatewayKey, KeyRing
     from .keyfiles import KeyFiles
     from .limiter import Limiter
+    from .spend import SpendTracker
 
 log = logging.getLogger("yibu_middleware")
 
@@ -42,6 +44,7 @@ class Runtime:
         "aliases",
         "budget",
         "capture_content",
+        "fallbacks",
         "gateway_key",
         "hedging",
         "key_files",
@@ -54,6 +57,7 @@ class Runtime:
         "routes",
         "rules",
         "settings",
+        "spend",
     )
 
     def __init__(self, settings: Settings) -> None:
@@ -89,6 +93,23 @@ class Runtime:
 
             self.limiter = Limiter.from_settings(settings.limits, self.pool.nodes)
         self.rules = Rules.from_settings(settings.policy)
+        # Spend tracking (None: no price, budget, ledger or spend.track set; nothing to pay).
+        self.spend: SpendTracker | None = None
+        if settings.spend_active:
+            from .spend import SpendTracker
+
+            self.spend = SpendTracker(settings)
+        # Model fallbacks (None: none configured; a call then looks at nothing).
+        self.fallbacks: Fallbacks | None = None
+        if settings.fallbacks or settings.context_fallbacks:
+            from .core.fallbacks import Fallbacks, Trigger
+
+            self.fallbacks = Fallbacks(
+                settings.fallbacks,
+                settings.context_fallbacks,
+                [Trigger(name) for name in settings.fallback_on],
+                self.rules.model_allowed,
+            )
         # Message content in spans only on opt-in: read once, as OpenTelemetry's instrumentations do.
         self.capture_content = os.environ.get(CAPTURE_CONTENT_ENV, "").strip().lower() in ("1", "true", "yes", "on")
         self.gateway_key = gateway_key_of(settings)  # ConfigError without a key or keys.pass_through
@@ -168,6 +189,8 @@ class Runtime:
             self.keys.bench.clear()  # the parent's bench: a fleet store would keep it, a process's does not
         if self.key_files is not None:
             self.key_files.after_fork()
+        if self.spend is not None:
+            self.spend.after_fork()
         self._checker = None  # threads do not survive fork; a new one starts on first use
 
 

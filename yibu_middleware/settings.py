@@ -53,6 +53,7 @@ CONFIG_ENV = "YIBU_CONFIG"
 DEFAULT_BASE_URL = "https://api.yibuapi.com/v1"
 
 Provider = Literal["openai", "anthropic"]
+FallbackTrigger = Literal["model_refused", "exhausted", "context_length", "content_policy"]
 
 # Settings whose values are keys: never quoted in an error, shown only masked.
 SECRET_FIELDS = frozenset({"api_key", "api_keys", "keys_by_model"})
@@ -259,6 +260,44 @@ class KeySettings(BaseModel):
     """Seconds a pooled key is left out after the gateway refused it for quota (`insufficient_user_quota`,
     `pre_consume_token_quota_failed`, `insufficient_quota`) or rejected it (401); the call that met the refusal
     is retried at once with the next key. Then the key is tried again. With a single key nothing is benched."""
+
+
+class ModelPrice(BaseModel):
+    """A model's price at the gateway, USD per million tokens (``prices``)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    input_per_mtok: float = Field(ge=0, description="USD per million input tokens")
+    cached_input_per_mtok: float | None = Field(
+        None, ge=0, description="USD per million input tokens read from a cache; unset: the input price"
+    )
+    output_per_mtok: float = Field(ge=0, description="USD per million output tokens")
+
+
+Period = Literal["hour", "day", "month"]
+
+
+class SpendSettings(BaseModel):
+    """Spend tracking: on when a price, a budget, the ledger or ``track`` is set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    track: Switch = Field(
+        False, description="price every call from its usage (span attribute and metric) even with no budget set"
+    )
+    """Price every call from its reported usage, for the span attribute and the metric (see "Spend and budgets"),
+    even with no price, budget or ledger set (any of those turns it on too). Off: calls are not read for their
+    usage on this account."""
+    ledger: Switch = Field(
+        False, description="keep a local SQLite ledger of every call's model, tokens and cost, for `yibu spend`"
+    )
+    """Keep a local SQLite ledger of every call's model, tokens and cost (`ledger_path`), read by `yibu spend`, and
+    read at start so that budgets count what the process spent before a restart."""
+    ledger_path: Path | None = Field(
+        None, description="the ledger file; unset: spend.sqlite3 in the user's cache folder"
+    )
+    """The ledger file; unset: `$XDG_CACHE_HOME/yibu-middleware/spend.sqlite3` (`~/.cache/...` when unset;
+    `%LOCALAPPDATA%` on Windows, `~/Library/Caches` on macOS)."""
 
 
 class ModelLimits(BaseModel):
@@ -584,6 +623,52 @@ class Settings(BaseSettings):
     )
     """Rewrite `model` in JSON request bodies: `[model_aliases]` with `"gpt-4" = "gpt-5.2"` moves an app from an
     old model to a new one without a code change."""
+    fallbacks: Annotated[dict[str, list[str]], NoDecode] = Field(
+        {},
+        description="models to try, in order, when a call's model is refused or exhausted: model pattern ="
+        ' list of models, e.g. {"gpt-5.2": ["gpt-5.1", "gpt-4.1"]}. Env: JSON object',
+    )
+    """Models to try, in order, when a call's model is refused or exhausted (see "Model fallbacks"):
+    `{"gpt-5.2" = ["gpt-5.1", "gpt-4.1"]}` in TOML, a JSON object in the environment. Keys are the model as
+    sent (after `model_aliases`), shell patterns allowed (`"gpt-5*"`), first match wins. The fallback is the same
+    request with only `model` changed, within the call's deadline and retry budget."""
+    context_fallbacks: Annotated[dict[str, list[str]], NoDecode] = Field(
+        {},
+        description="models with a larger context window to try when a request does not fit: model pattern ="
+        " list of models. Env: JSON object",
+    )
+    """Models to try when a request does not fit the model's context window (`context_length_exceeded` and the
+    gateways' equivalents), in the form of `fallbacks`. Only these: a model from `fallbacks` may well be
+    smaller."""
+    fallback_on: Annotated[list[FallbackTrigger], NoDecode] = Field(
+        ["model_refused", "exhausted", "context_length"],
+        description="what makes a call fall back: 'model_refused', 'exhausted', 'context_length',"
+        " 'content_policy'. Env: comma-separated or a JSON list",
+    )
+    """What makes a call fall back: `model_refused` (the model is unknown, `model_not_found`, or not allowed for
+    the key, a 403), `exhausted` (every node tried failed with a 429, a 5xx or no answer, within the deadline),
+    `context_length` (only to `context_fallbacks`), `content_policy` (a content filter's refusal; off unless
+    listed). Never any other 400, 401 or 422."""
+    prices: Annotated[dict[str, ModelPrice], NoDecode] = Field(
+        {},
+        description='prices per model (pattern), USD per million tokens: {"gpt-5.2": {"input_per_mtok": 1.25,'
+        ' "output_per_mtok": 10}}. Env: JSON object',
+    )
+    """The gateway's own prices, USD per million tokens, by model as sent (shell patterns allowed, first match),
+    over `genai-prices`' data: `{"gpt-5.2": {"input_per_mtok": 1.25, "cached_input_per_mtok": 0.125,
+    "output_per_mtok": 10.0}}`. Setting one turns spend tracking on."""
+    budgets: Annotated[dict[Period, float], NoDecode] = Field(
+        {}, description='USD per calendar period (UTC): {"day": 20, "month": 400}; periods hour, day, month'
+    )
+    """Spend budgets in USD per calendar period in UTC, `{"day": 20, "month": 400}` (periods `hour`, `day`,
+    `month`). Once a period's spend reaches one, calls are answered before sending with a 429 in the provider's
+    format, `x-should-retry: false`, naming the budget and when it resets."""
+    budgets_per_model: Annotated[dict[str, dict[Period, float]], NoDecode] = Field(
+        {}, description='budgets of one model (pattern): {"gpt-5*": {"day": 5}}. Env: JSON object'
+    )
+    """The same per model, by shell pattern (first match; the spend of every model it matches counts):
+    `{"gpt-5*": {"day": 5}}`."""
+    spend: SpendSettings = Field(SpendSettings(), description="spend tracking and its local ledger")
     node_weights: Annotated[dict[str, float], NoDecode] = Field(
         {}, description="relative share of traffic per node URL (default 1). Env: JSON object"
     )
@@ -686,6 +771,55 @@ class Settings(BaseSettings):
 
         read_key_file(value.expanduser(), str(info.field_name))  # ValueError when unreadable or empty
         return value.expanduser()
+
+    @field_validator("fallbacks", "context_fallbacks", mode="before")
+    @classmethod
+    def _parse_fallbacks(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = _json_value(value, 'a JSON object of model pattern = list of models, e.g. {"gpt-5.2": ["gpt-5.1"]}')
+        if isinstance(value, Mapping):
+            value = {key: _list_value(models, "a JSON list of models") for key, models in value.items()}
+            for key, models in value.items():
+                if not str(key).strip():
+                    raise ValueError("a model pattern is empty")
+                if isinstance(models, list) and (not models or any(not str(m).strip() for m in models)):
+                    raise ValueError(f"{key!r}: expected a list of model names, none empty")
+        return value
+
+    @field_validator("prices", "budgets", "budgets_per_model", mode="before")
+    @classmethod
+    def _parse_spend_tables(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, str):
+            value = _json_value(value, _TABLE_FORMS[str(info.field_name)])
+        return value
+
+    @field_validator("budgets")
+    @classmethod
+    def _positive_budgets(cls, value: dict[str, float]) -> dict[str, float]:
+        if any(not limit > 0 for limit in value.values()):
+            raise ValueError("a budget must be a number of USD greater than 0")
+        return value
+
+    @field_validator("budgets_per_model")
+    @classmethod
+    def _positive_model_budgets(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for pattern, limits in value.items():
+            if not pattern.strip():
+                raise ValueError("a model pattern in budgets_per_model is empty")
+            if any(not limit > 0 for limit in limits.values()):
+                raise ValueError(f"{pattern!r}: a budget must be a number of USD greater than 0")
+        return value
+
+    @property
+    def spend_active(self) -> bool:
+        """Calls are priced: a price, a budget, the ledger or spend.track is set."""
+        spend = self.spend
+        return bool(self.prices or self.budgets or self.budgets_per_model or spend.track or spend.ledger)
+
+    @field_validator("fallback_on", mode="before")
+    @classmethod
+    def _split_triggers(cls, value: Any) -> Any:
+        return _list_value(value, 'a JSON list, e.g. ["model_refused", "exhausted"]')
 
     @field_validator("base_url")
     @classmethod
@@ -804,6 +938,9 @@ def _key_lines(value: Any, setting: str) -> Any:
 
 
 _TABLE_FORMS = {
+    "prices": 'a JSON object of model = price, e.g. {"gpt-5.2": {"input_per_mtok": 1.25, "output_per_mtok": 10}}',
+    "budgets": 'a JSON object of period = USD, e.g. {"day": 20, "month": 400}',
+    "budgets_per_model": 'a JSON object of model pattern = budgets, e.g. {"gpt-5*": {"day": 5}}',
     "model_aliases": 'a JSON object of old = new model names, e.g. {"gpt-4": "gpt-5.2"}',
     "node_weights": 'a JSON object of node URL = weight, e.g. {"https://a/v1": 2}',
 }

@@ -62,7 +62,7 @@ def operation_name(path: str) -> str | None:
 class ResponseFacts:
     """Accumulates what a response says about itself, from one JSON body or many stream events."""
 
-    __slots__ = ("finish_reasons", "input_tokens", "model", "output_tokens", "response_id")
+    __slots__ = ("cached_input_tokens", "finish_reasons", "input_tokens", "model", "output_tokens", "response_id")
 
     def __init__(self) -> None:
         self.response_id: str | None = None
@@ -70,6 +70,7 @@ class ResponseFacts:
         self.finish_reasons: list[str] = []
         self.input_tokens: int | None = None
         self.output_tokens: int | None = None
+        self.cached_input_tokens: int | None = None  # part of input_tokens: read from a cache
 
     def read_body(self, body: bytes) -> None:
         document = _decode(body)
@@ -120,7 +121,13 @@ class ResponseFacts:
                 self.input_tokens = prompt
             if completion.__class__ is int:
                 self.output_tokens = completion
+            details = usage.get("prompt_tokens_details")
+            if details.__class__ is dict and details.get("cached_tokens").__class__ is int:
+                self.cached_input_tokens = details["cached_tokens"]
             return
+        details = usage.get("input_tokens_details")  # the Responses API
+        if details.__class__ is dict and details.get("cached_tokens").__class__ is int:
+            self.cached_input_tokens = details["cached_tokens"]
         if "input_tokens" in usage:
             # Anthropic counts cached input apart; the conventions want it all in input.
             cached = _int(usage.get("cache_read_input_tokens"), 0) or 0
@@ -128,6 +135,8 @@ class ResponseFacts:
             base = _int(usage.get("input_tokens"), None)
             if base is not None:
                 self.input_tokens = base + cached + created
+                if "cache_read_input_tokens" in usage:
+                    self.cached_input_tokens = cached
         # Anthropic's message_delta carries a cumulative output count; the last one wins.
         self.output_tokens = _int(usage.get("output_tokens"), self.output_tokens)
 

@@ -178,7 +178,7 @@ class CallPlan:
         self._pool = pool
         self._keys = keys
         self.model = model
-        self.refused_keys: list[str] = []  # ids of the keys the gateway refused in this call
+        self.refused_keys: tuple[str, ...] = ()  # ids of the keys the gateway refused in this call
         self._key_switches = 0
         self._budget = budget
         self._policy = policy
@@ -247,7 +247,7 @@ class CallPlan:
         self._finish(action, ok=None)  # says nothing about the node
         self.steps.append(Step(action.node, f"{status} key {action.key.masked} refused ({reason})", action.delay))
         self._keys.refused(action.key, reason)
-        self.refused_keys.append(action.key.id)
+        self.refused_keys = (*self.refused_keys, action.key.id)
         following = self._keys.ready(self.model, self.refused_keys) if self._replayable else None
         if following is None:
             return Deliver(action.node, final=True)
