@@ -492,3 +492,17 @@ def test_an_unpriced_call_has_no_cost_attribute(gateway: GatewaySimulator) -> No
     client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
     (span,) = genai_spans()
     assert "yibu.usage.cost" not in dict(span.attributes or {})
+
+
+def test_no_pooled_key_in_a_span_even_when_one_is_benched(gateway: GatewaySimulator) -> None:
+    other = "sk-gw-pool-second-0123456789abcdefghij"
+    gateway.accepted_keys = frozenset({GATEWAY_KEY, other})
+    gateway.set_key_quota(GATEWAY_KEY, 0)
+    install_for(gateway, api_keys=[other])
+    client = openai.OpenAI(api_key=OPENAI_KEY, max_retries=0)
+    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+    (span,) = genai_spans()
+    outcomes = [dict(event.attributes or {}).get("yibu.outcome") for event in span.events]
+    assert outcomes[0] is not None and "refused (quota: insufficient_user_quota)" in str(outcomes[0])
+    no_key_in([span])
+    assert other not in repr([dict(event.attributes or {}) for event in span.events])

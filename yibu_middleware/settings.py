@@ -901,10 +901,16 @@ class Settings(BaseSettings):
             if name == "api_key" and value is not None:
                 value = mask(value.get_secret_value())
             elif name == "api_keys":
-                value = [mask(item.get_secret_value()) for item in value]
+                value = [_masked_key_line(item) for item in value]
             elif name == "keys_by_model":
-                value = {pattern: [mask(item.get_secret_value()) for item in items] for pattern, items in value.items()}
+                value = {pattern: [_masked_key_line(item) for item in items] for pattern, items in value.items()}
             yield name, value
+
+
+def _masked_key_line(line: SecretStr) -> str:
+    """A ``"key weight"`` list item with its key masked."""
+    key, _, weight = line.get_secret_value().partition(" ")
+    return mask(key) + (f" {weight}" if weight else "")
 
 
 def _key_lines(value: Any, setting: str) -> Any:

@@ -256,18 +256,9 @@ class KeyRing:
                 out.append(KeyState(pool.name, key.masked, key.source, key.weight, state))
         return out
 
-    def all_keys(self) -> list[GatewayKey]:
-        return [*self._default.keys, *(key for _, pool in self._patterns for key in pool.keys)]
-
     def replace_default(self, keys: Sequence[GatewayKey]) -> None:
         """A key file changed: its keys replace the default pool (a call in flight keeps its key)."""
         self._default = KeyPool("default", keys)
-        self._by_model = {}
-
-    def replace_pattern(self, pattern: str, keys: Sequence[GatewayKey]) -> None:
-        self._patterns = tuple(
-            (name, KeyPool(name, keys) if name == pattern else pool) for name, pool in self._patterns
-        )
         self._by_model = {}
 
 
