@@ -224,3 +224,16 @@ def test_a_fallback_waits_its_turn_under_the_new_models_limits(gateway: GatewayS
     finally:
         held.close()
     assert chat("gpt-5.2").model == "gpt-5.1"  # the slot is free again
+
+
+def test_the_anthropic_sdk_falls_back_in_its_own_protocol(gateway: GatewaySimulator) -> None:
+    import anthropic
+    from helpers import ANTHROPIC_KEY
+
+    gateway.set_missing_models({"claude-opus-9"})
+    install_for(gateway, fallbacks={"claude-opus-9": ["claude-sonnet-4-5"]})
+    client = anthropic.Anthropic(api_key=ANTHROPIC_KEY, max_retries=0)
+    answer = client.messages.create(model="claude-opus-9", max_tokens=16, messages=[{"role": "user", "content": "hi"}])
+    assert answer.model == "claude-sonnet-4-5"
+    sent = [(r.path, r.model, r.status) for r in gateway.records]
+    assert sent == [("/v1/messages", "claude-opus-9", 404), ("/v1/messages", "claude-sonnet-4-5", 200)]
