@@ -10,7 +10,8 @@ Scenarios (the gateway simulator runs in this process, on loopback):
              with one api_key and none of issue 18's settings (key pools, fallbacks, prices,
              budgets, spend), this checkout against the code
              of ``--base`` (a commit before the pools; git archive to a temporary folder), the
-             two run side by side against the same simulated node.
+             two run side by side against the same simulated node, with the cyclic GC off in both
+             (see ``child``).
 
 Usage: python benchmarks/keys.py [--calls 1000] [--only exhausted,cost] [--base 86ae58b]
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import subprocess
 import sys
@@ -104,6 +106,10 @@ def child(calls: int, node_url: str) -> None:
 
     side.install({"nodes": [node_url], "api_key": KEY_A})
     client = openai.OpenAI(api_key=PROVIDER_KEY, max_retries=0)
+    # The cyclic GC off in both sides: one full collection (~40 M instructions over the openai
+    # SDK's heap) landing inside one side's window and not the other's moves that side by some
+    # 280,000 instructions a call, ten times what the code itself differs by.
+    gc.disable()
     for _ in range(20 + calls):
         client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
 
