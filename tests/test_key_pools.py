@@ -246,21 +246,27 @@ def test_keys_by_model_send_each_model_with_a_key_granted_it(pool_gateway: Gatew
 
 
 def test_a_rotated_key_file_is_picked_up_within_one_second(pool_gateway: GatewaySimulator, tmp_path: Path) -> None:
+    # Keys of no known shape, so that only their exact values (read from the file) can mask them.
+    old, new = "gwold0123456789ABCDEFGHIJ", "gwnew0123456789ABCDEFGHIJ"
+    pool_gateway.accepted_keys = frozenset({old, new})
     secret = tmp_path / "secret" / "api-key"
     secret.parent.mkdir()
-    secret.write_text(KEY_A + "\n")
+    secret.write_text(old + "\n")
     install(pool_gateway, api_key_file=str(secret))
     chat()
-    # Rotate as Kubernetes does: a new file moved into place (a new inode), the old key revoked.
+    # Rotate as Kubernetes does: a new file moved into place (a new inode).
     fresh = secret.with_name(".new")
-    fresh.write_text(KEY_B + "\n")
+    fresh.write_text(new + "\n")
     os.replace(fresh, secret)
     rotated_at = time.monotonic()
-    while keys_sent(pool_gateway)[-1] != KEY_B:
+    while keys_sent(pool_gateway)[-1] != new:
         assert time.monotonic() - rotated_at < 1.0, "the rotated key was not in use within 1 s"
         chat()  # never fails: until the new key is read, the old one answers (a rotation's grace period)
         time.sleep(0.05)
-    assert keys_sent(pool_gateway)[0] == KEY_A
+    assert keys_sent(pool_gateway)[0] == old
+    with root_output(logging.WARNING) as logged:
+        logging.getLogger("app").warning("old %s new %s", old, new)  # the rotated-out key stays a secret too
+    assert old not in logged.getvalue() and new not in logged.getvalue()
 
 
 def test_a_key_file_emptied_mid_rotation_keeps_the_last_keys(pool_gateway: GatewaySimulator, tmp_path: Path) -> None:
