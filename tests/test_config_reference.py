@@ -115,8 +115,8 @@ def test_every_setting_has_a_row_with_its_meaning() -> None:
     assert all(row.meaning.strip() for row in rows.values()), [key for key, row in rows.items() if not row.meaning]
     # A top-level section (retry, limits, ...) is not a row of its own; its fields are.
     sections = [name for name, info in Settings.model_fields.items() if f"`{name}`" not in rows]
-    expected = ["keys", "retry", "ejection", "health_check", "stream", "hedge", "affinity", "redaction", "limits"]
-    expected.append("policy")
+    expected = ["keys", "spend", "retry", "ejection", "health_check", "stream", "hedge", "affinity", "redaction"]
+    expected += ["limits", "policy"]
     assert sections == [*expected, "hooks", "state", "egress"]
 
 

@@ -227,6 +227,8 @@ def metric_counts() -> dict[str, int]:
     for resource in data.resource_metrics if data else []:
         for scope in resource.scope_metrics:
             for metric in scope.metrics:
+                if metric.name == "yibu.client.cost":
+                    continue  # a counter (a sum, no count): see cost_sum
                 for point in metric.data.data_points:
                     counts[metric.name] = counts.get(metric.name, 0) + point.count
                     if "gen_ai.token.type" in point.attributes:
@@ -470,3 +472,69 @@ def test_span_tells_the_affinity_key_and_the_cache_read(gateway: GatewaySimulato
     last = dict(genai_spans()[-1].attributes or {})
     assert last["gen_ai.usage.cache_read.input_tokens"] == gateway.records[-1].cached_tokens > 0
     assert last["gen_ai.usage.input_tokens"] == 1  # cached input counted in, as the conventions want
+
+
+def test_a_fallback_span_names_every_model_and_node_tried(gateway: GatewaySimulator) -> None:
+    gateway.set_missing_models({"gpt-5.2"})
+    install_for(gateway, fallbacks={"gpt-5.2": ["gpt-5.1"]})
+    client = openai.OpenAI(api_key=OPENAI_KEY, max_retries=0)
+    client.chat.completions.create(model="gpt-5.2", messages=MESSAGES)  # type: ignore[arg-type]
+    (span,) = genai_spans()
+    attributes = dict(span.attributes or {})
+    assert attributes["gen_ai.request.model"] == "gpt-5.2"
+    assert attributes["gen_ai.response.model"] == "gpt-5.1"  # what answered
+    assert tuple(attributes["yibu.fallback.models_tried"]) == ("gpt-5.2", "gpt-5.1")  # type: ignore[arg-type]
+    assert attributes["yibu.fallback.reason"] == "model_refused"
+    events = [dict(event.attributes or {}) for event in span.events if event.name == "yibu.attempt"]
+    assert [event["yibu.outcome"] for event in events] == ["404", "200"]
+    assert all("server.port" in event for event in events)
+    assert events[-1]["yibu.request.model_sent"] == "gpt-5.1"
+    no_key_in([span])
+
+
+def cost_sum() -> float:
+    total = 0.0
+    data = READER.get_metrics_data()
+    for resource in data.resource_metrics if data else []:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                if metric.name == "yibu.client.cost":
+                    total += sum(point.value for point in metric.data.data_points)  # type: ignore[attr-defined,misc]
+    return total
+
+
+def test_a_priced_call_has_its_cost_on_the_span_and_in_the_cost_metric(gateway: GatewaySimulator) -> None:
+    install_for(
+        gateway, pin=gateway.node("a").base_url, prices={"gpt-4o-mini": {"input_per_mtok": 1, "output_per_mtok": 2}}
+    )
+    client = openai.OpenAI(api_key=OPENAI_KEY, max_retries=0)
+    answer = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+    assert answer.usage is not None
+    expected = (answer.usage.prompt_tokens + 2 * answer.usage.completion_tokens) / 1_000_000
+    (span,) = genai_spans()
+    attributes = dict(span.attributes or {})
+    assert attributes["yibu.usage.cost"] == pytest.approx(expected)
+    assert attributes["gen_ai.usage.input_tokens"] == answer.usage.prompt_tokens
+    assert cost_sum() == pytest.approx(expected)  # a counter: cumulative over the process
+
+
+def test_an_unpriced_call_has_no_cost_attribute(gateway: GatewaySimulator) -> None:
+    install_for(gateway)
+    client = openai.OpenAI(api_key=OPENAI_KEY, max_retries=0)
+    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+    (span,) = genai_spans()
+    assert "yibu.usage.cost" not in dict(span.attributes or {})
+
+
+def test_no_pooled_key_in_a_span_even_when_one_is_benched(gateway: GatewaySimulator) -> None:
+    other = "sk-gw-pool-second-0123456789abcdefghij"
+    gateway.accepted_keys = frozenset({GATEWAY_KEY, other})
+    gateway.set_key_quota(GATEWAY_KEY, 0)
+    install_for(gateway, api_keys=[other])
+    client = openai.OpenAI(api_key=OPENAI_KEY, max_retries=0)
+    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+    (span,) = genai_spans()
+    outcomes = [dict(event.attributes or {}).get("yibu.outcome") for event in span.events]
+    assert outcomes[0] is not None and "refused (quota: insufficient_user_quota)" in str(outcomes[0])
+    no_key_in([span])
+    assert other not in repr([dict(event.attributes or {}) for event in span.events])

@@ -170,10 +170,19 @@ def _plain_type(annotation: Any) -> str:
         (item,) = typing.get_args(annotation)
         if typing.get_origin(item) is Literal:
             return "list of " + ", ".join(f"`{value}`" for value in typing.get_args(item))
+        if item is SecretStr:
+            return "list of strings (secrets)"
         return f"list of {_plain_type(item)}s"
     if origin is dict:
         return "table"
-    names = {bool: "boolean", int: "integer", float: "number", str: "string", SecretStr: "string (secret)"}
+    names = {
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+        str: "string",
+        SecretStr: "string (secret)",
+        Path: "path",
+    }
     return names.get(annotation, getattr(annotation, "__name__", str(annotation)))
 
 

@@ -20,8 +20,10 @@ from .settings import (
     TRUE_WORDS,
     KeySettings,
     Settings,
+    default_keys_of,
     gateway_key_of,
     load_settings,
+    model_keys,
     unknown_env_names,
 )
 
@@ -58,6 +60,7 @@ def doctor(timeout: float = 3.0) -> int:
         print(_safe(f"  {name:<30} {value:<48} {settings.origin(name)}"))
     for unknown in unknown_env_names():
         print(f"  warning: {unknown} matches no setting and is ignored")
+    _print_keys(settings)
 
     print("\nClient libraries (hooked when the app imports them)")
     hooked = _check_hooks(settings)
@@ -126,6 +129,23 @@ def _fleet_section(settings: Settings) -> None:
         )
 
 
+def _print_keys(settings: Settings) -> None:
+    """Each gateway key of every pool, masked, with where it is configured and its state (the
+    bench of this process: a fresh one here, so "ready" unless the doctor runs in the app)."""
+    from .core.keys import KeyRing
+    from .runtime import current
+
+    if not (settings.api_keys or settings.api_key_file or settings.api_keys_file or settings.keys_by_model):
+        return
+    runtime = current()
+    ring = runtime.keys if runtime is not None and runtime.keys is not None else None
+    if ring is None:
+        ring = KeyRing(default_keys_of(settings), model_keys(settings), settings.keys.bench_seconds)
+    print("\nGateway keys (masked; pool, where configured, weight, state)")
+    for state in ring.states():
+        print(_safe(f"  {state.masked:<18} {state.pool:<14} {state.source:<40} weight {state.weight:g}  {state.state}"))
+
+
 def _routing(settings: Settings) -> tuple[bool, str]:
     """Whether an app started in this environment would be routed, and why (not)."""
     word = os.environ.get(ENABLED_ENV)
@@ -134,9 +154,14 @@ def _routing(settings: Settings) -> tuple[bool, str]:
             "This process's app would not start: there is no gateway key. Set YIBU_API_KEY, or"
             " YIBU_KEYS__PASS_THROUGH=1 if the app's own keys are gateway keys already."
         )
+    pooled = len(default_keys_of(settings)) + sum(len(keys) for keys in model_keys(settings).values())
     keys = (
-        f"gateway key {mask(settings.api_key.get_secret_value())} ({settings.origin('api_key')})"
+        f"gateway key pool of {pooled} keys (see Gateway keys below)"
+        if pooled > 1
+        else f"gateway key {mask(settings.api_key.get_secret_value())} ({settings.origin('api_key')})"
         if settings.api_key
+        else "gateway key from the key file (see Gateway keys below)"
+        if pooled
         else "callers' own keys pass through (keys.pass_through)"
     )
     if word is None or word.strip().lower() not in TRUE_WORDS:
@@ -170,6 +195,13 @@ def _setting_rows(settings: Settings) -> list[tuple[str, str]]:
         if name == "api_key":
             unset = "(not set: callers' keys pass through)" if settings.keys.pass_through else "(NOT SET)"
             rows.append((name, mask(value.get_secret_value()) if value else unset))
+        elif name == "api_keys":
+            rows.append((name, ", ".join(mask(_key_part(item)) for item in value) or "(none)"))
+        elif name == "keys_by_model":
+            shown = (
+                f"{pattern}=[{', '.join(mask(_key_part(item)) for item in items)}]" for pattern, items in value.items()
+            )
+            rows.append((name, ", ".join(shown) or "(none)"))
         elif isinstance(value, BaseModel) and name != "routes":
             rows.extend(_model_rows(name, value))
         elif name == "routes":
@@ -179,6 +211,11 @@ def _setting_rows(settings: Settings) -> list[tuple[str, str]]:
         else:
             rows.append((name, _shown(value)))
     return rows
+
+
+def _key_part(secret: Any) -> str:
+    """The key of a ``"key weight"`` list item."""
+    return str(secret.get_secret_value()).split()[0]
 
 
 def _model_rows(prefix: str, model: BaseModel) -> list[tuple[str, str]]:
@@ -235,8 +272,9 @@ def _probe(url: str, settings: Settings, timeout: float) -> Probe:
     import httpx
 
     headers: dict[str, Any] = {}
-    if settings.api_key:
-        headers["Authorization"] = f"Bearer {settings.api_key.get_secret_value()}"
+    key = None if _key_missing(settings) else gateway_key_of(settings)
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key.decode('ascii')}"
     started = time.perf_counter()
     try:
         with httpx.Client(timeout=timeout, trust_env=False) as client:
@@ -246,7 +284,7 @@ def _probe(url: str, settings: Settings, timeout: float) -> Probe:
     elapsed = (time.perf_counter() - started) * 1000
     status = response.status_code
     seen = f"reachable: GET /models {status} in {elapsed:.1f} ms"
-    if status in (401, 403) and not settings.api_key:
+    if status in (401, 403) and key is None:
         return Probe(True, False, f"{seen} (no key sent: under pass-through each caller sends its own)")
     if status == 401:
         return Probe(True, True, f"{seen}: key rejected. The node does not accept this gateway key: check YIBU_API_KEY")

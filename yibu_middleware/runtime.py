@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING
 
 from .core.affinity import Remembered
@@ -23,11 +23,15 @@ from .core.redact import KnownValues, redact_text
 from .core.retry import RetryBudget
 from .core.routes import Route, RouteTable, parse_route_key
 from .errors import ConfigError
-from .settings import Settings, gateway_key_of
+from .settings import Settings, default_keys_of, gateway_key_of, model_keys
 
 if TYPE_CHECKING:
+    from .core.fallbacks import Fallbacks
+    from .core.keys import GatewayKey, KeyRing
     from .fleet import Fleet, FleetLimiter, Syncer
+    from .keyfiles import KeyFiles
     from .limiter import Limiter
+    from .spend import SpendTracker
 
 log = logging.getLogger("yibu_middleware")
 
@@ -45,9 +49,12 @@ class Runtime:
         "aliases",
         "budget",
         "capture_content",
+        "fallbacks",
         "fleet",
         "gateway_key",
         "hedging",
+        "key_files",
+        "keys",
         "known_values",
         "last_swapped",
         "limiter",
@@ -56,6 +63,7 @@ class Runtime:
         "routes",
         "rules",
         "settings",
+        "spend",
     )
 
     def __init__(self, settings: Settings) -> None:
@@ -102,6 +110,23 @@ class Runtime:
         if settings.state.active:
             self.fleet, self.limiter = _fleet_of(settings, self.gateway_key, self.limiter)
         self.rules = Rules.from_settings(settings.policy)
+        # Spend tracking (None: no price, budget, ledger or spend.track set; nothing to pay).
+        self.spend: SpendTracker | None = None
+        if settings.spend_active:
+            from .spend import SpendTracker
+
+            self.spend = SpendTracker(settings)
+        # Model fallbacks (None: none configured; a call then looks at nothing).
+        self.fallbacks: Fallbacks | None = None
+        if settings.fallbacks or settings.context_fallbacks:
+            from .core.fallbacks import Fallbacks, Trigger
+
+            self.fallbacks = Fallbacks(
+                settings.fallbacks,
+                settings.context_fallbacks,
+                [Trigger(name) for name in settings.fallback_on],
+                self.rules.model_allowed,
+            )
         # Message content in spans only on opt-in: read once, as OpenTelemetry's instrumentations do.
         self.capture_content = os.environ.get(CAPTURE_CONTENT_ENV, "").strip().lower() in ("1", "true", "yes", "on")
         self.aliases = dict(settings.model_aliases)
@@ -113,9 +138,34 @@ class Runtime:
         password = _redis_password(settings)
         if password:
             self.known_values.add(password, pinned=True, any_shape=True)
+        # A key pool (None: one key, or none; nothing to choose per attempt, nothing to pay).
+        self.keys: KeyRing | None = None
+        self.key_files: KeyFiles | None = None
+        if settings.api_keys or settings.api_key_file or settings.api_keys_file or settings.keys_by_model:
+            self._pool_keys(settings)
         self.last_swapped: Collection[str] = ()
         self._lock = threading.Lock()
         self._checker: threading.Thread | None = None
+
+    def _pool_keys(self, settings: Settings) -> None:
+        from .core.keys import KeyRing
+        from .keyfiles import KeyFiles
+
+        fixed = default_keys_of(settings, with_files=False)
+        by_model = model_keys(settings)
+        self.keys = KeyRing(fixed, by_model, settings.keys.bench_seconds)
+        self.pin_keys([*fixed, *(key for keys in by_model.values() for key in keys)])
+        files = [(field, path) for field in ("api_key_file", "api_keys_file") if (path := getattr(settings, field))]
+        if files:
+            self.key_files = KeyFiles(files, fixed, self.keys, self.pin_keys)
+            self.keys.replace_default(self.key_files.default_keys())
+        first = self.keys.first
+        self.gateway_key = first.value if first is not None else self.gateway_key
+
+    def pin_keys(self, keys: Iterable[GatewayKey]) -> None:
+        """Every gateway key, of every pool and file, is masked by value wherever it appears."""
+        for key in keys:
+            self.known_values.add(key.value.decode("ascii"), pinned=True, any_shape=True)
 
     def remember_swapped(self, keys: Collection[str]) -> None:
         """Called by every call with the provider keys it swapped out: cheap when the keys are
@@ -181,6 +231,12 @@ class Runtime:
             self.limiter.reset()  # the parent's waiters and slots are not this process's
         self._lock = threading.Lock()
         self.known_values.after_fork()
+        if self.keys is not None:
+            self.keys.bench.clear()  # the parent's bench: a fleet store would keep it, a process's does not
+        if self.key_files is not None:
+            self.key_files.after_fork()
+        if self.spend is not None:
+            self.spend.after_fork()
         self._checker = None  # threads do not survive fork; a new one starts on first use
         if self.fleet is not None:
             self.fleet.after_fork()  # a process of its own in the fleet, with its own connections

@@ -23,7 +23,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -44,12 +44,19 @@ from pydantic_settings.exceptions import SettingsError
 from .core.redact import mask, mask_userinfo, redact_text
 from .errors import ConfigError
 
+if TYPE_CHECKING:
+    from .core.keys import GatewayKey
+
 ENV_PREFIX = "YIBU_"
 CONFIG_ENV = "YIBU_CONFIG"
 """Path of the TOML settings file to read."""
 DEFAULT_BASE_URL = "https://api.yibuapi.com/v1"
 
 Provider = Literal["openai", "anthropic"]
+FallbackTrigger = Literal["model_refused", "exhausted", "context_length", "content_policy"]
+
+# Settings whose values are keys: never quoted in an error, shown only masked.
+SECRET_FIELDS = frozenset({"api_key", "api_keys", "keys_by_model"})
 
 # The words a switch accepts. YIBU_ENABLED is read by the one-line .pth file too, which
 # hands every value outside FALSE_WORDS to start-up, where anything else is an error:
@@ -273,9 +280,9 @@ class RedactionSettings(BaseModel):
 
 
 class KeySettings(BaseModel):
-    """Which key is sent to the gateway (key pools will join this section)."""
+    """Which key is sent to the gateway, and how a pool of keys is used."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     pass_through: Switch = Field(
         False,
@@ -284,6 +291,52 @@ class KeySettings(BaseModel):
     )
     """Start without `api_key`: each caller's own key is sent to the gateway unchanged, for apps already given
     gateway keys. Ignored when `api_key` is set."""
+    bench_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="seconds a key the gateway refused for quota (or rejected with a 401) is left out of its pool",
+    )
+    """Seconds a pooled key is left out after the gateway refused it for quota (`insufficient_user_quota`,
+    `pre_consume_token_quota_failed`, `insufficient_quota`) or rejected it (401); the call that met the refusal
+    is retried at once with the next key. Then the key is tried again. With a single key nothing is benched."""
+
+
+class ModelPrice(BaseModel):
+    """A model's price at the gateway, USD per million tokens (``prices``)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    input_per_mtok: float = Field(ge=0, description="USD per million input tokens")
+    cached_input_per_mtok: float | None = Field(
+        None, ge=0, description="USD per million input tokens read from a cache; unset: the input price"
+    )
+    output_per_mtok: float = Field(ge=0, description="USD per million output tokens")
+
+
+Period = Literal["hour", "day", "month"]
+
+
+class SpendSettings(BaseModel):
+    """Spend tracking: on when a price, a budget, the ledger or ``track`` is set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    track: Switch = Field(
+        False, description="price every call from its usage (span attribute and metric) even with no budget set"
+    )
+    """Price every call from its reported usage, for the span attribute and the metric (see "Spend and budgets"),
+    even with no price, budget or ledger set (any of those turns it on too). Off: calls are not read for their
+    usage on this account."""
+    ledger: Switch = Field(
+        False, description="keep a local SQLite ledger of every call's model, tokens and cost, for `yibu spend`"
+    )
+    """Keep a local SQLite ledger of every call's model, tokens and cost (`ledger_path`), read by `yibu spend`, and
+    read at start so that budgets count what the process spent before a restart."""
+    ledger_path: Path | None = Field(
+        None, description="the ledger file; unset: spend.sqlite3 in the user's cache folder"
+    )
+    """The ledger file; unset: `$XDG_CACHE_HOME/yibu-middleware/spend.sqlite3` (`~/.cache/...` when unset;
+    `%LOCALAPPDATA%` on Windows, `~/Library/Caches` on macOS)."""
 
 
 class ModelLimits(BaseModel):
@@ -599,6 +652,36 @@ class Settings(BaseSettings):
     Required: unset or empty, the middleware does not start unless `keys.pass_through` is set. Surrounding
     whitespace is dropped; other spaces, control and non-ASCII characters are an error. A secret: shown only
     masked (`sk-...a1b2`)."""
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        [],
+        description="more gateway keys, spread over with api_key: comma-separated or a JSON list; an item"
+        ' may be "key weight" or {"key": ..., "weight": 2}',
+    )
+    """More gateway keys, used with `api_key` as one pool: calls are spread over them by weight (smooth weighted
+    round robin), and a key the gateway refuses for quota or rejects is benched for `keys.bench_seconds` while
+    the call is retried at once with the next key (see "Gateway key pools"). Env: comma-separated or a JSON list;
+    an item is a key, `"key weight"` or `{"key": "sk-...", "weight": 2}` (default weight 1). Secrets: shown
+    only masked."""
+    api_key_file: Path | None = Field(
+        None, description="a file holding the gateway key (a mounted secret), re-read when it changes"
+    )
+    """A file holding the gateway key, such as a Kubernetes or Vault mounted secret; read at start and again
+    within a second of any change (a rotated secret takes effect without a restart; a call in flight keeps the key
+    it was sent with). Its keys join the pool of `api_key` and `api_keys`. A file that cannot be read, or holds no
+    key, is a settings error at start; later, the keys last read stay in use and a warning says why."""
+    api_keys_file: Path | None = Field(
+        None, description="a file of gateway keys, one a line ('key' or 'key weight'), re-read when it changes"
+    )
+    """A file of gateway keys, one a line (`key` or `key weight`; blank lines and `#` comments skipped), read and
+    re-read as `api_key_file` is, its keys joining the same pool."""
+    keys_by_model: Annotated[dict[str, list[SecretStr]], NoDecode] = Field(
+        {},
+        description="keys per model, for gateways that grant models per key: model pattern = list of keys."
+        " Env: JSON object",
+    )
+    """Keys per model, for gateways that grant models per key: `{"claude-*" = ["sk-...", "sk-..."]}` (TOML) or
+    a JSON object, model shell patterns (as sent, after `model_aliases`) to key lists, first match wins. A model
+    no pattern matches uses the pool of `api_key`, `api_keys` and the files. Secrets: shown only masked."""
     keys: KeySettings = Field(KeySettings(), description="which key is sent to the gateway")
     # Before the URLs: their validators read it.
     allow_insecure_nodes: Switch = Field(
@@ -641,6 +724,52 @@ class Settings(BaseSettings):
     )
     """Rewrite `model` in JSON request bodies: `[model_aliases]` with `"gpt-4" = "gpt-5.2"` moves an app from an
     old model to a new one without a code change."""
+    fallbacks: Annotated[dict[str, list[str]], NoDecode] = Field(
+        {},
+        description="models to try, in order, when a call's model is refused or exhausted: model pattern ="
+        ' list of models, e.g. {"gpt-5.2": ["gpt-5.1", "gpt-4.1"]}. Env: JSON object',
+    )
+    """Models to try, in order, when a call's model is refused or exhausted (see "Model fallbacks"):
+    `{"gpt-5.2" = ["gpt-5.1", "gpt-4.1"]}` in TOML, a JSON object in the environment. Keys are the model as
+    sent (after `model_aliases`), shell patterns allowed (`"gpt-5*"`), first match wins. The fallback is the same
+    request with only `model` changed, within the call's deadline and retry budget."""
+    context_fallbacks: Annotated[dict[str, list[str]], NoDecode] = Field(
+        {},
+        description="models with a larger context window to try when a request does not fit: model pattern ="
+        " list of models. Env: JSON object",
+    )
+    """Models to try when a request does not fit the model's context window (`context_length_exceeded` and the
+    gateways' equivalents), in the form of `fallbacks`. Only these: a model from `fallbacks` may well be
+    smaller."""
+    fallback_on: Annotated[list[FallbackTrigger], NoDecode] = Field(
+        ["model_refused", "exhausted", "context_length"],
+        description="what makes a call fall back: 'model_refused', 'exhausted', 'context_length',"
+        " 'content_policy'. Env: comma-separated or a JSON list",
+    )
+    """What makes a call fall back: `model_refused` (the model is unknown, `model_not_found`, or not allowed for
+    the key, a 403), `exhausted` (every node tried failed with a 429, a 5xx or no answer, within the deadline),
+    `context_length` (only to `context_fallbacks`), `content_policy` (a content filter's refusal; off unless
+    listed). Never any other 400, 401 or 422."""
+    prices: Annotated[dict[str, ModelPrice], NoDecode] = Field(
+        {},
+        description='prices per model (pattern), USD per million tokens: {"gpt-5.2": {"input_per_mtok": 1.25,'
+        ' "output_per_mtok": 10}}. Env: JSON object',
+    )
+    """The gateway's own prices, USD per million tokens, by model as sent (shell patterns allowed, first match),
+    over `genai-prices`' data: `{"gpt-5.2": {"input_per_mtok": 1.25, "cached_input_per_mtok": 0.125,
+    "output_per_mtok": 10.0}}`. Setting one turns spend tracking on."""
+    budgets: Annotated[dict[Period, float], NoDecode] = Field(
+        {}, description='USD per calendar period (UTC): {"day": 20, "month": 400}; periods hour, day, month'
+    )
+    """Spend budgets in USD per calendar period in UTC, `{"day": 20, "month": 400}` (periods `hour`, `day`,
+    `month`). Once a period's spend reaches one, calls are answered before sending with a 429 in the provider's
+    format, `x-should-retry: false`, naming the budget and when it resets."""
+    budgets_per_model: Annotated[dict[str, dict[Period, float]], NoDecode] = Field(
+        {}, description='budgets of one model (pattern): {"gpt-5*": {"day": 5}}. Env: JSON object'
+    )
+    """The same per model, by shell pattern (first match; the spend of every model it matches counts):
+    `{"gpt-5*": {"day": 5}}`."""
+    spend: SpendSettings = Field(SpendSettings(), description="spend tracking and its local ledger")
     node_weights: Annotated[dict[str, float], NoDecode] = Field(
         {}, description="relative share of traffic per node URL (default 1). Env: JSON object"
     )
@@ -715,6 +844,89 @@ class Settings(BaseSettings):
                     " printable ASCII with no spaces. Copy it again from the gateway's console"
                 )
         return value
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        """A comma-separated or JSON list; an item ``"key weight"`` or ``{"key": ..., "weight": ...}``,
+        each checked as a key (the error names the item's place, never the key)."""
+        return _key_lines(value, "api_keys")
+
+    @field_validator("keys_by_model", mode="before")
+    @classmethod
+    def _parse_keys_by_model(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = _json_value(value, 'a JSON object of model pattern = list of keys, e.g. {"claude-*": ["sk-..."]}')
+        if not isinstance(value, Mapping):
+            raise ValueError("expected a table of model pattern = list of keys")
+        out = {}
+        for pattern, keys in value.items():
+            if not str(pattern).strip():
+                raise ValueError("a model pattern in keys_by_model is empty")
+            lines = _key_lines(keys, f"keys_by_model[{pattern!r}]")
+            if not lines:
+                raise ValueError(f"keys_by_model[{pattern!r}] holds no key")
+            out[str(pattern)] = lines
+        return out
+
+    @field_validator("api_key_file", "api_keys_file")
+    @classmethod
+    def _check_key_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        from .keyfiles import read_key_file
+
+        read_key_file(value.expanduser(), str(info.field_name))  # ValueError when unreadable or empty
+        return value.expanduser()
+
+    @field_validator("fallbacks", "context_fallbacks", mode="before")
+    @classmethod
+    def _parse_fallbacks(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = _json_value(value, 'a JSON object of model pattern = list of models, e.g. {"gpt-5.2": ["gpt-5.1"]}')
+        if isinstance(value, Mapping):
+            value = {key: _list_value(models, "a JSON list of models") for key, models in value.items()}
+            for key, models in value.items():
+                if not str(key).strip():
+                    raise ValueError("a model pattern is empty")
+                if isinstance(models, list) and (not models or any(not str(m).strip() for m in models)):
+                    raise ValueError(f"{key!r}: expected a list of model names, none empty")
+        return value
+
+    @field_validator("prices", "budgets", "budgets_per_model", mode="before")
+    @classmethod
+    def _parse_spend_tables(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, str):
+            value = _json_value(value, _TABLE_FORMS[str(info.field_name)])
+        return value
+
+    @field_validator("budgets")
+    @classmethod
+    def _positive_budgets(cls, value: dict[str, float]) -> dict[str, float]:
+        if any(not limit > 0 for limit in value.values()):
+            raise ValueError("a budget must be a number of USD greater than 0")
+        return value
+
+    @field_validator("budgets_per_model")
+    @classmethod
+    def _positive_model_budgets(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for pattern, limits in value.items():
+            if not pattern.strip():
+                raise ValueError("a model pattern in budgets_per_model is empty")
+            if any(not limit > 0 for limit in limits.values()):
+                raise ValueError(f"{pattern!r}: a budget must be a number of USD greater than 0")
+        return value
+
+    @property
+    def spend_active(self) -> bool:
+        """Calls are priced: a price, a budget, the ledger or spend.track is set."""
+        spend = self.spend
+        return bool(self.prices or self.budgets or self.budgets_per_model or spend.track or spend.ledger)
+
+    @field_validator("fallback_on", mode="before")
+    @classmethod
+    def _split_triggers(cls, value: Any) -> Any:
+        return _list_value(value, 'a JSON list, e.g. ["model_refused", "exhausted"]')
 
     @field_validator("base_url")
     @classmethod
@@ -795,10 +1007,53 @@ class Settings(BaseSettings):
         for name, value in super().__repr_args__():
             if name == "api_key" and value is not None:
                 value = mask(value.get_secret_value())
+            elif name == "api_keys":
+                value = [_masked_key_line(item) for item in value]
+            elif name == "keys_by_model":
+                value = {pattern: [_masked_key_line(item) for item in items] for pattern, items in value.items()}
             yield name, value
 
 
+def _masked_key_line(line: SecretStr) -> str:
+    """A ``"key weight"`` list item with its key masked."""
+    key, _, weight = line.get_secret_value().partition(" ")
+    return mask(key) + (f" {weight}" if weight else "")
+
+
+def _key_lines(value: Any, setting: str) -> Any:
+    """Keys as a list of ``"key"`` / ``"key weight"`` strings, each checked (``core.keys.parse_key_line``)."""
+    from .core.keys import parse_key_line
+
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if isinstance(value, str):
+        value = _list_value(value, 'a JSON list of keys, e.g. ["sk-...", {"key": "sk-...", "weight": 2}]')
+    if not isinstance(value, list | tuple):
+        raise ValueError("expected a list of keys")
+    lines = []
+    for index, item in enumerate(value):
+        where = f"{setting}[{index}]"
+        if isinstance(item, SecretStr):
+            item = item.get_secret_value()
+        if isinstance(item, Mapping):
+            unknown = set(item) - {"key", "weight"}
+            if unknown or not isinstance(item.get("key"), str):
+                raise ValueError(f'{where}: expected {{"key": "sk-...", "weight": 2}} (weight optional)')
+            weight = item.get("weight", 1)
+            if isinstance(weight, bool) or not isinstance(weight, int | float):
+                raise ValueError(f"{where}: the weight must be a number greater than 0")
+            item = f"{item['key'].strip()} {weight}"
+        if not isinstance(item, str):
+            raise ValueError(f"{where}: expected a key (a string)")
+        if parse_key_line(item, where) is not None:  # ValueError naming the place on a malformed key
+            lines.append(item.strip())
+    return lines
+
+
 _TABLE_FORMS = {
+    "prices": 'a JSON object of model = price, e.g. {"gpt-5.2": {"input_per_mtok": 1.25, "output_per_mtok": 10}}',
+    "budgets": 'a JSON object of period = USD, e.g. {"day": 20, "month": 400}',
+    "budgets_per_model": 'a JSON object of model pattern = budgets, e.g. {"gpt-5*": {"day": 5}}',
     "model_aliases": 'a JSON object of old = new model names, e.g. {"gpt-4": "gpt-5.2"}',
     "node_weights": 'a JSON object of node URL = weight, e.g. {"https://a/v1": 2}',
 }
@@ -1034,6 +1289,16 @@ def gateway_key_of(settings: Settings) -> bytes | None:
     """
     if settings.api_key is not None:
         return settings.api_key.get_secret_value().encode("ascii")  # ASCII: checked at load
+    pooled = default_keys_of(settings)
+    if pooled:
+        return pooled[0].value
+    if settings.keys_by_model:
+        raise _settings_error(
+            [
+                "- keys_by_model is set, but no key is left for the models it does not match: set api_key,"
+                " api_keys, api_key_file or api_keys_file too (the default pool)."
+            ]
+        )
     if settings.keys.pass_through:
         return None
     origin = settings.origin("api_key")
@@ -1045,6 +1310,51 @@ def gateway_key_of(settings: Settings) -> bytes | None:
             " set keys.pass_through = true (YIBU_KEYS__PASS_THROUGH=1)."
         ]
     )
+
+
+def default_keys_of(settings: Settings, with_files: bool = True) -> list[GatewayKey]:
+    """The default pool as configured: ``api_key``, ``api_keys``, then (``with_files``) the key
+    files' keys as they read now (``keyfiles.py`` re-reads them when they change)."""
+    from .core.keys import make_key, parse_key_line
+    from .keyfiles import read_key_file
+
+    keys = []
+    if settings.api_key is not None:
+        keys.append(make_key(settings.api_key.get_secret_value(), 1.0, "api_key"))
+    for index, secret in enumerate(settings.api_keys):
+        key = parse_key_line(secret.get_secret_value(), f"api_keys[{index}]")
+        if key is not None:
+            keys.append(key)
+    for field in ("api_key_file", "api_keys_file") if with_files else ():
+        path = getattr(settings, field)
+        if path is not None:
+            keys.extend(read_key_file(path, field))
+    return _unique(keys)
+
+
+def model_keys(settings: Settings) -> dict[str, list[GatewayKey]]:
+    """``keys_by_model`` as pools: pattern -> its keys."""
+    from .core.keys import parse_key_line
+
+    pools = {}
+    for pattern, secrets in settings.keys_by_model.items():
+        keys = [
+            parse_key_line(secret.get_secret_value(), f"keys_by_model[{pattern!r}][{index}]")
+            for index, secret in enumerate(secrets)
+        ]
+        pools[pattern] = _unique([key for key in keys if key is not None])
+    return pools
+
+
+def _unique(keys: list[GatewayKey]) -> list[GatewayKey]:
+    """A key listed twice is one key (the first place it is listed, its weight)."""
+    seen: set[bytes] = set()
+    out = []
+    for key in keys:
+        if key.value not in seen:
+            seen.add(key.value)
+            out.append(key)
+    return out
 
 
 def _env_names() -> dict[str, str]:
@@ -1151,7 +1461,7 @@ def _error_lines(exc: ValidationError, origins: Mapping[str, str], file: Setting
         message = mask_userinfo(redact_text(error["msg"].removeprefix("Value error, ")))
         if len(message) > 300:  # some messages quote the value: keep the report readable
             message = message[:297] + "..."
-        shown = "" if loc[0] == "api_key" else f" = {_shown(error.get('input'))}"
+        shown = "" if loc[0] in SECRET_FIELDS else f" = {_shown(error.get('input'))}"
         expected = _expected(loc)
         lines.append(
             f"- {dotted}{shown} (from {source}): {message}" + (f". [{dotted}: {expected}]" if expected else "")

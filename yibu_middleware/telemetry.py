@@ -68,6 +68,13 @@ YIBU_RETRY_REASON = "yibu.retry_reason"
 YIBU_WAIT = "yibu.wait_s"
 YIBU_AFFINITY_SOURCE = "yibu.affinity.key_source"
 YIBU_AFFINITY_PREFERRED = "yibu.affinity.preferred_node"
+# Cost: the GenAI conventions (v1.41, and the genai repository since) define no cost attribute
+# or metric, so these are ours, under yibu.*, rather than a gen_ai.* name a later release may
+# define differently. The tokens the cost comes from are the conventions' own usage attributes.
+YIBU_COST = "yibu.usage.cost"  # USD, a double
+COST_METRIC = "yibu.client.cost"  # a counter, unit USD, with the duration metric's attributes
+YIBU_MODELS_TRIED = "yibu.fallback.models_tried"
+YIBU_FALLBACK_REASON = "yibu.fallback.reason"
 
 _tracer: trace.Tracer | None = None
 _instruments: tuple[metrics.Histogram, metrics.Histogram, metrics.Histogram] | None = None
@@ -92,6 +99,18 @@ def _get_instruments() -> tuple[metrics.Histogram, metrics.Histogram, metrics.Hi
             meter.create_histogram(TIME_TO_FIRST_CHUNK_METRIC, unit="s", description="time to the first chunk"),
         )
     return _instruments
+
+
+_cost_counter: metrics.Counter | None = None
+
+
+def _get_cost_counter() -> metrics.Counter:
+    global _cost_counter
+    if _cost_counter is None:
+        _cost_counter = metrics.get_meter("yibu_middleware").create_counter(
+            COST_METRIC, unit="USD", description="what calls cost, priced from their reported usage"
+        )
+    return _cost_counter
 
 
 def _genai_span_active(current: Context) -> bool:
@@ -161,6 +180,8 @@ class CallTelemetry(CallObserver):
             return
         node = action.node
         attributes: dict[str, Any] = {SERVER_ADDRESS: node.host, SERVER_PORT: node.port, YIBU_OUTCOME: outcome}
+        if call.legs:  # a fallback leg: which model this attempt sent
+            attributes[YIBU_MODEL_SENT] = call.gateway.model or ""
         if action.why:
             attributes[YIBU_RETRY_REASON] = action.why
         if action.delay:
@@ -171,6 +192,11 @@ class CallTelemetry(CallObserver):
         """The node that answered: set on the span when it ends, with everything else. The
         status is not an attribute of GenAI spans: a failure's is its error.type."""
         self._node = node
+
+    def fell_back(self, call: Call, old: str | None, new: str, why: str) -> None:
+        """Every model tried, in order, on the span (the answer's own model is gen_ai.response.model)."""
+        self.span.set_attribute(YIBU_MODELS_TRIED, call.models_tried)
+        self.span.set_attribute(YIBU_FALLBACK_REASON, why)
 
     def note(self, call: Call, text: str) -> None:
         self.span.set_attribute(YIBU_GATEWAY_REFUSAL, text)
@@ -198,6 +224,9 @@ class CallTelemetry(CallObserver):
             found[YIBU_AFFINITY_SOURCE] = affinity.source
             if call.plan.preferred is not None:
                 found[YIBU_AFFINITY_PREFERRED] = call.plan.preferred
+        cost = call.cost
+        if cost is not None:
+            found[YIBU_COST] = float(cost)
         first_chunk_after = None if reader.first_chunk is None or not reader.sse else reader.first_chunk - self._started
         if first_chunk_after is not None:
             found[TIME_TO_FIRST_CHUNK] = first_chunk_after
@@ -217,6 +246,8 @@ class CallTelemetry(CallObserver):
                 tokens.record(count, {**attributes, TOKEN_TYPE: kind})
         if first_chunk_after is not None:
             first_chunk.record(first_chunk_after, attributes)
+        if cost is not None:
+            (_cost_counter or _get_cost_counter()).add(float(cost), attributes)
 
 
 def current_trace_headers() -> list[tuple[bytes, bytes]]:

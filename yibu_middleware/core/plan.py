@@ -38,6 +38,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import NamedTuple
 
+from .keys import GatewayKey, KeyRing
 from .nodes import Clock, Node, NodePool
 from .retry import Kind, RetryBudget, classify_status, full_jitter, retry_after
 
@@ -101,6 +102,7 @@ class Send(NamedTuple):
     delay: float  # seconds to wait before sending
     why: str  # "" for the first attempt, else why this is a retry (or "hedge")
     attempt: int  # unique within the call: a hedge and a retry may share a node
+    key: GatewayKey | None = None  # the pooled key this attempt sends (None: the call's one key)
 
 
 class Deliver(NamedTuple):
@@ -144,6 +146,8 @@ class CallPlan:
         "_clock",
         "_deadline",
         "_hedging",
+        "_key_switches",
+        "_keys",
         "_policy",
         "_pool",
         "_replayable",
@@ -152,7 +156,9 @@ class CallPlan:
         "affinity",
         "avoid",
         "follow",
+        "model",
         "preferred",
+        "refused_keys",
         "steps",
     )
 
@@ -169,8 +175,16 @@ class CallPlan:
         hedging: Hedging | None = None,
         affinity: int | None = None,
         follow: Node | None = None,
+        keys: KeyRing | None = None,
+        model: str | None = None,
     ) -> None:
+        """``keys``: the process's key pools, when it has several keys (each attempt then takes one
+        for ``model``: see ``key_refused``)."""
         self._pool = pool
+        self._keys = keys
+        self.model = model
+        self.refused_keys: tuple[str, ...] = ()  # ids of the keys the gateway refused in this call
+        self._key_switches = 0
         self._budget = budget
         self._policy = policy
         self._replayable = replayable
@@ -242,6 +256,29 @@ class CallPlan:
         following = self._next(kind, retry_after(headers) if kind is Kind.RATE_LIMITED else None)
         return following if isinstance(following, Send) else Deliver(node, final=True)
 
+    def key_refused(self, action: Send, status: int, reason: str) -> Send | Deliver:
+        """The gateway refused the attempt's pooled key (``core.keys.key_refusal``): the key is
+        benched, and the call is sent again at once, to the same node, with the next key of its
+        pool that is not benched. That costs neither the retry budget nor one of
+        ``retry.max_attempts`` (the gateway did no work, and a spent key is no sign of load);
+        it is bounded by the pool's size. With no key left, the gateway's answer is handed back
+        (``Deliver(final=True)``), and the call explains it (``KeyRing.explain_all_benched``)."""
+        assert action.key is not None and self._keys is not None
+        self._finish(action, ok=None)  # says nothing about the node
+        self.steps.append(Step(action.node, f"{status} key {action.key.masked} refused ({reason})", action.delay))
+        self._keys.refused(action.key, reason)
+        self.refused_keys = (*self.refused_keys, action.key.id)
+        following = self._keys.ready(self.model, self.refused_keys) if self._replayable else None
+        if following is None:
+            return Deliver(action.node, final=True)
+        self._key_switches += 1
+        return self._send(action.node, 0.0, "key refused", following)
+
+    @property
+    def keys_exhausted(self) -> bool:
+        """The gateway refused a pooled key in this call and no other was left to send."""
+        return bool(self.refused_keys)
+
     def release_all(self) -> None:
         """The call ended abnormally (cancelled, or an unexpected error): free every slot it holds."""
         for attempt in list(self._starts):
@@ -286,10 +323,12 @@ class CallPlan:
 
     # --- internals ----------------------------------------------------------------------------
 
-    def _send(self, node: Node, delay: float, why: str) -> Send:
+    def _send(self, node: Node, delay: float, why: str, key: GatewayKey | None = None) -> Send:
         self._attempts = attempt = self._attempts + 1
         self._starts[attempt] = (node, self._clock(), delay)
-        return Send(node, delay, why, attempt)
+        if key is None and self._keys is not None:
+            key = self._keys.choose(self.model, self.refused_keys)
+        return Send(node, delay, why, attempt, key)
 
     def _finish(self, action: Send, ok: bool | None) -> None:
         held = self._starts.pop(action.attempt, None)
@@ -315,7 +354,7 @@ class CallPlan:
             # A connection that failed before anything was sent never read the body: even a
             # one-shot body (a generator, an upload) is still whole, and goes to the next node.
             return "not retried: the request body is a one-shot stream that cannot be sent again"
-        if len(self.steps) >= policy.max_attempts:
+        if len(self.steps) - self._key_switches >= policy.max_attempts:
             return f"retry.max_attempts ({policy.max_attempts}) reached"
         tried = {step.node for step in self.steps}
         node = self._pool.choose(exclude=tried.union(self.avoid))

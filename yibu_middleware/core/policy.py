@@ -543,6 +543,10 @@ _REFUSALS = {
         "the gateway key's quota is used up (insufficient_user_quota). Top up the account or use a key"
         " with quota left; retrying cannot help."
     ),
+    "pre_consume_token_quota_failed": (
+        "the gateway key's quota cannot cover this request (pre_consume_token_quota_failed). Top up the"
+        " key or use one with quota left; retrying with the same key cannot help."
+    ),
     "insufficient_quota": (
         "the account has no quota left (insufficient_quota), at the gateway or at the provider behind it."
         " Top up or raise the quota; retrying cannot help."

@@ -35,6 +35,7 @@ FINAL_CODES = frozenset(
     {
         "insufficient_user_quota",
         "insufficient_quota",
+        "pre_consume_token_quota_failed",
         "model_not_found",
         "access_denied",
         "key_model_access_denied",

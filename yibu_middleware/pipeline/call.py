@@ -23,18 +23,20 @@ from urllib.parse import urljoin, urlsplit
 from ..core.affinity import AffinityKey, affinity_key, with_prompt_cache_key
 from ..core.error_bodies import annotate, error_body
 from ..core.genai import ResponseReader
+from ..core.keys import key_refusal
 from ..core.nodes import Node
 from ..core.plan import AttemptLimits, CallPlan, Deliver, GiveUp, Send, attempt_limits
 from ..core.policy import ParsedBody, check, describe_gateway_refusal, needs_document
-from ..core.request import GatewayRequest, prepare
-from ..core.retry import Kind, gateway_code
+from ..core.request import CREDENTIAL_HEADERS, GatewayRequest, prepare, read_body
+from ..core.retry import Kind, classify_status, gateway_code
 from ..core.routes import Route
 from ..core.sse import StreamWatch
 from ..runtime import Runtime
 from .adapter import Adapter, content_type, is_event_stream
-from .observers import AffinityNote, CallObserver, LimitsTurn, LogLine
+from .observers import AffinityNote, CallObserver, LimitsTurn, LogLine, SpendCount
 
 if TYPE_CHECKING:
+    from decimal import Decimal
     from types import ModuleType
 
     from ..fleet import FleetPermit
@@ -71,12 +73,16 @@ class Call:
     """The state one call carries between attempts, whatever library sent it."""
 
     __slots__ = (
+        "_keyed",
         "_over",
         "_parsed",
         "adapter",
         "affinity",
+        "cost",
+        "first_model",
         "gateway",
         "headers",
+        "legs",
         "observers",
         "plan",
         "reader",
@@ -93,6 +99,8 @@ class Call:
         self.started = time.perf_counter()
         self._over = False
         body = adapter.body
+        if runtime.key_files is not None:
+            runtime.key_files.check()  # a rotated key file: its keys before this call chooses one
         # One parse of the body, shared by aliasing and the policy checks (made only if needed),
         # for a call a rule has something to check in: a model allow-list, or a body that may
         # carry media. Any other call skips the checks.
@@ -132,12 +140,20 @@ class Call:
             hedging=runtime.hedging,
             affinity=None if self.affinity is None else self.affinity.point,
             follow=follow,
+            keys=runtime.keys,
+            model=self.gateway.model,
         )
+        # Model fallbacks: the model the call was sent with first, and each leg before the current
+        # one (its model, its plan, what made the call leave it).
+        self.first_model = self.gateway.model
+        self.legs: tuple[tuple[str | None, CallPlan, str], ...] = ()
         self.ttft = runtime.settings.stream.first_token_timeout if self.gateway.stream else None
         self.timed_out = False  # the last failure was a timeout: see give_up
         # The response is read for its usage (and ids) when a span or a token limit wants it.
         limiter = runtime.limiter
-        self.reader = ResponseReader() if limiter is not None and limiter.counts_tokens else None
+        spend = runtime.spend
+        self.reader = ResponseReader() if spend is not None or (limiter is not None and limiter.counts_tokens) else None
+        self.cost: Decimal | None = None  # USD, once the call ended, when it was priced
         note = AffinityNote.for_call(self.gateway, self.affinity, remembered)
         if note is not None and self.reader is None:
             self.reader = ResponseReader()  # the answer's id: the node a later turn names
@@ -145,8 +161,12 @@ class Call:
         # The headers every attempt sends: the gateway's, with the call's trace context in place
         # of any the app sent itself (an outer instrumentation's ``traceparent``), never twice.
         self.headers = with_trace_headers(self.gateway.headers, trace_headers)
+        # A pooled key's headers, made when an attempt first sends that key (see headers_for).
+        self._keyed: dict[bytes, tuple[tuple[bytes, bytes], ...]] | None = None
         # What watches the call go by (see observers.py): its span, its log line, its turn.
         self.observers: list[CallObserver] = []
+        if spend is not None:
+            self.observers.append(SpendCount(spend))  # first: the span reads the call's cost
         if telemetry is not None:
             self.reader = telemetry.reader
             self.observers.append(telemetry)
@@ -160,12 +180,43 @@ class Call:
         """The call in a few words, for log lines and error messages: "POST api.openai.com/v1/..."."""
         return f"{self.gateway.method} {self.gateway.route.host}{self.adapter.path}"
 
+    def headers_for(self, action: Send) -> tuple[tuple[bytes, bytes], ...]:
+        """The headers of one attempt: the call's, with the attempt's pooled key in every
+        credential header when it has one (the key is chosen per attempt, so that a retry after
+        the gateway refused a key sends the next one)."""
+        key = action.key
+        if key is None or key.value == self.runtime.gateway_key:
+            return self.headers
+        keyed = self._keyed
+        if keyed is None:
+            keyed = self._keyed = {}
+        headers = keyed.get(key.value)
+        if headers is None:
+            headers = keyed[key.value] = with_key(self.headers, key.value)
+        return headers
+
     # --- client-side limits and policy (the driver waits for a permit) -----------------------
 
     @property
     def needs_admission(self) -> bool:
-        """A rule has something to check, or a client-side limit applies."""
-        return self._parsed is not None or self.runtime.limiter is not None
+        """A rule has something to check, a client-side limit applies, or a budget is set."""
+        runtime = self.runtime
+        return (
+            self._parsed is not None
+            or runtime.limiter is not None
+            or (runtime.spend is not None and runtime.spend.budgets.any)
+        )
+
+    def budget_refusal(self) -> Any:
+        """Our refusal of a call a spend budget stops (a 429 in the provider's format, nothing
+        sent), or None."""
+        spend = self.runtime.spend
+        if spend is None:
+            return None
+        refusal = spend.refusal(self.gateway.model)
+        if refusal is None:
+            return None
+        return self.refuse(429, "yibu_budget_exceeded", refusal.message(self.gateway.model))
 
     def policy_refusal(self) -> Any:
         """Our refusal of a call a policy rule forbids (nothing is sent), or None."""
@@ -213,6 +264,13 @@ class Call:
         return self.adapter.answer(
             status, [("content-type", "application/json"), ("x-should-retry", "false")], body, None
         )
+
+    def release_turn(self) -> None:
+        """Give back the call's turn under the limits (a fallback takes one for its own model)."""
+        for observer in list(self.observers):
+            if isinstance(observer, LimitsTurn):
+                observer.ended(self, None, None)
+                self.observers.remove(observer)
 
     def finish(self, error_type: str | None = None) -> None:
         """The call is over: reached on every path (a failed answer or our own handed back, a
@@ -285,7 +343,7 @@ class Call:
         following = self._judge(done)
         if self.observers:
             step = self.plan.steps[-1] if self.plan.steps else None
-            retried = self.plan.retried or isinstance(following, Send)
+            retried = self.retried or isinstance(following, Send)
             for observer in self.observers:
                 observer.attempt_ended(self, done.action, step.outcome if step is not None else "", retried)
         return following
@@ -304,8 +362,100 @@ class Call:
         if status < 400:
             return self.plan.answered(done.action, status, _NO_HINTS, None)
         # Error bodies are read before deciding: a gateway code can make a 5xx final.
+        body = self.adapter.error_body(done.response)
+        if done.action.key is not None:
+            refusal = key_refusal(status, gateway_code(body))
+            if refusal is not None:  # a spent or rejected pooled key: the next key, at once
+                return self.plan.key_refused(done.action, status, refusal)
         hints = retry_hints(self.adapter, done.response) if status == 429 else _NO_HINTS  # only a 429's hints count
-        return self.plan.answered(done.action, status, hints, self.adapter.error_body(done.response))
+        return self.plan.answered(done.action, status, hints, body)
+
+    # --- model fallbacks ---------------------------------------------------------------------
+
+    def fallback(self, action: Deliver | GiveUp, done: Exchange | None) -> Send | GiveUp | None:
+        """The first attempt of a fallback leg, when the call's final answer is one its fallbacks
+        are for (``core/fallbacks.py``); None to hand the answer back as it is.
+
+        The fallback is the same request with only ``model`` changed, under the same deadline
+        (what is left of it) and retry budget (one retry is spent on it), with the key pool of
+        its own model; the driver gives it a turn under its model's limits. A stream reaches
+        here only before its first content (a delivered stream is no final answer)."""
+        fallbacks = self.runtime.fallbacks
+        if fallbacks is None or self.first_model is None or self.gateway.body is None:
+            return None
+        if not fallbacks.covers(self.first_model):
+            return None
+        left = self.plan.timeout_left()
+        if left is not None and left <= 0:
+            return None
+        from ..core.fallbacks import trigger_of  # only a process with fallbacks needs it
+
+        if isinstance(action, GiveUp):
+            if self.timed_out or action.kind is Kind.FINAL:
+                return None  # a timeout used the deadline up; a one-shot body cannot go again
+            trigger = trigger_of(0, None, exhausted=True)
+        else:
+            if not action.final or done is None or done.response is None:
+                return None
+            body = self.adapter.error_body(done.response)
+            exhausted = classify_status(done.status, body) in (Kind.RATE_LIMITED, Kind.NODE_FAILED)
+            trigger = trigger_of(done.status, body, exhausted)
+        if trigger is None:
+            return None
+        tried = [model for model, _, _ in self.legs if model is not None]
+        current = self.gateway.model
+        model = fallbacks.next_model(self.first_model, [*tried, current or ""], trigger)
+        if model is None:
+            return None
+        spend = self.runtime.spend
+        if spend is not None and spend.refusal(model) is not None:
+            return None  # a fallback a budget stops is not made
+        _, sent, new_body, _ = read_body(self.gateway.body, {current or "": model})
+        if sent != model or not self.runtime.budget.try_spend():
+            return None  # the body's model could not be rewritten, or retries are spent
+        if not self.retried and done is not None and self.plan.steps:
+            # The one attempt so far was told as a call's only one (no event): it is one of several now.
+            for observer in self.observers:
+                observer.attempt_ended(self, done.action, self.plan.steps[-1].outcome, True)
+        self.legs = (*self.legs, (current, self.plan, trigger.value))
+        self.gateway = self.gateway._replace(body=new_body, model=model)
+        runtime = self.runtime
+        self.plan = CallPlan(
+            runtime.pool,
+            runtime.budget,
+            runtime.policy,
+            replayable=True,
+            timeout=left,
+            hedging=runtime.hedging,
+            keys=runtime.keys,
+            model=model,
+        )
+        self.timed_out = False
+        for observer in self.observers:
+            observer.fell_back(self, current, model, trigger.value)
+        return self.plan.start()
+
+    @property
+    def retried(self) -> bool:
+        """More than one attempt, or more than one model."""
+        return bool(self.legs) or self.plan.retried
+
+    def summary(self) -> str:
+        """Every node tried, and with fallbacks every model: "gpt-5.2: a:443: 404; then (model_refused)
+        gpt-5.1: b:443: 200"."""
+        if not self.legs:
+            return self.plan.summary()
+        parts = []
+        reason = ""
+        for model, plan, why in self.legs:
+            parts.append(f"{f'then ({reason}) ' if reason else ''}{model}: {plan.summary()}")
+            reason = why
+        parts.append(f"then ({reason}) {self.gateway.model}: {self.plan.summary()}")
+        return "; ".join(parts)
+
+    @property
+    def models_tried(self) -> list[str]:
+        return [*(model or "" for model, _, _ in self.legs), self.gateway.model or ""]
 
     def abort(self) -> None:
         """The call was interrupted (cancelled, or an error we do not handle)."""
@@ -354,6 +504,9 @@ class Call:
         if self.reader is not None:
             self.reader.chunk(body)
         explained = describe_gateway_refusal(status, gateway_code(body))
+        keys = self.runtime.keys
+        if keys is not None and self.plan.keys_exhausted:
+            explained = (f"{explained} " if explained else "") + keys.explain_all_benched(self.plan.model)
         if explained is not None:
             # A quota or permission refusal: retrying cannot help, the log and span say what to do.
             explained = self.runtime.redact(explained)
@@ -362,8 +515,8 @@ class Call:
                 observer.note(self, explained)
             body = annotate(body, f"yibu-middleware: {explained}") or body
         self.finish(error_type=str(status))
-        if self.plan.retried:
-            body = annotate(body, f"yibu-middleware tried: {self.plan.summary()}") or body
+        if self.retried:
+            body = annotate(body, f"yibu-middleware tried: {self.summary()}") or body
         redact = self.runtime.redact
         headers = [(k, redact(v)) for k, v in self.adapter.response_headers(response) if k.lower() not in BODY_HEADERS]
         headers.append(("x-should-retry", "false"))
@@ -386,7 +539,7 @@ class Call:
         with a 503 in the provider's format, with ``x-should-retry: false``, so that the
         openai/anthropic SDKs raise at once instead of running retry rounds of their own over
         nodes just found dead."""
-        summary = self.plan.summary()
+        summary = self.summary()
         if self.timed_out or self.plan.timeout_left() == 0:
             message = self.runtime.redact(
                 f"yibu-middleware: {self.where} timed out: no gateway node answered in time ({summary});"
@@ -485,6 +638,19 @@ def note_swapped(gateway: GatewayRequest, runtime: Runtime) -> None:
     runtime.remember_swapped(gateway.swapped_keys)
     if gateway.sdk_retried:
         runtime.budget.record_retry()
+
+
+def with_key(headers: tuple[tuple[bytes, bytes], ...], key: bytes) -> tuple[tuple[bytes, bytes], ...]:
+    """``headers`` with ``key`` in each credential header (``Authorization`` as a Bearer token)."""
+    out = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower == b"authorization":
+            value = b"Bearer " + key
+        elif lower in CREDENTIAL_HEADERS:
+            value = key
+        out.append((name, value))
+    return tuple(out)
 
 
 def with_trace_headers(

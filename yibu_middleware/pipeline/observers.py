@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ..core.request import GatewayRequest
     from ..fleet import FleetPermit
     from ..limiter import Permit
+    from ..spend import SpendTracker
     from .call import Call
 
 log = logging.getLogger("yibu_middleware.calls")
@@ -39,6 +40,9 @@ class CallObserver:
     def note(self, call: Call, text: str) -> None:
         """What the gateway's refusal means, already masked (a quota, a permission)."""
 
+    def fell_back(self, call: Call, old: str | None, new: str, why: str) -> None:
+        """The call goes on with model ``new`` in place of ``old``, for ``why`` (a trigger's name)."""
+
     def ended(self, call: Call, facts: ResponseFacts | None, error_type: str | None) -> None:
         """The call is over (once): ``facts`` from its answer, when a reader kept them."""
 
@@ -50,10 +54,11 @@ class LogLine(CallObserver):
     def answered(self, call: Call, node: Node, status: int, event_stream: bool) -> None:
         gateway = call.gateway
         elapsed_ms = (time.perf_counter() - call.started) * 1000
-        model = (
-            gateway.model if gateway.requested_model == gateway.model else f"{gateway.requested_model}->{gateway.model}"
-        )
-        tried = f" (tried: {call.plan.summary()})" if call.plan.retried else ""
+        first = call.first_model
+        model = f"{first}" if gateway.requested_model == first else f"{gateway.requested_model}->{first}"
+        if call.legs:
+            model += "".join(f"=>{name}" for name in call.models_tried[1:]) + " (fallback)"
+        tried = f" (tried: {call.summary()})" if call.retried else ""
         log.info("%s model=%s -> %s %s in %.1f ms%s", call.where, model, node.label, status, elapsed_ms, tried)
 
 
@@ -102,3 +107,13 @@ class AffinityNote(CallObserver):
             self._remembered.put(facts.response_id, node)
         if self._conversation:
             self._remembered.put(self._conversation, node)
+
+
+class SpendCount(CallObserver):
+    """The call's cost, from its reported usage, counted towards the budgets (and the ledger)."""
+
+    def __init__(self, spend: SpendTracker) -> None:
+        self.spend = spend
+
+    def ended(self, call: Call, facts: ResponseFacts | None, error_type: str | None) -> None:
+        call.cost = self.spend.record(call.gateway.model, call.gateway.route.provider, facts)

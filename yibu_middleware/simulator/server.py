@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import fnmatch
 import http
 import itertools
 import json
@@ -68,7 +69,8 @@ class Record:
     """Status the simulator answered."""
     fault: str | None
     """Fault applied: status_override, error_rate, rate_limit, cut_stream, stall_stream, stream_error,
-    truncate_stream, latency, or None."""
+    truncate_stream, latency, key_refused (a key over its quota or outside its models), model_refused (a model
+    not served, or a request over its context window), or None."""
     started: float
     """``time.monotonic()`` when the request line arrived."""
     elapsed: float
@@ -201,6 +203,15 @@ class GatewaySimulator:
         self._thread: threading.Thread | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._state = "new"  # new -> started -> stopped
+        # Per-key rules, gateway-wide (a key's account is the gateway's, not a node's): calls a key
+        # may still make, and the models it may use (shell patterns). A key not listed: no limit.
+        self._key_quotas: dict[str, int] = {}
+        self._key_models: dict[str, tuple[str, ...]] = {}
+        self._keys_lock = threading.Lock()
+        # Per-model rules: models the gateway does not serve, and each model's context window (words).
+        self._missing_models: frozenset[str] = frozenset()
+        self._model_windows: dict[str, int] = {}
+        self._model_statuses: dict[str, int] = {}
 
     # ---- public API ------------------------------------------------------------------------------------
 
@@ -249,6 +260,114 @@ class GatewaySimulator:
         if self._state == "started" and "refuse" in changes:
             self._call(self._sync(node))
         return node.faults
+
+    def set_key_quota(self, key: str, calls: int | None) -> None:
+        """``key`` may make ``calls`` more model calls (any node); then every call it makes gets a
+        403 ``insufficient_user_quota`` in new-api's format. None: no limit again."""
+        with self._keys_lock:
+            if calls is None:
+                self._key_quotas.pop(key, None)
+            else:
+                self._key_quotas[key] = calls
+
+    def key_quota(self, key: str) -> int | None:
+        """Calls ``key`` may still make (None: no limit)."""
+        return self._key_quotas.get(key)
+
+    def set_key_models(self, key: str, patterns: Iterable[str] | None) -> None:
+        """``key`` may use only the models matching ``patterns`` (shell patterns); any other gets a
+        403 in new-api's format (no code: "this token has no access to model ..."). None: every model."""
+        with self._keys_lock:
+            if patterns is None:
+                self._key_models.pop(key, None)
+            else:
+                self._key_models[key] = tuple(patterns)
+
+    def set_missing_models(self, models: Iterable[str]) -> None:
+        """The gateway serves none of ``models``: a call to one gets a 404 ``model_not_found``."""
+        self._missing_models = frozenset(models)
+
+    def set_model_window(self, model: str, tokens: int | None) -> None:
+        """``model``'s context window, in tokens (counted as the words of the messages): a longer
+        request gets a 400 ``context_length_exceeded`` (Anthropic: "prompt is too long"). None: none."""
+        if tokens is None:
+            self._model_windows.pop(model, None)
+        else:
+            self._model_windows[model] = tokens
+
+    def set_model_status(self, model: str, status: int | None) -> None:
+        """Every node answers calls to ``model`` with ``status`` (a 429 or 503: the model is
+        overloaded everywhere), in the provider's error format. None: answered again."""
+        if status is None:
+            self._model_statuses.pop(model, None)
+        else:
+            self._model_statuses[model] = status
+
+    def _model_refusal(self, ctx: _Ctx) -> tuple[int, dict[str, Any]] | None:
+        model = ctx.model
+        if model is None:
+            return None
+        status = self._model_statuses.get(model)
+        if status is not None:
+            return status, responses.error_body(status, ctx.anthropic)
+        if model in self._missing_models:
+            message = f"The model `{model}` does not exist or you do not have access to it."
+            if ctx.anthropic:
+                return 404, {"type": "error", "error": {"type": "not_found_error", "message": f"model: {model}"}}
+            return 404, {
+                "error": {"message": message, "type": "invalid_request_error", "param": None, "code": "model_not_found"}
+            }
+        window = self._model_windows.get(model)
+        if window is not None and isinstance(ctx.body, dict):
+            used = responses.count_words(ctx.body.get("messages"), ctx.body.get("system"))
+            if used > window:
+                if ctx.anthropic:
+                    message = f"prompt is too long: {used} tokens > {window} maximum"
+                    return 400, {"type": "error", "error": {"type": "invalid_request_error", "message": message}}
+                message = (
+                    f"This model's maximum context length is {window} tokens. However, your messages resulted in"
+                    f" {used} tokens. Please reduce the length of the messages."
+                )
+                return 400, {
+                    "error": {
+                        "message": message,
+                        "type": "invalid_request_error",
+                        "param": "messages",
+                        "code": "context_length_exceeded",
+                    }
+                }
+        return None
+
+    def _key_refusal(self, key: str | None, model: str | None) -> tuple[int, dict[str, Any]] | None:
+        """The gateway's answer to a key over its quota or outside its models; None: go on (one
+        call of its quota is taken)."""
+        if key is None:
+            return None
+        with self._keys_lock:
+            allowed = self._key_models.get(key)
+            if allowed is not None and model is not None and not any(fnmatch.fnmatchcase(model, p) for p in allowed):
+                return 403, {
+                    "error": {
+                        "message": f"this token has no access to model {model}",
+                        "type": "new_api_error",
+                        "param": None,
+                        "code": None,
+                    }
+                }
+            left = self._key_quotas.get(key)
+            if left is None:
+                return None
+            if left <= 0:
+                return 403, {
+                    "error": {
+                        "message": "user quota is not enough",
+                        "type": "new_api_error",
+                        "param": None,
+                        "code": "insufficient_user_quota",
+                    }
+                }
+            self._key_quotas[key] = left - 1
+            return None
 
     @property
     def records(self) -> list[Record]:
@@ -539,6 +658,14 @@ class GatewaySimulator:
         if req.method != method:
             message = f"Method {req.method} not allowed on {path}"
             return await self._send_error(ctx, writer, 405, fault, message)
+        if method == "POST" and (self._missing_models or self._model_windows or self._model_statuses):
+            refused = self._model_refusal(ctx)
+            if refused is not None:
+                return await self._send_json(ctx, writer, refused[0], refused[1], "model_refused")
+        if method == "POST" and (self._key_quotas or self._key_models):
+            refusal = self._key_refusal(key, model)
+            if refusal is not None:
+                return await self._send_json(ctx, writer, refusal[0], refusal[1], "key_refused")
         if method == "POST":
             if body_error or not isinstance(body, dict):
                 return await self._send_error(ctx, writer, 400, fault, "We could not parse the JSON body.")

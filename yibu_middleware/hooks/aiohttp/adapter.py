@@ -128,6 +128,7 @@ class AiohttpAdapter(AsyncAdapter):
         self.headers = [(name.encode(), value.encode()) for name, value in original.headers.items()]
         self.body = body
         self._payload: Any = None  # a body the aliases rewrote, as a payload of its own
+        self._payload_of: bytes | None = None  # the body it was made from
         self._deadline: float | None = None  # the loop's time by which the attempt must have answered
 
     def own_timeout(self) -> float | None:
@@ -152,12 +153,13 @@ class AiohttpAdapter(AsyncAdapter):
         request.__dict__.update(original.__dict__)
         url = _url(lib, action.node.url_for(gateway.path, gateway.query))
         headers = lib.multidict.CIMultiDict()
-        for name, value in call.headers:
+        for name, value in call.headers_for(action):
             headers.add(name.decode(), value.decode())
         headers["Host"] = url.host_port_subcomponent
         if gateway.body is not None and gateway.body is not self.body:
-            if self._payload is None:
+            if self._payload is None or self._payload_of is not gateway.body:  # a fallback's body is new
                 self._payload = lib.BytesPayload(gateway.body)
+                self._payload_of = gateway.body
             request._body = self._payload
             headers["Content-Length"] = str(self._payload.size)
         elif "Content-Length" in original.headers:

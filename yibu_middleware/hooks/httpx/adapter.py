@@ -76,13 +76,15 @@ class HttpxAdapter(Adapter):
             # and a Host for the node, which httpx adds only when it builds the body itself.
             original = self.original.headers
             framing = [(name.encode(), original[name].encode()) for name in _FRAMING if name in original]
-            headers = [*call.headers, *framing]
+            headers = [*call.headers_for(action), *framing]
             request = self.lib.Request(
                 gateway.method, url, headers=headers, stream=self.original.stream, extensions=extensions
             )
             request.headers["Host"] = request.url.netloc.decode("ascii")
             return request
-        return self.lib.Request(gateway.method, url, headers=call.headers, content=gateway.body, extensions=extensions)
+        return self.lib.Request(
+            gateway.method, url, headers=call.headers_for(action), content=gateway.body, extensions=extensions
+        )
 
     def kind_of(self, exc: BaseException) -> Kind:
         return self.kinds.kind(exc)

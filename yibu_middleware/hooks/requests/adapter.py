@@ -134,7 +134,7 @@ class RequestsAdapter(SyncAdapter):
         request = original.copy()
         request.url = action.node.url_for(gateway.path, gateway.query)
         headers = self.lib.CaseInsensitiveDict()
-        for name, value in call.headers:
+        for name, value in call.headers_for(action):
             headers[name.decode("latin-1")] = value.decode("latin-1")
         body: Any = gateway.body
         if body is None:

@@ -29,7 +29,6 @@ from ..waits import async_sleep
 
 async def drive(call: Call, adapter: AsyncAdapter) -> Any:
     """The answer to hand back for ``call``: a node's response, or one of our own."""
-    plan = call.plan
     done: Exchange | None = None
     response: Any = None
     try:
@@ -37,20 +36,35 @@ async def drive(call: Call, adapter: AsyncAdapter) -> Any:
             refusal = await admit(call)
             if refusal is not None:
                 return refusal
-        action: Send | Deliver | GiveUp = plan.start()
-        while isinstance(action, Send):
-            if action.delay:
-                await async_sleep(action.delay)
-            hedge_after = plan.hedge_after()
-            if hedge_after is None:
-                done = await exchange(call, adapter, action)
-            else:
-                done = await hedged_async(call, action, hedge_after, partial(exchange, call, adapter), adapter.close)
-            response = done.response
-            action = call.judge(done)
-            if isinstance(action, Send) and response is not None:
+        action: Send | Deliver | GiveUp = call.plan.start()
+        while True:
+            while isinstance(action, Send):
+                if action.delay:
+                    await async_sleep(action.delay)
+                hedge_after = call.plan.hedge_after()
+                if hedge_after is None:
+                    done = await exchange(call, adapter, action)
+                else:
+                    done = await hedged_async(
+                        call, action, hedge_after, partial(exchange, call, adapter), adapter.close
+                    )
+                response = done.response
+                action = call.judge(done)
+                if isinstance(action, Send) and response is not None:
+                    await adapter.close(response)
+                    response = None
+            # Refused or exhausted: another model, when fallbacks say so (see core/fallbacks.py).
+            following = call.fallback(action, done)
+            if following is None:
+                break
+            if response is not None:
                 await adapter.close(response)
                 response = None
+            if call.runtime.limiter is not None:
+                refusal = await readmit(call)
+                if refusal is not None:
+                    return refusal
+            action = following
         return call.hand_back(action, done)
     except BaseException:
         # Cancelled (a client gone, a timeout around the call), or an error we do not
@@ -65,9 +79,25 @@ async def admit(call: Call) -> Any:
     """The policy checks, then a turn under the client-side limits (waiting for it). None to go
     on; else the answer to hand back at once, a refusal nothing was sent for."""
     refusal = call.policy_refusal()
+    if refusal is None:
+        refusal = call.budget_refusal()
     limiter = call.runtime.limiter
     if refusal is not None or limiter is None:
         return refusal
+    try:
+        permit = await limiter.acquire_async(*call.permit_request())
+    except QueueTimeout as exc:
+        return call.queue_refusal(exc)
+    call.admitted(permit)
+    return None
+
+
+async def readmit(call: Call) -> Any:
+    """A fallback's turn under the limits of its own model: the old model's turn is given back
+    first. None to go on; else our refusal (a 429, nothing sent) when the turn does not come."""
+    limiter = call.runtime.limiter
+    assert limiter is not None
+    call.release_turn()
     try:
         permit = await limiter.acquire_async(*call.permit_request())
     except QueueTimeout as exc:
