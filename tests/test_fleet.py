@@ -26,6 +26,7 @@ from yibu_middleware.core.limits import Quota
 from yibu_middleware.core.nodes import NodePool
 from yibu_middleware.core.retry import RetryBudget
 from yibu_middleware.fleet import Fleet, FleetLimiter, Syncer
+from yibu_middleware.fleet.shared import FleetBench, FleetSpend
 from yibu_middleware.limiter import Limiter, QueueTimeout
 from yibu_middleware.settings import StateSettings
 
@@ -57,7 +58,18 @@ class Process:
         local = Limiter(quota, per_model or {}, queue_timeout=10, nodes=self.pool.nodes)
         self.limiter = FleetLimiter(self.fleet, local, quota, per_model or {})
         self.running = True
-        self.syncer = Syncer(self.fleet, self.pool, self.budget, self.limiter, 60.0, alive=lambda _s: self.running)
+        self.bench = FleetBench()
+        self.spend = FleetSpend()
+        self.syncer = Syncer(
+            self.fleet,
+            self.pool,
+            self.budget,
+            self.limiter,
+            60.0,
+            alive=lambda _s: self.running,
+            bench=self.bench,
+            spend=self.spend,
+        )
         self.syncer.start()
         self.syncer.wait_ready(2.0)
 
@@ -539,3 +551,40 @@ def test_affinitys_load_bound_counts_the_fleets_calls_in_flight(
     while other.pool.loads(other.pool.nodes)[0] != 0:
         assert time.monotonic() < deadline, "the calls that ended are still counted"
         time.sleep(0.05)
+
+
+def test_a_key_benched_in_one_process_is_benched_in_all(
+    shared_redis: RedisServer, namespace: str, processes: list[Process]
+) -> None:
+    finder, other = Process(shared_redis.url, namespace, Quota()), Process(shared_redis.url, namespace, Quota())
+    processes += [finder, other]
+    finder.bench.bench("key-fp-1", time.time() + 30, "quota: insufficient_user_quota")
+    deadline = time.monotonic() + 1.0
+    while other.bench.benched("key-fp-1", time.time()) is None:
+        assert time.monotonic() < deadline, "the bench did not reach the other process within 1 s"
+        time.sleep(0.02)
+    benched = other.bench.benched("key-fp-1", time.time())
+    assert benched is not None and "insufficient_user_quota" in benched.reason
+    assert 25 < benched.until - time.time() <= 30
+    late = Process(shared_redis.url, namespace, Quota())  # starts later: reads the benches in force
+    processes.append(late)
+    assert late.bench.benched("key-fp-1", time.time()) is not None
+
+
+def test_budgets_count_the_fleets_spend(shared_redis: RedisServer, namespace: str, processes: list[Process]) -> None:
+    from decimal import Decimal
+
+    from yibu_middleware.core.spend import utc_now
+
+    one, two = Process(shared_redis.url, namespace, Quota()), Process(shared_redis.url, namespace, Quota())
+    processes += [one, two]
+    now = utc_now()
+    one.spend.add("gpt-4o", Decimal("0.25"), now)
+    assert one.spend.spent("day", now) == Decimal("0.25")  # its own at once, before any exchange
+    two.spend.add("gpt-4o-mini", Decimal("0.5"), now)
+    deadline = time.monotonic() + 1.5
+    while one.spend.spent("day", now) != Decimal("0.75") or two.spend.spent("day", now) != Decimal("0.75"):
+        assert time.monotonic() < deadline, (one.spend.spent("day", now), two.spend.spent("day", now))
+        time.sleep(0.02)
+    assert one.spend.spent("month", now, "gpt-4o-m*") == Decimal("0.5")
+    assert two.spend.spent("hour", now, "gpt-4o") == Decimal("0.25")

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .core.fallbacks import Fallbacks
     from .core.keys import GatewayKey, KeyRing
     from .fleet import Fleet, FleetLimiter, Syncer
+    from .fleet.shared import FleetSpend
     from .keyfiles import KeyFiles
     from .limiter import Limiter
     from .spend import SpendTracker
@@ -115,7 +116,7 @@ class Runtime:
         if settings.spend_active:
             from .spend import SpendTracker
 
-            self.spend = SpendTracker(settings)
+            self.spend = SpendTracker(settings, store=_fleet_spend() if self.fleet is not None else None)
         # Model fallbacks (None: none configured; a call then looks at nothing).
         self.fallbacks: Fallbacks | None = None
         if settings.fallbacks or settings.context_fallbacks:
@@ -153,7 +154,12 @@ class Runtime:
 
         fixed = default_keys_of(settings, with_files=False)
         by_model = model_keys(settings)
-        self.keys = KeyRing(fixed, by_model, settings.keys.bench_seconds)
+        bench = None
+        if self.fleet is not None:  # a key benched in one process is benched in all
+            from .fleet.shared import FleetBench
+
+            bench = FleetBench()
+        self.keys = KeyRing(fixed, by_model, settings.keys.bench_seconds, bench=bench)
         self.pin_keys([*fixed, *(key for keys in by_model.values() for key in keys)])
         files = [(field, path) for field in ("api_key_file", "api_keys_file") if (path := getattr(settings, field))]
         if files:
@@ -196,6 +202,10 @@ class Runtime:
             if self._syncer is not None:
                 return
             from .fleet import FleetLimiter, Syncer
+            from .fleet.shared import FleetBench, FleetSpend
+
+            bench = self.keys.bench if self.keys is not None else None
+            spend = self.spend.store if self.spend is not None else None
 
             self._syncer = syncer = Syncer(
                 self.fleet,
@@ -204,6 +214,8 @@ class Runtime:
                 self.limiter if isinstance(self.limiter, FleetLimiter) else None,
                 self.settings.limits.max_hold_seconds,
                 alive=self.syncer_is,
+                bench=bench if isinstance(bench, FleetBench) else None,
+                spend=spend if isinstance(spend, FleetSpend) else None,
             )
             syncer.start()
         syncer.wait_ready(2 * self.fleet.timeout + 0.05)
@@ -237,6 +249,11 @@ class Runtime:
             self.key_files.after_fork()
         if self.spend is not None:
             self.spend.after_fork()
+            if self.fleet is not None:
+                from .fleet.shared import FleetSpend
+
+                if isinstance(self.spend.store, FleetSpend):
+                    self.spend.store.clear()  # nothing unsent from the parent
         self._checker = None  # threads do not survive fork; a new one starts on first use
         if self.fleet is not None:
             self.fleet.after_fork()  # a process of its own in the fleet, with its own connections
@@ -268,6 +285,12 @@ def _fleet_of(
         for model, spec in limits.per_model.items()
     }
     return fleet, FleetLimiter(fleet, limiter, quota, per_model)
+
+
+def _fleet_spend() -> FleetSpend:
+    from .fleet.shared import FleetSpend
+
+    return FleetSpend()
 
 
 def _redis_password(settings: Settings) -> str | None:

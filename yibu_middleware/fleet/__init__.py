@@ -8,7 +8,8 @@ the :class:`Syncer` thread. Only this package imports redis, and only in fleet m
 - ``scripts.py``: the server-side scripts that admit and release calls atomically;
 - ``store.py``: the clients, and what happens when Redis does not answer (degraded mode);
 - ``limiter.py``: fleet limits over the process's own queue;
-- ``sync.py``: the background exchange of ejections, holds, latency and the retry budget;
+- ``sync.py``: the background exchange of ejections, holds, latency, loads and the retry budget;
+- ``shared.py``: the key bench and the spend counters (key pools and budgets), shared;
 - ``status.py``: the live view for ``yibu status`` and ``yibu doctor``, read from Redis only.
 """
 

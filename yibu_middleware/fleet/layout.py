@@ -66,6 +66,13 @@ class Layout:
         return f"{self.prefix}:load"  # hash: "node|process" -> "in_flight|server_ms" (affinity's bound)
 
     @property
+    def bench(self) -> str:
+        return f"{self.prefix}:key-bench"  # hash: key id (a fingerprint) -> "ms|reason|at" (for new processes)
+
+    def spend(self, period: str, start: str) -> str:
+        return f"{self.prefix}:spend:{period}:{start}"  # hash: model -> USD spent in that period
+
+    @property
     def budget(self) -> str:
         return f"{self.prefix}:retry-budget"  # hash: "second|req" / "second|ret" -> count
 

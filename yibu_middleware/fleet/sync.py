@@ -21,6 +21,8 @@ fleet what this process learnt, every ``TICK`` (and at once when a call gives a 
 - latency estimates (peak-EWMA), per node and process; a node this process has no sample of yet
   starts from the fleet's mean, so a new process does not send its first calls to a slow node;
 - the retry budget: each process's requests and retries in its window; the budget is the fleet's;
+- issue 18's key bench and spend counters (``shared.py``): a key benched anywhere is benched
+  everywhere; budgets count the fleet's spend;
 - leases: the given-back ones are released, the live ones renewed.
 
 While Redis does not answer, it asks once a second whether it is back (``Fleet.ping``).
@@ -32,14 +34,19 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from ..core.limits import NO_HINT_HOLD
 from ..core.nodes import Node, NodePool
 from ..core.retry import RetryBudget
+from ..core.spend import PERIODS, period_start, utc_now
+from .shared import SPEND_KEEP_SECONDS
 
 if TYPE_CHECKING:
     from .limiter import FleetLimiter
+    from .shared import FleetBench, FleetSpend
     from .store import Fleet
 
 log = logging.getLogger("yibu_middleware")
@@ -63,6 +70,8 @@ class Syncer:
         limiter: FleetLimiter | None,
         max_hold: float,
         alive: Callable[[Syncer], bool],
+        bench: FleetBench | None = None,
+        spend: FleetSpend | None = None,
     ) -> None:
         self.fleet = fleet
         self.pool = pool
@@ -70,6 +79,8 @@ class Syncer:
         self.limiter = limiter
         self.max_hold = max_hold
         self._alive = alive  # False once the runtime that made this syncer is replaced
+        self.bench = bench
+        self.spend = spend
         self.wake = threading.Event()
         self.holds: list[tuple[str | None, Node | None, float]] = []  # 429 holds to tell: model, node, seconds
         self._last_event = "0-0"
@@ -133,17 +144,22 @@ class Syncer:
             pipe.xadd(layout.events, fields, maxlen=STREAM_LENGTH, approximate=True)
             self._mirror(pipe, fields)
         me = self.fleet.process_id
+        spent = self._spend(pipe, server_ms)
         for node in self.pool.nodes:
             pipe.hset(layout.load, f"{node.label}|{me}", f"{node.in_flight}|{server_ms}")
         pipe.hgetall(layout.load)
         if first:
+            pipe.hgetall(layout.bench)
             pipe.hgetall(layout.ejections)
             pipe.xrevrange(layout.events, count=1)
         else:
             pipe.xread({layout.events: self._last_event}, count=500)
         answers = pipe.execute()
-        self._learn_loads(answers[-3 if first else -2], server_ms, client)
+        self._learn_loads(answers[-4 if first else -2], server_ms, client)
+        if spent is not None:
+            self._learn_spend(spent, answers)
         if first:
+            self._apply_bench_table(answers[-3], server_ms)
             self._apply_ejection_table(answers[-2], server_ms)
             latest = answers[-1]
             self._last_event = latest[0][0] if latest else "0-0"
@@ -190,6 +206,10 @@ class Syncer:
                 news.append(
                     {"kind": kind, "node": node.label, "ms": str(int(seconds * 1000)), "times": str(times), "from": me}
                 )
+        if self.bench is not None:
+            for key_id, seconds, reason in self.bench.take_news():
+                ms = str(int(seconds * 1000))
+                news.append({"kind": "bench", "key": key_id, "ms": ms, "reason": reason[:200], "from": me})
         holds, self.holds = self.holds, []
         for model, held, seconds in holds:
             news.append(
@@ -211,6 +231,9 @@ class Syncer:
             pipe.hset(layout.ejections, fields["node"], f"{fields['ms']}|{fields['times']}|{at}")
         elif fields["kind"] == "back":
             pipe.hdel(layout.ejections, fields["node"])
+        elif fields["kind"] == "bench":
+            at = int(time.monotonic() * 1000) + self._offset_ms
+            pipe.hset(layout.bench, fields["key"], f"{fields['ms']}|{fields['reason']}|{at}")
 
     def hold(self, model: str | None, node: Node | None, headers_seconds: float | None) -> None:
         """A 429 seen here: every process holds that model's calls to that node for as long."""
@@ -231,9 +254,51 @@ class Syncer:
             self.pool.eject_for(node, left + TRIAL_LEAD, int(fields.get("times", "1")))
         elif kind == "back" and node is not None:
             self.pool.let_back(node)
+        elif kind == "bench" and self.bench is not None and left > 0:
+            self.bench.learn(fields.get("key", ""), left, fields.get("reason", ""))
         elif kind == "hold" and self.limiter is not None and left > 0:
             model = fields.get("model") or None
             self.limiter.local.observe(model, 429, {"retry-after-ms": str(int(left * 1000))}, node)
+
+    def _apply_bench_table(self, table: dict[str, str], server_ms: int) -> None:
+        if self.bench is None:
+            return
+        for key_id, value in (table or {}).items():
+            try:
+                ms, rest = value.split("|", 1)
+                reason, at = rest.rsplit("|", 1)
+                left = (int(ms) - (server_ms - int(at))) / 1000.0
+            except ValueError:
+                continue
+            if left > 0:
+                self.bench.learn(key_id, left, reason)
+
+    def _spend(self, pipe: Any, server_ms: int) -> tuple[list[tuple[str, datetime]], int] | None:
+        """This process's new spend into the fleet's counters; then the periods to read back, and
+        where in the pipeline's answers their reads are."""
+        if self.spend is None:
+            return None
+        layout = self.fleet.layout
+        for model, cost, at in self.spend.take():
+            for period in PERIODS:
+                key = layout.spend(period, period_start(period, at).isoformat())
+                pipe.hincrbyfloat(key, model, str(cost))
+                pipe.expire(key, SPEND_KEEP_SECONDS[period])
+        now = utc_now()
+        periods = [(period, period_start(period, now)) for period in PERIODS]
+        first_read = len(pipe)
+        for period, start in periods:
+            pipe.hgetall(layout.spend(period, start.isoformat()))
+        return periods, first_read
+
+    def _learn_spend(self, reads: tuple[list[tuple[str, datetime]], int], answers: list[Any]) -> None:
+        assert self.spend is not None
+        periods, first_read = reads
+        totals = {
+            key: {model: Decimal(value) for model, value in (answers[first_read + i] or {}).items()}
+            for i, key in enumerate(periods)
+        }
+        self.spend.installed(totals)
 
     def _apply_ejection_table(self, table: dict[str, str], server_ms: int) -> None:
         # "ms|times|at": out for ms from at (the server's clock as the finder last read it).
