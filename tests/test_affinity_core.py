@@ -384,3 +384,21 @@ def test_pool_keeps_a_spilled_conversation_on_its_new_node() -> None:
         pool.finished(busy, None, None)
     pool.finished(node, None, None)
     assert pool.choose_affine(point)[0] is second  # home is idle now, but the conversation stays
+
+
+def test_a_node_that_failed_recently_is_passed_over_while_another_has_not() -> None:
+    """With three nodes, two failing (the median estimate is then a failing node's), a node that
+    fails a share of its calls must not keep a conversation's first attempts: each failure would
+    cost a retry (and the retry budget). It gets them back once it has not failed for tau."""
+    clock = FakeClock()
+    pool = NodePool(URLS, clock=clock, eject_after=100)  # never ejected: only failing now and then
+    point = 11
+    home, second, third = pool.ring.order(point)
+    pool.finished(pool._take(third, clock.now), 0.01, False)  # another bad node: the median is bad
+    pool.finished(pool.choose_affine(point)[0], 0.01, True)
+    pool.finished(pool.choose_affine(point)[0], 0.01, False)  # home fails once (1 call in 2)
+    node, preferred = pool.choose_affine(point)
+    assert node is second and not preferred
+    pool.finished(node, 0.01, True)
+    clock.now += pool.tau + 1  # no failure for tau: home takes its conversations back
+    assert pool.choose_affine(point)[0] is home

@@ -58,6 +58,7 @@ class Node:
         "ejected_until",
         "estimate",
         "failed",
+        "failed_at",
         "failures_in_row",
         "host",
         "in_flight",
@@ -91,6 +92,7 @@ class Node:
         self.in_flight = 0
         self.pending_since = 0.0  # sum of the start times of the attempts in flight
         self.failures_in_row = 0
+        self.failed_at = -math.inf  # clock reading of its last failure
         self.times_ejected = 0
         self.ejected_until = 0.0
         self.trial_in_flight = False
@@ -231,6 +233,13 @@ class NodePool:
                 slow: Collection[Node] = ()
                 if max(values) > self.slow_factor * min(values):  # else none is slow: no sort
                     slow = {node for node in slow_nodes(estimates, self.slow_factor) if not node.ejected_until}
+                # A node that failed within the last tau seconds is passed over too, while another
+                # has not: else a node failing 30 % of its calls keeps its conversations' first
+                # attempts (and spends the retry budget on them) whenever the median of the
+                # estimates is itself a failing node's (two bad nodes of three).
+                failing = [node for node in healthy if now - node.failed_at < self.tau and not node.ejected_until]
+                if failing and len(failing) < len(healthy):
+                    slow = {*slow, *failing}
                 spilled = self.spills.get(point) if follow is None else None
                 chosen, spill = place(
                     order,
@@ -304,12 +313,14 @@ class NodePool:
             if ok:
                 if was_trial:  # back from ejection: the failures that ejected it are not its latency
                     node.estimate = sample
+                    node.failed_at = -math.inf  # ...nor a recent failure: its trial decided
                 node.failures_in_row = 0
                 if node.ejected_until and self.ejections is not None:
                     self.ejections.append((node, 0.0, node.times_ejected))  # back in: tell the fleet
                 node.ejected_until = 0.0
                 return
             node.failed += 1
+            node.failed_at = now
             node.failures_in_row += 1
             if was_trial or node.failures_in_row >= self.eject_after:
                 self._eject(node, now)
@@ -338,6 +349,7 @@ class NodePool:
             now = self._clock()
             self._observe(node, FAILURE_PENALTY, now)
             node.failed += 1
+            node.failed_at = now
             node.failures_in_row += 1
             if node.failures_in_row >= self.eject_after:
                 self._eject(node, now)
@@ -349,6 +361,7 @@ class NodePool:
             if node.ejected_until and self.ejections is not None:
                 self.ejections.append((node, 0.0, node.times_ejected))
             node.estimate = None
+            node.failed_at = -math.inf
             node.ejected_until = 0.0
             node.failures_in_row = 0
 
@@ -366,6 +379,7 @@ class NodePool:
         no latency estimate of its own (the fleet's, or its first answer, gives it one)."""
         with self._lock:
             node.estimate = None
+            node.failed_at = -math.inf
             node.ejected_until = 0.0
             node.failures_in_row = 0
 
