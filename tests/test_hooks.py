@@ -335,10 +335,13 @@ def test_a_release_older_than_the_supported_one_stops_the_import_with_how_to_fix
     import requests as requests_module
 
     from yibu_middleware.errors import YibuError
-    from yibu_middleware.hooks.base import release
+    from yibu_middleware.hooks.base import installed_version, release
     from yibu_middleware.hooks.requests import RequestsHook
 
     assert release("2.32.3") == (2, 32, 3) and release("3.12.0rc1") == (3, 12, 0) and release("dev") == ()
+    # Read from the module's __version__ (no metadata scan at start-up): the installed release.
+    assert installed_version("requests") == requests_module.__version__ == importlib.metadata.version("requests")
+    assert installed_version("no-such-distribution-here") is None
     hook = RequestsHook()
     hook.minimum = (99,)
     installed = importlib.metadata.version("requests")

@@ -22,8 +22,8 @@ SentHeaders = tuple[tuple[bytes, bytes], ...]
 
 # Header names that carry a provider credential (OpenAI and compatibles, Anthropic, Azure).
 CREDENTIAL_HEADERS = frozenset({b"authorization", b"x-api-key", b"api-key"})
-# Recomputed by the client library for the new URL and body; never copied.
-_RECOMPUTED = frozenset({b"host", b"content-length"})
+# Recomputed by the client library for the new URL; never copied.
+_RECOMPUTED = frozenset({b"host"})
 
 
 class GatewayRequest(NamedTuple):
@@ -43,6 +43,9 @@ class GatewayRequest(NamedTuple):
     # the SDK is retrying this call on its own, and its read timeout (the call's deadline).
     sdk_retried: bool = False
     sdk_read_timeout: float | None = None
+    # The app's Content-Length, dropped from ``headers`` like Host: a client that sends the body
+    # as the app's request did (a stream it cannot measure) says this length again.
+    length: bytes | None = None
 
 
 def prepare(
@@ -73,6 +76,7 @@ def prepare(
         stream,
         scan.sdk_retried,
         scan.sdk_read_timeout,
+        scan.length,
     )
 
 
@@ -86,13 +90,14 @@ class HeaderScan(NamedTuple):
     # deadline; None when absent or unreadable).
     sdk_retried: bool
     sdk_read_timeout: float | None
+    length: bytes | None  # the app's Content-Length (dropped from ``headers``), if it sent one
 
 
 def scan_headers(headers: Iterable[AppHeader], gateway_key: bytes | None, stream: bool) -> HeaderScan:
     """The headers to send for a call: (name, value) pairs, credentials swapped, and what the
     SDKs' own headers say. Scanned afresh for every call: nothing a call sent (its provider
     key, a per-call trace header) is kept beyond it."""
-    out, swapped, sdk = _scan_headers(headers, gateway_key)
+    out, swapped, sdk, length = _scan_headers(headers, gateway_key)
     if stream:
         # The stream is watched as it passes (first content, final event): it must arrive
         # uncompressed, or a cut could not be told from an end.
@@ -103,6 +108,7 @@ def scan_headers(headers: Iterable[AppHeader], gateway_key: bytes | None, stream
         tuple(swapped),
         sdk.get(b"x-stainless-retry-count", b"0") not in (b"0", b""),
         _seconds(sdk.get(b"x-stainless-read-timeout", b"")),
+        length,
     )
 
 
@@ -112,20 +118,22 @@ def swap_credentials(headers: Iterable[tuple[bytes, bytes]], gateway_key: bytes 
     With no gateway key configured the caller's credentials pass through unchanged
     (some users give their apps gateway keys directly).
     """
-    out, swapped, _ = _scan_headers(headers, gateway_key)
+    out, swapped, _, _ = _scan_headers(headers, gateway_key)
     return out, swapped
 
 
 def _scan_headers(
     headers: Iterable[tuple[bytes, bytes]], gateway_key: bytes | None
-) -> tuple[RawHeaders, list[str], dict[bytes, bytes]]:
-    """``swap_credentials``, and the SDKs' ``x-stainless-*`` headers, in one pass over the headers.
+) -> tuple[RawHeaders, list[str], dict[bytes, bytes], bytes | None]:
+    """``swap_credentials``, the SDKs' ``x-stainless-*`` headers and the app's Content-Length, in
+    one pass over the headers.
 
     This runs on every call, over the same dozen names: what each name is, is looked up
     rather than worked out again (``_kind``)."""
     out: RawHeaders = []
     swapped: list[str] = []
     sdk: dict[bytes, bytes] = {}
+    length = None
     kinds = _kinds
     for pair in headers:
         name, value = pair
@@ -150,8 +158,10 @@ def _scan_headers(
             out.append((name, value))
         elif kind is _CREDENTIAL:
             out.append(pair)
+        elif kind is _LENGTH:
+            length = value  # not sent as it is: the body sent may differ (an alias)
         # _DROPPED: recomputed by the client library for the new URL and body
-    return out, swapped, sdk
+    return out, swapped, sdk, length
 
 
 def _seconds(stated: bytes) -> float | None:
@@ -161,7 +171,7 @@ def _seconds(stated: bytes) -> float | None:
         return None
 
 
-_PASS, _CREDENTIAL, _DROPPED = "pass", "credential", "dropped"
+_PASS, _CREDENTIAL, _LENGTH, _DROPPED = "pass", "credential", "length", "dropped"
 _kinds: dict[bytes, str | bytes] = {}
 
 
@@ -173,6 +183,8 @@ def _kind(name: bytes) -> str | bytes:
     kind: str | bytes
     if lower in _RECOMPUTED:
         kind = _DROPPED
+    elif lower == b"content-length":
+        kind = _LENGTH
     elif lower[:12] == b"x-stainless-":
         kind = lower
     elif lower in CREDENTIAL_HEADERS:

@@ -15,15 +15,9 @@ is never handled twice.
 
 from __future__ import annotations
 
-import functools
 from types import ModuleType
-from typing import Any
 
-from ...pipeline._async.driver import drive
-from ...pipeline.call import Call
-from ...runtime import current
 from ..base import Hook
-from .adapter import AiohttpAdapter, Lib
 
 
 class AiohttpHook(Hook):
@@ -33,46 +27,8 @@ class AiohttpHook(Hook):
     minimum = (3, 12, 2)
 
     def patch(self, module: ModuleType) -> None:
-        lib = Lib(module)
-        self.wrap(module.ClientSession, "_request", _request_wrapper(lib))
+        # Imported here, when aiohttp is: the wrapper brings the adapter and the pipeline.
+        from .adapter import Lib
+        from .wrapper import request_wrapper
 
-
-def _request_wrapper(lib: Lib) -> Any:
-    async def _request(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if current() is None:
-            return await wrapped(*args, **kwargs)
-        # Ours goes last in the chain (innermost): the app's own middlewares see the call once,
-        # as the app made it. Per-request middlewares replace the session's, as aiohttp has it.
-        given = kwargs.get("middlewares")
-        chain = instance._middlewares if given is None else given
-        # Where the request's proxy comes from: the app's own (in code), else the environment's
-        # (trust_env), else none; the node's is chosen by the same rule (AiohttpAdapter.node_proxy).
-        explicit = kwargs.get("proxy") is not None or getattr(instance, "_default_proxy", None) is not None
-        proxy_source = "explicit" if explicit else "environment" if instance._trust_env else ""
-        ours = functools.partial(_middleware, lib, kwargs.get("timeout", instance.timeout), proxy_source)
-        kwargs["middlewares"] = (*chain, ours)
-        return await wrapped(*args, **kwargs)
-
-    return _request
-
-
-async def _middleware(lib: Lib, timeout: Any, proxy_source: str, request: Any, handler: Any) -> Any:
-    """Our middleware: a request for a routed host becomes a call; any other passes through."""
-    runtime = current()
-    route = (
-        runtime.routes.match(request.url.raw_host or "", request.url.port, request.url.path)
-        if runtime is not None
-        else None
-    )
-    if route is None or runtime is None:
-        return await handler(request)
-    body = request.body  # a Payload, or b"" when there is none
-    data: bytes | None
-    if isinstance(body, bytes):
-        data = body
-    elif isinstance(body, lib.BytesPayload):
-        data = bytes(await body.as_bytes())  # bytes, str and json= bodies
-    else:
-        data = None  # a file, a stream or a multipart form: forwarded as it is, and never replayed
-    adapter = AiohttpAdapter(lib, request, handler, data, timeout, proxy_source)
-    return await drive(Call(runtime, route, adapter), adapter)
+        self.wrap(module.ClientSession, "_request", request_wrapper(Lib(module)))

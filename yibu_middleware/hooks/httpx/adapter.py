@@ -18,9 +18,6 @@ from ...core.retry import Kind
 from ...pipeline.adapter import Adapter, FailureKinds
 from ...pipeline.call import Call
 
-# The length of a streamed request body (dropped by prepare(), which cannot know the body);
-# copied when the body is forwarded as it is. Transfer-Encoding is never dropped.
-_FRAMING = ("content-length",)
 _TIMEOUTS = ("connect", "read", "write", "pool")
 _SLACK = 0.05  # seconds
 
@@ -63,28 +60,33 @@ class HttpxAdapter(Adapter):
         return float(timeout) if timeout is not None else None
 
     def request_for(self, call: Call, action: Send) -> Any:
-        """The request for one attempt: the node's URL, and timeouts cut to the deadline."""
+        """The request for one attempt: the node's URL, and timeouts cut to the deadline.
+
+        Built as httpx builds the request it follows a redirect with: from a body stream, with
+        its Host and framing headers given (the node's host, and the Content-Length the app's
+        request had, for the body sent). Built from ``content=`` instead, httpx would normalise
+        every header twice and decode them all to find their encoding: five times the cost
+        (about 100 us a call on this machine; see benchmarks/RESULTS.md)."""
         gateway = call.gateway
         extensions = self.original.extensions
         own = extensions.get("timeout") or {}
         timeouts = cut_timeouts(own, call.attempt_limits())
         if timeouts is not own:
             extensions = {**extensions, "timeout": timeouts}
-        url = node_url(self.lib, action.node, gateway.path, gateway.query)
-        if gateway.body is None:
-            # A streamed body (an upload, a generator): its length headers as the app sent them,
-            # and a Host for the node, which httpx adds only when it builds the body itself.
-            original = self.original.headers
-            framing = [(name.encode(), original[name].encode()) for name in _FRAMING if name in original]
-            headers = [*call.headers_for(action), *framing]
-            request = self.lib.Request(
-                gateway.method, url, headers=headers, stream=self.original.stream, extensions=extensions
-            )
-            request.headers["Host"] = request.url.netloc.decode("ascii")
-            return request
-        return self.lib.Request(
-            gateway.method, url, headers=call.headers_for(action), content=gateway.body, extensions=extensions
+        url, host = node_url(self.lib, action.node, gateway.path, gateway.query)
+        body = gateway.body
+        framing = [(b"Host", host)]
+        if gateway.length is not None:
+            # Where the app's request said a length: a body rewritten for an alias has its own,
+            # a streamed one (not read, the same bytes) keeps the app's. None: a GET, a chunked upload.
+            framing.append((b"Content-Length", gateway.length if body is None else b"%d" % len(body)))
+        stream = self.original.stream if body is None else self.lib.ByteStream(body)
+        request = self.lib.Request(
+            gateway.method, url, headers=[*framing, *call.headers_for(action)], stream=stream, extensions=extensions
         )
+        if body is not None:
+            request.read()  # its content readable, as with content=: the SDKs' aiohttp transports send that
+        return request
 
     def kind_of(self, exc: BaseException) -> Kind:
         return self.kinds.kind(exc)
@@ -133,20 +135,21 @@ def cut_timeouts(original: dict[str, float | None], limits: AttemptLimits) -> di
     return timeouts if cut else original
 
 
-_urls: dict[tuple[str, Node, str, str], Any] = {}
+_urls: dict[tuple[str, Node, str, str], tuple[Any, bytes]] = {}
 
 
-def node_url(lib: ModuleType, node: Node, path: str, query: str) -> Any:
-    """A node's parsed URL for a gateway path and query, reused: a process sends to few distinct
-    node URLs, and parsing is a third of building a request. Bounded, for apps that put ids in
-    their paths."""
+def node_url(lib: ModuleType, node: Node, path: str, query: str) -> tuple[Any, bytes]:
+    """A node's parsed URL for a gateway path and query, and its Host header, reused: a process
+    sends to few distinct node URLs, and parsing is a third of building a request. Bounded, for
+    apps that put ids in their paths."""
     key = (lib.__name__, node, path, query)  # httpx and httpx2 have URL types of their own
-    url = _urls.get(key)
-    if url is None:
+    found = _urls.get(key)
+    if found is None:
         if len(_urls) > 512:
             _urls.clear()
-        url = _urls[key] = lib.URL(node.url_for(path, query))
-    return url
+        url = lib.URL(node.url_for(path, query))
+        found = _urls[key] = (url, url.netloc)
+    return found
 
 
 def _read_form(request: Any) -> bytes | None:

@@ -13,20 +13,9 @@ headers.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
 from types import ModuleType
-from typing import Any
-from urllib.parse import urlsplit
 
-from ...core.routes import DEFAULT_PORTS
-from ...pipeline._sync.driver import drive
-from ...pipeline.call import Call
-from ...runtime import current
 from ..base import Hook
-from .adapter import Lib, RequestsAdapter
-
-# HTTPAdapter.send's parameters after the request, in order (requests 2.x).
-_OPTIONS = ("stream", "timeout", "verify", "cert", "proxies")
 
 
 class RequestsHook(Hook):
@@ -36,24 +25,10 @@ class RequestsHook(Hook):
     minimum = (2, 28)
 
     def patch(self, module: ModuleType) -> None:
+        # Imported here, when requests is: the wrapper brings the adapter and the pipeline.
+        from .adapter import Lib
+        from .wrapper import send_wrapper
+
         adapters = importlib.import_module("requests.adapters")  # already imported by requests itself
         lib = Lib(module, importlib.import_module("urllib3"))
-        self.wrap(adapters.HTTPAdapter, "send", _send_wrapper(lib))
-
-
-def _send_wrapper(lib: Lib) -> Callable[..., Any]:
-    def send(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        runtime = current()
-        if runtime is None:
-            return wrapped(*args, **kwargs)
-        request = args[0] if args else kwargs["request"]
-        url = urlsplit(request.url)
-        route = runtime.routes.match(url.hostname or "", url.port or DEFAULT_PORTS.get(url.scheme), url.path)
-        if route is None:
-            return wrapped(*args, **kwargs)
-        options = dict(zip(_OPTIONS, args[1:], strict=False))
-        options.update((name, value) for name, value in kwargs.items() if name != "request")
-        adapter = RequestsAdapter(lib, instance, wrapped, request, url, options)
-        return drive(Call(runtime, route, adapter), adapter)
-
-    return send
+        self.wrap(adapters.HTTPAdapter, "send", send_wrapper(lib))

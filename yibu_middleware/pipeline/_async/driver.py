@@ -20,7 +20,6 @@ from functools import partial
 from typing import Any
 
 from ...core.plan import Deliver, GiveUp, Send
-from ...limiter import QueueTimeout
 from ..adapter import AsyncAdapter
 from ..call import Call, Commit, Exchange
 from ..hedge import hedged_async
@@ -84,6 +83,10 @@ async def admit(call: Call) -> Any:
     limiter = call.runtime.limiter
     if refusal is not None or limiter is None:
         return refusal
+    # Here, not at the top: only a process with client-side limits needs the limiter's module
+    # (and its core), so a process without any does not import them at start.
+    from ...limiter import QueueTimeout
+
     try:
         permit = await limiter.acquire_async(*call.permit_request())
     except QueueTimeout as exc:
@@ -98,6 +101,8 @@ async def readmit(call: Call) -> Any:
     limiter = call.runtime.limiter
     assert limiter is not None
     call.release_turn()
+    from ...limiter import QueueTimeout  # as in admit: only a process with limits imports it
+
     try:
         permit = await limiter.acquire_async(*call.permit_request())
     except QueueTimeout as exc:

@@ -21,7 +21,6 @@ from functools import partial
 from typing import Any
 
 from ...core.plan import Deliver, GiveUp, Send
-from ...limiter import QueueTimeout
 from ..adapter import SyncAdapter
 from ..call import Call, Commit, Exchange
 from ..hedge import hedged_sync
@@ -83,6 +82,10 @@ def admit(call: Call) -> Any:
     limiter = call.runtime.limiter
     if refusal is not None or limiter is None:
         return refusal
+    # Here, not at the top: only a process with client-side limits needs the limiter's module
+    # (and its core), so a process without any does not import them at start.
+    from ...limiter import QueueTimeout
+
     try:
         permit = limiter.acquire(*call.permit_request())
     except QueueTimeout as exc:
@@ -97,6 +100,8 @@ def readmit(call: Call) -> Any:
     limiter = call.runtime.limiter
     assert limiter is not None
     call.release_turn()
+    from ...limiter import QueueTimeout  # as in admit: only a process with limits imports it
+
     try:
         permit = limiter.acquire(*call.permit_request())
     except QueueTimeout as exc:
