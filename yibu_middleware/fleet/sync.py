@@ -318,47 +318,45 @@ class Syncer:
         return [node.in_flight + elsewhere.get(node.label, 0) for node in nodes]
 
     def _learn_loads(self, table: dict[str, str], server_ms: int, client: Any) -> None:
-        me = self.fleet.process_id
         elsewhere: dict[str, int] = {}
-        stale = []
-        for field, value in (table or {}).items():
-            label, _, process = field.partition("|")
-            try:
-                count, stamp = value.split("|")
-                age = server_ms - int(stamp)
-            except ValueError:
-                stale.append(field)
-                continue
-            if age > LIVE_MS:
-                stale.append(field)  # a process that stopped telling: its calls are gone with it
-            elif process != me:
-                elsewhere[label] = elsewhere.get(label, 0) + int(count)
+        # A process that stopped telling (it died): its calls are gone with it.
+        for label, count in self._others(table, server_ms, LIVE_MS, LIVE_MS, self.fleet.layout.load, client):
+            elsewhere[label] = elsewhere.get(label, 0) + int(count)
         self._elsewhere = elsewhere
-        if stale:
-            client.hdel(self.fleet.layout.load, *stale)
 
     def _learn_latency(self, table: dict[str, str], server_ms: int, client: Any) -> None:
-        me = self.fleet.process_id
         views: dict[str, list[float]] = {}
-        stale = []
-        for field, value in (table or {}).items():
-            label, _, process = field.partition("|")
-            try:
-                estimate, stamp = value.split("|")
-                age = server_ms - int(stamp)
-            except ValueError:
-                stale.append(field)
-                continue
-            if age > 5 * LATENCY_FRESH_MS:
-                stale.append(field)
-            elif age <= LATENCY_FRESH_MS and process != me:
-                views.setdefault(label, []).append(float(estimate))
+        fresh, kept = LATENCY_FRESH_MS, 5 * LATENCY_FRESH_MS
+        for label, estimate in self._others(table, server_ms, fresh, kept, self.fleet.layout.latency, client):
+            views.setdefault(label, []).append(float(estimate))
         for label, estimates in views.items():
             node = self._nodes_by_label.get(label)
             if node is not None:
                 self.pool.seed(node, sum(estimates) / len(estimates))
+
+    def _others(
+        self, table: dict[str, str], server_ms: int, fresh_ms: int, kept_ms: int, key: str, client: Any
+    ) -> list[tuple[str, str]]:
+        """(node label, value) of the other processes' entries ("node|process" -> "value|stamp")
+        fresher than ``fresh_ms``; entries older than ``kept_ms`` (or unreadable) are deleted."""
+        me = self.fleet.process_id
+        found = []
+        stale = []
+        for field, entry in (table or {}).items():
+            label, _, process = field.partition("|")
+            try:
+                value, stamp = entry.split("|")
+                age = server_ms - int(stamp)
+            except ValueError:
+                stale.append(field)
+                continue
+            if age > kept_ms:
+                stale.append(field)
+            elif age <= fresh_ms and process != me:
+                found.append((label, value))
         if stale:
-            client.hdel(self.fleet.layout.latency, *stale)
+            client.hdel(key, *stale)
+        return found
 
     def _learn_budget(self, table: dict[str, str], server_ms: int, client: Any) -> None:
         me = self.fleet.process_id

@@ -79,28 +79,25 @@ def admit(call: Call) -> Any:
     refusal = call.policy_refusal()
     if refusal is None:
         refusal = call.budget_refusal()
-    limiter = call.runtime.limiter
-    if refusal is not None or limiter is None:
+    if refusal is not None or call.runtime.limiter is None:
         return refusal
-    # Here, not at the top: only a process with client-side limits needs the limiter's module
-    # (and its core), so a process without any does not import them at start.
-    from ...limiter import QueueTimeout
-
-    try:
-        permit = limiter.acquire(*call.permit_request())
-    except QueueTimeout as exc:
-        return call.queue_refusal(exc)
-    call.admitted(permit)
-    return None
+    return take_turn(call)
 
 
 def readmit(call: Call) -> Any:
     """A fallback's turn under the limits of its own model: the old model's turn is given back
     first. None to go on; else our refusal (a 429, nothing sent) when the turn does not come."""
+    call.release_turn()
+    return take_turn(call)
+
+
+def take_turn(call: Call) -> Any:
+    """Wait for the call's turn under the limits: None once it has it, or our 429 refusal."""
     limiter = call.runtime.limiter
     assert limiter is not None
-    call.release_turn()
-    from ...limiter import QueueTimeout  # as in admit: only a process with limits imports it
+    # Here, not at the top: only a process with client-side limits needs the limiter's module
+    # (and its core), so a process without any does not import them at start.
+    from ...limiter import QueueTimeout
 
     try:
         permit = limiter.acquire(*call.permit_request())
