@@ -268,12 +268,15 @@ class FleetLimiter:
             self.in_flight[call] = (scopes, tokens)
 
     def ended(self, call: str, scopes: tuple[FleetScope, ...], tokens: int, actual: int | None) -> None:
-        """A call admitted by the fleet ended: the syncer gives its lease back (never the caller)."""
+        """A call admitted by the fleet ended (or gave up waiting): the syncer gives its lease back
+        (never the caller). At once when a slot of a concurrency limit, or a place in a fleet
+        queue (``actual == 0``), is waited for; else with its next tick (200 ms): a thread woken
+        for every call costs more than the call's end changes."""
         with self._lock:
             self.in_flight.pop(call, None)
             self._ending.append((call, scopes, tokens, actual))
         wake = self._wake_syncer
-        if wake is not None:
+        if wake is not None and (actual == 0 or any(scope.quota.max_concurrent is not None for scope in scopes)):
             wake.set()
 
     def take_ended(self) -> list[tuple[str, tuple[FleetScope, ...], int, int | None]]:
