@@ -402,3 +402,10 @@ def test_a_node_that_failed_recently_is_passed_over_while_another_has_not() -> N
     pool.finished(node, 0.01, True)
     clock.now += pool.tau + 1  # no failure for tau: home takes its conversations back
     assert pool.choose_affine(point)[0] is home
+
+
+def test_a_node_a_few_milliseconds_slower_is_not_slow() -> None:
+    """On answers of a few ms, one pause of the machine makes a node "three times slower": not
+    worth moving a conversation off its cache; 100 ms more is."""
+    assert slow_nodes({"a": 0.003, "b": 0.004, "c": 0.015}, 3.0) == set()
+    assert slow_nodes({"a": 0.003, "b": 0.004, "c": 0.2}, 3.0) == {"c"}

@@ -220,10 +220,11 @@ class AffinitySettings(BaseModel):
     slow_factor: float = Field(
         3.0,
         gt=1.0,
-        description="a node whose latency estimate is over this many times the median node's is passed over",
+        description="a node whose latency estimate is over this many times the median node's (and 100 ms"
+        " more) is passed over",
     )
     """A node whose latency estimate (the peak-EWMA of "Choosing a node") is over this many times the median
-    node's is passed over for the next node on the ring until it is fast again."""
+    node's, and at least 100 ms over it, is passed over for the next node on the ring until it is fast again."""
     set_prompt_cache_key: Switch = Field(
         False,
         description="add prompt_cache_key, from the affinity key, to OpenAI chat and Responses requests that have none",

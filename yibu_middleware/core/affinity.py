@@ -377,13 +377,19 @@ def pick(
     return place(order, eligible, load, weight, slow, load_factor)[0]
 
 
-def slow_nodes(estimates: Mapping[N, float], slow_factor: float) -> set[N]:
+SLOW_MARGIN = 0.1  # seconds: a node is slow only when it is also this much slower than the median
+
+
+def slow_nodes(estimates: Mapping[N, float], slow_factor: float, margin: float = SLOW_MARGIN) -> set[N]:
     """The nodes whose latency estimate (peak-EWMA) is over ``slow_factor`` times the lower median's
-    (with two nodes, the faster one's: a mean would let a node ten times slower pass)."""
+    (with two nodes, the faster one's: a mean would let a node ten times slower pass) and at least
+    ``margin`` seconds over it: on answers of a few milliseconds one pause of the machine makes a
+    node "three times slower", and moving a conversation off its cache for 10 ms is no gain."""
     if len(estimates) < 2:
         return set()
     typical = sorted(estimates.values())[(len(estimates) - 1) // 2]
-    return {node for node, estimate in estimates.items() if estimate > slow_factor * typical}
+    bar = max(slow_factor * typical, typical + margin)
+    return {node for node, estimate in estimates.items() if estimate > bar}
 
 
 K = TypeVar("K")
